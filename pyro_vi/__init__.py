@@ -1,0 +1,41 @@
+"""pyro_vi: variational inference on Pyro.
+
+Write a model and a guide, fit them with SVI, see what the fit did, and measure how good the
+gradient estimator is.
+"""
+
+from pyro_vi import data, device, errors, io
+from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
+from pyro_vi.device import resolve_device
+from pyro_vi.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DeviceError,
+    OutputError,
+    PyroVIError,
+    TrainingDivergedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "Dataset",
+    "DeviceError",
+    "OutputError",
+    "PyroVIError",
+    "TrainingDivergedError",
+    "binarize",
+    "data",
+    "device",
+    "errors",
+    "io",
+    "load_dataset",
+    "resolve_device",
+    "validate_images",
+]

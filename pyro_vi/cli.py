@@ -1,0 +1,53 @@
+"""The ``pyro-vi`` command: one subcommand per job, each in ``pyro_vi/commands/<name>.py``.
+
+A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+User errors (``PyroVIError``) are printed as one line on stderr with exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pyro_vi.errors import PyroVIError
+
+# subcommand name -> module; add a line here when adding a command.
+COMMANDS = {
+    "vae": "pyro_vi.commands.vae",
+}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (its default already exits 2)."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="pyro-vi", description="Variational inference on Pyro.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    subparsers.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(subparser)
+        subparser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except PyroVIError as error:
+        print(f"pyro-vi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyro-vi {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
