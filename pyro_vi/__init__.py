@@ -4,7 +4,10 @@ Write a model and a guide, fit them with SVI, see what the fit did, and measure 
 gradient estimator is.
 """
 
-from pyro_vi import data, device, errors, io
+from pyro_vi import checkpoint, data, device, errors, evaluate, io, plots, train
+from pyro_vi.models import vae
+from pyro_vi.models.vae import VAE
+from pyro_vi.train import FitResult, TrainConfig, fit
 from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import (
@@ -26,6 +29,15 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "Dataset",
+    "FitResult",
+    "TrainConfig",
+    "VAE",
+    "checkpoint",
+    "evaluate",
+    "fit",
+    "plots",
+    "train",
+    "vae",
     "DeviceError",
     "OutputError",
     "PyroVIError",

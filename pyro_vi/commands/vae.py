@@ -1,0 +1,176 @@
+"""``pyro-vi vae``: train the amortized VAE with SVI and write metrics, figures and a checkpoint.
+
+Everything the user passed is checked (data, options, device, checkpoint) before the output
+directory is touched; metrics and figures are written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+HELP = "train an amortized VAE with SVI (default: scikit-learn digits, offline)"
+
+
+def _hidden_dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be comma-separated integers, got {text!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
+    return dims
+
+
+def _x_scale(text: str) -> float | None:
+    if text == "learned":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--x-scale takes a positive number or 'learned', got {text!r}") from None
+
+
+ELBOS = ("trace", "meanfield")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.data import BINARIZATIONS, DATASETS
+    from pyro_vi.device import DEVICES
+    from pyro_vi.models.vae import LIKELIHOODS
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="digits", choices=DATASETS)
+    data.add_argument("--data-dir", default=None, help="folder with the MNIST-style IDX files (gzipped or not)")
+    data.add_argument("--binarization", default="dynamic", choices=BINARIZATIONS)
+    model = parser.add_argument_group("model")
+    model.add_argument("--z-dim", type=int, default=10)
+    model.add_argument("--hidden-dims", type=_hidden_dims, default=(256,), help="comma-separated, e.g. 400 or 500,500")
+    model.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
+    model.add_argument("--x-scale", type=_x_scale, default=0.1, help="gaussian likelihood scale, or 'learned'")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--elbo", default="trace", choices=ELBOS, help="trace: Trace_ELBO; meanfield: analytic KL")
+    train.add_argument("--kl-warmup-epochs", type=float, default=0.0, help="linear KL annealing from 0 to 1")
+    train.add_argument("--checkpoint-every-steps", type=int, default=0)
+    train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", choices=DEVICES)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", default="runs/vae", help="output directory")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_loss(args):
+    """The Pyro ELBO object named by the options."""
+    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+    return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[args.elbo]()
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyro
+
+    from pyro_vi import checkpoint, evaluate, io, plots
+    from pyro_vi.data import binarize, load_dataset, validate_images
+    from pyro_vi.device import resolve_device
+    from pyro_vi.models.vae import VAE
+    from pyro_vi.train import TrainConfig, fit
+
+    # 1. Check everything before writing anything.
+    device = resolve_device(args.device)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        binarization=args.binarization,
+        seed=args.seed,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        on_nan=args.on_nan,
+    )
+    pyro.set_rng_seed(args.seed)
+    vae = VAE(1, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale)  # validates the options
+    dataset = load_dataset(args.dataset, args.data_dir, device=device)
+    validate_images(dataset.train_images, args.likelihood, name=f"{args.dataset} training images")
+    config.validate(dataset.train_images.shape[0])
+    loss = build_loss(args)
+    vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
+    model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
+    out = Path(args.out)
+    checkpoint_path = out / "checkpoint.pt"
+    if args.resume:
+        checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": vars(config)})
+    out = io.prepare_output_dir(out)
+
+    # 2. Train. The test set is binarized once, with its own generator, the same on every run.
+    test_images = binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
+
+    def evaluate_epoch(epoch: int) -> dict:
+        terms = evaluate.elbo_terms(vae, test_images)
+        return {"test_elbo": terms.elbo, "test_recon": terms.recon, "test_kl": terms.kl}
+
+    start = time.perf_counter()
+    result = fit(
+        vae.model,
+        vae.guide,
+        dataset.train_images,
+        config,
+        loss=loss,
+        evaluate=evaluate_epoch,
+        modules={"encoder": vae.encoder, "decoder": vae.decoder},
+        checkpoint_path=checkpoint_path,
+        resume=args.resume,
+        checkpoint_config=model_config,
+        progress=not args.no_progress,
+    )
+    if result.interrupted:
+        print(f"interrupted after {result.epochs} epochs; checkpoint saved to {checkpoint_path}; rerun with --resume")
+        return 130
+
+    # 3. Report.
+    last = result.history[-1]
+    metrics = {
+        "dataset": args.dataset,
+        "epochs": result.epochs,
+        "z_dim": args.z_dim,
+        "hidden_dims": list(args.hidden_dims),
+        "likelihood": args.likelihood,
+        "loss": _loss_name(args),
+        "binarization": args.binarization,
+        "batch_size": args.batch_size,
+        "test_elbo": last["test_elbo"],
+        "test_recon": last["test_recon"],
+        "test_kl": last["test_kl"],
+        "train_elbo": last["train_elbo"],
+        "images_per_second": result.images_per_second,
+        "device": str(device),
+        "seconds": time.perf_counter() - start,
+        "skipped_steps": result.skipped_steps,
+        "seed": args.seed,
+        "history": result.history,
+    }
+    vae.eval()
+    plots.elbo_curves(result.history, out / "elbo.png")
+    plots.reconstructions(vae, test_images, dataset.image_shape, out / "reconstructions.png")
+    plots.prior_samples(vae, dataset.image_shape, out / "samples.png", device)
+    plots.latent_space(vae, test_images, dataset.test_labels, out / "latent.png")
+    if args.z_dim == 2:
+        plots.manifold(vae, dataset.image_shape, out / "manifold.png", device)
+    io.write_json(out / "metrics.json", metrics)
+    print(
+        f"{args.dataset}: test ELBO {metrics['test_elbo']:.2f} nats/image "
+        f"(recon {metrics['test_recon']:.2f}, KL {metrics['test_kl']:.2f}) after {result.epochs} epochs, "
+        f"{metrics['images_per_second']:.0f} images/s on {device}; wrote {out}/metrics.json"
+    )
+    return 0
+
+
+def _loss_name(args) -> str:
+    return args.elbo

@@ -1,0 +1,112 @@
+"""Figures of a fitted VAE (matplotlib, Agg backend, imported only when a figure is drawn).
+
+- ``elbo_curves``: train and test ELBO per image against epoch, with the test KL on a second axis.
+- ``reconstructions``: inputs (top row) next to the decoder's mean for the encoder's mean z.
+- ``prior_samples``: decoder means for z ~ N(0, I).
+- ``latent_space``: encoder means coloured by label (PCA to 2-D when z_dim > 2).
+- ``manifold``: decoder means on a grid over [-3, 3]^2 (z_dim = 2 only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pyro_vi.io import save_figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_image(vae, z: Tensor) -> Tensor:
+    decoded = vae.decoder(z)
+    return decoded if vae.likelihood_name == "gaussian" else vae.likelihood(decoded).base_dist.mean
+
+
+def _grid(images: Tensor, image_shape, rows: int, cols: int) -> Tensor:
+    height, width = image_shape
+    images = images[: rows * cols].reshape(rows, cols, height, width)
+    return images.permute(0, 2, 1, 3).reshape(rows * height, cols * width).clamp(0, 1).cpu()
+
+
+def elbo_curves(history: list[dict], path) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(epochs, [h["train_elbo"] for h in history], label="train ELBO")
+    if "test_elbo" in history[0]:
+        axis.plot(epochs, [h["test_elbo"] for h in history], label="test ELBO")
+        kl_axis = axis.twinx()
+        kl_axis.plot(epochs, [h["test_kl"] for h in history], "k:", label="test KL")
+        kl_axis.set_ylabel("test KL (nats)")
+        kl_axis.legend(loc="lower right")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("ELBO per image (nats)")
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    save_figure(figure, path, dpi=120)
+    plt.close(figure)
+
+
+@torch.no_grad()
+def reconstructions(vae, images: Tensor, image_shape, path, num: int = 10) -> None:
+    plt = _pyplot()
+    x = images[:num]
+    loc, _ = vae.encoder(x)
+    grid = _grid(torch.cat([x, _mean_image(vae, loc)]), image_shape, 2, x.shape[0])
+    figure, axis = plt.subplots(figsize=(num, 2.2))
+    axis.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    axis.set_title("inputs (top) and reconstructions (bottom)")
+    axis.axis("off")
+    save_figure(figure, path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+@torch.no_grad()
+def prior_samples(vae, image_shape, path, device, rows: int = 8, cols: int = 8) -> None:
+    plt = _pyplot()
+    z = torch.randn(rows * cols, vae.z_dim, device=device)
+    figure, axis = plt.subplots(figsize=(cols, rows))
+    axis.imshow(_grid(_mean_image(vae, z), image_shape, rows, cols), cmap="gray", vmin=0, vmax=1)
+    axis.set_title("decoder means for z ~ N(0, I)")
+    axis.axis("off")
+    save_figure(figure, path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+@torch.no_grad()
+def latent_space(vae, images: Tensor, labels: Tensor, path) -> None:
+    plt = _pyplot()
+    loc, _ = vae.encoder(images)
+    loc = loc.cpu()
+    if loc.shape[1] > 2:
+        centred = loc - loc.mean(0)
+        _, _, components = torch.linalg.svd(centred, full_matrices=False)
+        points, title = centred @ components[:2].T, "PCA of posterior means"
+    else:
+        points, title = loc, "posterior means"
+    figure, axis = plt.subplots(figsize=(6, 5))
+    scatter = axis.scatter(points[:, 0], points[:, 1], c=labels.cpu(), cmap="tab10", s=6)
+    figure.colorbar(scatter, ax=axis, label="label")
+    axis.set_title(title)
+    save_figure(figure, path, dpi=120)
+    plt.close(figure)
+
+
+@torch.no_grad()
+def manifold(vae, image_shape, path, device, num: int = 15) -> None:
+    plt = _pyplot()
+    ticks = torch.linspace(-3, 3, num, device=device)
+    z = torch.stack(torch.meshgrid(ticks, ticks.flip(0), indexing="xy"), -1).reshape(-1, 2)
+    figure, axis = plt.subplots(figsize=(8, 8))
+    axis.imshow(_grid(_mean_image(vae, z), image_shape, num, num), cmap="gray", vmin=0, vmax=1)
+    axis.set_title("decoder means over z in [-3, 3]^2")
+    axis.axis("off")
+    save_figure(figure, path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
