@@ -150,10 +150,19 @@ def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
         for candidate in (directory, directory / _TORCHVISION_CLASS[name]):
             found = _find_idx_dir(candidate) if candidate.is_dir() else None
             if found is not None:
-                root = _stage_for_torchvision(name, found)
-                train = dataset_class(root, train=True, download=False)
-                test = dataset_class(root, train=False, download=False)
-                return _from_torchvision(name, train, test)
+                root = None
+                try:
+                    root = _stage_for_torchvision(name, found)
+                    train = dataset_class(root, train=True, download=False)
+                    test = dataset_class(root, train=False, download=False)
+                    return _from_torchvision(name, train, test)
+                except (ValueError, RuntimeError, OSError, IndexError, EOFError) as error:
+                    if root is not None and root != found.parent.parent:  # drop the cached copies so a fixed source is re-read
+                        shutil.rmtree(root, ignore_errors=True)
+                    raise DataError(
+                        f"the {name} IDX files in {str(found)!r} are truncated or corrupt ({type(error).__name__}); "
+                        f"replace them with the original files, or {_HOW_TO_PROVIDE[name]}"
+                    ) from None
     if download:
         root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "pyro_vi" / "download"
         looked.append(f"download to {root}")

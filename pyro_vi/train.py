@@ -30,7 +30,7 @@ from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from pyro_vi import checkpoint as checkpoints
-from pyro_vi.data import BINARIZATIONS, binarize
+from pyro_vi.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.errors import ConfigError, TrainingDivergedError
 
 
@@ -120,11 +120,14 @@ def fit(
         weight of that epoch), ``kl_weight``, ``seconds`` and what ``evaluate`` returned.
 
     Raises:
+        DataError: ``train_images`` is not a non-empty, finite ``(num_data, pixels)`` float tensor.
+        ConfigError: an option of ``config`` cannot work.
         TrainingDivergedError: a NaN/inf loss or gradient (with ``on_nan="raise"``); the
             parameters and the last checkpoint are those of the last good step.
     """
     from tqdm.auto import tqdm
 
+    validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
     num_data = train_images.shape[0]
     config.validate(num_data)
     loss = Trace_ELBO() if loss is None else loss

@@ -1,0 +1,422 @@
+"""Bad input: one line that says what was wrong and what to do, a non-zero exit, no partial output.
+
+Each case runs through the CLI (``pyro_vi.cli.main``, the function behind the ``pyro-vi`` script,
+in-process to keep the matrix fast; one case also runs as a real subprocess) and, where an API
+exists, through the Python API, which must raise the precise ``PyroVIError`` subclass.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vi import checkpoint, cli, io
+from pyro_vi.data import load_dataset, validate_images
+from pyro_vi.device import resolve_device
+from pyro_vi.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DeviceError,
+    OutputError,
+    PyroVIError,
+)
+from pyro_vi.models.vae import VAE
+from pyro_vi.train import TrainConfig, fit
+
+# The smallest run that trains: 1,497 digits, 14 steps of 100.
+TINY = ["--epochs", "1", "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress"]
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails at once, as on an offline machine."""
+
+    def refuse(self, address):
+        raise OSError(101, "Network is unreachable (blocked by the test)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run whose checkpoint the checkpoint cases corrupt or contradict."""
+    out = tmp_path_factory.mktemp("good") / "run"
+    assert cli.main(["vae", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (hidden temporaries included) with its bytes."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_:  # argparse errors
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def _assert_one_line(stderr: str, fragment: str) -> None:
+    assert "Traceback" not in stderr
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1, f"expected one line, got:\n{stderr}"
+    assert lines[0].startswith(("pyro-vi vae: error:", "pyro-vi: error:")), lines[0]
+    assert fragment.lower() in lines[0].lower(), lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: options. Each must fail before the output directory is created.
+
+OPTION_CASES = [
+    pytest.param(["--batch-size", "0"], "batch size must be a positive integer", id="batch-size-0"),
+    pytest.param(["--batch-size", "-5"], "batch size must be a positive integer", id="batch-size-negative"),
+    pytest.param(["--batch-size", "5000"], "larger than the 1497 training points", id="batch-size-above-data"),
+    pytest.param(["--learning-rate", "0"], "learning rate must be positive", id="learning-rate-0"),
+    pytest.param(["--learning-rate", "-0.001"], "learning rate must be positive", id="learning-rate-negative"),
+    pytest.param(["--learning-rate", "nan"], "learning rate must be positive", id="learning-rate-nan"),
+    pytest.param(["--learning-rate", "inf"], "learning rate must be positive", id="learning-rate-inf"),
+    pytest.param(["--epochs", "0"], "epochs must be a positive integer", id="epochs-0"),
+    pytest.param(["--epochs", "-3"], "epochs must be a positive integer", id="epochs-negative"),
+    pytest.param(["--epochs", "1.5"], "invalid int value", id="epochs-not-integer"),
+    pytest.param(["--z-dim", "0"], "z_dim must be a positive integer", id="z-dim-0"),
+    pytest.param(["--z-dim", "-2"], "z_dim must be a positive integer", id="z-dim-negative"),
+    pytest.param(["--hidden-dims", "0"], "hidden sizes must be positive", id="hidden-0"),
+    pytest.param(["--hidden-dims", "8,-1"], "hidden sizes must be positive", id="hidden-negative"),
+    pytest.param(["--hidden-dims", "8,x"], "comma-separated integers", id="hidden-not-integer"),
+    pytest.param(["--x-scale", "-1", "--likelihood", "gaussian"], "x_scale must be positive", id="x-scale-negative"),
+    pytest.param(["--kl-warmup-epochs", "-1"], "warm-up must be >= 0", id="kl-warmup-negative"),
+    pytest.param(["--checkpoint-every-steps", "-1"], "must be >= 0", id="checkpoint-every-negative"),
+    pytest.param(["--dataset", "cifar10"], "invalid choice: 'cifar10'", id="unknown-dataset"),
+    pytest.param(["--likelihood", "poisson"], "invalid choice: 'poisson'", id="unknown-likelihood"),
+    pytest.param(["--elbo", "magic"], "invalid choice: 'magic'", id="unknown-elbo"),
+    pytest.param(["--binarization", "dither"], "invalid choice: 'dither'", id="unknown-binarization"),
+    pytest.param(["--on-nan", "ignore"], "invalid choice: 'ignore'", id="unknown-on-nan"),
+    pytest.param(["--device", "tpu"], "invalid choice: 'tpu'", id="unknown-device"),
+    pytest.param(["--frobnicate"], "unrecognized arguments", id="unknown-option"),
+    pytest.param(
+        ["--device", "cuda"],
+        "CUDA is not available here; use --device cpu",
+        id="cuda-without-cuda",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present"),
+    ),
+]
+
+
+@pytest.mark.parametrize("extra, fragment", OPTION_CASES)
+def test_cli_bad_option(extra, fragment, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stderr = _run_cli(["vae", *TINY, "--out", str(out), *extra], capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+    assert not out.exists(), "nothing may be written for a bad option"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: data directories (offline).
+
+
+def _write_corrupt_idx(directory: Path) -> None:
+    for name in IDX_FILES:  # a plausible magic number, then nothing
+        (directory / name).write_bytes(b"\x00\x00\x08\x03garbage")
+
+
+DATA_CASES = [
+    pytest.param("missing", "does not exist", id="data-dir-missing"),
+    pytest.param("empty", "mnist data not found", id="data-dir-empty"),
+    pytest.param("partial", "mnist data not found", id="data-dir-lacks-files"),
+    pytest.param("corrupt", "truncated or corrupt", id="data-dir-corrupt-files"),
+]
+
+
+def _make_data_dir(kind: str, root: Path) -> Path:
+    directory = root / "data"
+    if kind == "missing":
+        return directory
+    directory.mkdir()
+    if kind == "partial":
+        (directory / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03")
+    if kind == "corrupt":
+        _write_corrupt_idx(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind, fragment", DATA_CASES)
+def test_cli_bad_data_dir(kind, fragment, tmp_path, capsys, no_network, monkeypatch):
+    monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
+    data_dir = _make_data_dir(kind, tmp_path)
+    before = _snapshot(data_dir)
+    out = tmp_path / "run"
+    status, stderr = _run_cli(["vae", *TINY, "--dataset", "mnist", "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+    assert "--data-dir" in stderr  # says what to do
+    assert not out.exists()
+    assert _snapshot(data_dir) == before
+
+
+@pytest.mark.parametrize("kind, fragment", DATA_CASES)
+def test_api_bad_data_dir(kind, fragment, tmp_path, no_network, monkeypatch):
+    monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
+    data_dir = _make_data_dir(kind, tmp_path)
+    expected = DataError if kind == "corrupt" else DataNotFoundError
+    with pytest.raises(expected, match=fragment) as caught:
+        load_dataset("mnist", data_dir)
+    assert type(caught.value) is expected
+    assert "\n" not in str(caught.value)
+
+
+def test_corrupt_idx_cache_is_not_kept(tmp_path, monkeypatch):
+    """After a corrupt source is replaced by good files, the next load reads the good files."""
+    if not MNIST_DIR.is_dir():
+        pytest.skip("shared/data/mnist is not present")
+    monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _write_corrupt_idx(data_dir)
+    with pytest.raises(DataError):
+        load_dataset("mnist", data_dir, download=False)
+    for name in IDX_FILES:
+        (data_dir / name).unlink()
+        os.symlink(MNIST_DIR / f"{name}.gz", data_dir / f"{name}.gz")
+    dataset = load_dataset("mnist", data_dir, download=False)
+    assert dataset.train_images.shape == (60000, 784)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: output locations.
+
+
+def _output_cases():
+    cases = [
+        pytest.param("file", "is a file, not a directory", id="out-is-a-file"),
+        pytest.param("under-file", "cannot create output directory", id="out-under-a-file"),
+        pytest.param(
+            "sys",
+            "cannot create output directory",
+            id="out-not-writable-sysfs",
+            marks=pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs a read-only /sys"),
+        ),
+        pytest.param(
+            "read-only",
+            "is not writable",
+            id="out-not-writable-chmod",
+            marks=pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits"),
+        ),
+    ]
+    return cases
+
+
+def _make_out(kind: str, root: Path) -> Path:
+    if kind == "file":
+        (root / "out").write_text("not a directory")
+        return root / "out"
+    if kind == "under-file":
+        (root / "file").write_text("not a directory")
+        return root / "file" / "run"
+    if kind == "sys":
+        return Path("/sys/pyro_vi_test_out")
+    directory = root / "read-only"
+    directory.mkdir()
+    directory.chmod(0o555)
+    return directory
+
+
+@pytest.mark.parametrize("kind, fragment", _output_cases())
+def test_cli_bad_output_dir(kind, fragment, tmp_path, capsys):
+    out = _make_out(kind, tmp_path)
+    before = _snapshot(tmp_path)
+    status, stderr = _run_cli(["vae", *TINY, "--out", str(out)], capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+    assert "--out" in stderr
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind, fragment", _output_cases())
+def test_api_bad_output_dir(kind, fragment, tmp_path):
+    with pytest.raises(OutputError, match=fragment):
+        io.prepare_output_dir(_make_out(kind, tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: checkpoints. The existing file must be left byte for byte as it was, and nothing added.
+
+
+def _corrupt(kind: str, path: Path) -> None:
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "bit-flipped":
+        path.write_bytes(data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:])
+    elif kind == "newer-format":
+        saved = torch.load(path, weights_only=False)
+        saved["format_version"] = checkpoint.FORMAT_VERSION + 1
+        torch.save(saved, path)
+    elif kind == "not-a-checkpoint":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "missing":
+        path.unlink()
+
+
+CHECKPOINT_CASES = [
+    pytest.param("truncated", [], "truncated or corrupt", id="checkpoint-truncated"),
+    pytest.param("empty", [], "truncated or corrupt", id="checkpoint-empty"),
+    pytest.param("garbage", [], "truncated or corrupt", id="checkpoint-garbage"),
+    pytest.param("bit-flipped", [], "truncated or corrupt", id="checkpoint-bit-flipped"),
+    pytest.param("newer-format", [], "newer than this pyro_vi", id="checkpoint-newer-format"),
+    pytest.param("not-a-checkpoint", [], "is not a pyro_vi checkpoint", id="checkpoint-foreign"),
+    pytest.param("missing", [], "no checkpoint at", id="checkpoint-missing"),
+    pytest.param(None, ["--z-dim", "3"], "z_dim: 2 in the checkpoint, 3 now", id="checkpoint-other-z-dim"),
+    pytest.param(None, ["--hidden-dims", "16"], "hidden_dims", id="checkpoint-other-hidden"),
+    pytest.param(None, ["--likelihood", "continuous-bernoulli"], "likelihood", id="checkpoint-other-likelihood"),
+    pytest.param(None, ["--learning-rate", "0.01"], "learning_rate", id="checkpoint-other-learning-rate"),
+    pytest.param(None, ["--seed", "1"], "seed", id="checkpoint-other-seed"),
+]
+
+
+@pytest.mark.parametrize("kind, extra, fragment", CHECKPOINT_CASES)
+def test_cli_bad_checkpoint(kind, extra, fragment, good_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((good_run / "checkpoint.pt").read_bytes())
+    if kind is not None:
+        _corrupt(kind, out / "checkpoint.pt")
+    before = _snapshot(out)
+    argv = ["vae", *TINY, "--out", str(out), *extra, "--epochs", "2", "--resume"]
+    status, stderr = _run_cli(argv, capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("kind, extra, fragment", [c for c in CHECKPOINT_CASES if c.values[0] is not None])
+def test_api_bad_checkpoint(kind, extra, fragment, good_run, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((good_run / "checkpoint.pt").read_bytes())
+    _corrupt(kind, path)
+    with pytest.raises(CheckpointError, match=fragment):
+        checkpoint.load(path)
+
+
+def test_api_resume_from_other_configuration(good_run, tmp_path):
+    """fit(resume=True) refuses a checkpoint of another model before touching the param store."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((good_run / "checkpoint.pt").read_bytes())
+    vae = VAE(64, z_dim=3, hidden_dims=(8,))
+    images = torch.rand(200, 64)
+    config = TrainConfig(epochs=2, batch_size=100)
+    with pytest.raises(CheckpointError, match="different configuration"):
+        fit(vae.model, vae.guide, images, config, checkpoint_path=path, resume=True, checkpoint_config=vae.config)
+    assert path.read_bytes() == (good_run / "checkpoint.pt").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# Python API: data, options, model, device.
+
+GOOD = torch.rand(20, 64, generator=torch.Generator().manual_seed(0))  # grey levels in [0, 1]
+API_CASES = [
+    # data
+    pytest.param(lambda: validate_images(GOOD.index_fill(0, torch.tensor([3]), float("nan"))), DataError, "NaN/inf", id="data-nan"),
+    pytest.param(lambda: validate_images(GOOD.index_fill(1, torch.tensor([5]), float("inf"))), DataError, "NaN/inf", id="data-inf"),
+    pytest.param(lambda: validate_images(GOOD[0]), DataError, "must have shape (num_data, pixels)", id="data-1d"),
+    pytest.param(lambda: validate_images(GOOD.reshape(20, 8, 8)), DataError, "flatten each image", id="data-3d"),
+    pytest.param(lambda: validate_images(GOOD[:0]), DataError, "is empty", id="data-no-rows"),
+    pytest.param(lambda: validate_images(GOOD[:, :0]), DataError, "is empty", id="data-no-columns"),
+    pytest.param(lambda: validate_images((GOOD * 255).long()), DataError, "floating point", id="data-integer"),
+    pytest.param(lambda: validate_images(GOOD.tolist()), DataError, "must be a torch.Tensor", id="data-list"),
+    pytest.param(lambda: validate_images(GOOD * 255, "bernoulli"), DataError, "needs [0, 1]", id="bernoulli-above-1"),
+    pytest.param(lambda: validate_images(GOOD - 0.5, "bernoulli"), DataError, "needs [0, 1]", id="bernoulli-below-0"),
+    pytest.param(
+        lambda: validate_images(GOOD + 1, "continuous-bernoulli"), DataError, "needs [0, 1]", id="continuous-bernoulli-above-1"
+    ),
+    pytest.param(lambda: _fit_on(GOOD.index_fill(0, torch.tensor([0]), float("nan"))), DataError, "NaN/inf", id="fit-nan-data"),
+    pytest.param(lambda: _fit_on(GOOD[:0]), DataError, "is empty", id="fit-empty-data"),
+    pytest.param(lambda: _fit_on(GOOD.reshape(20, 8, 8)), DataError, "must have shape", id="fit-3d-data"),
+    # options
+    pytest.param(lambda: _fit_on(GOOD, batch_size=0), ConfigError, "batch size must be a positive", id="batch-size-0"),
+    pytest.param(lambda: _fit_on(GOOD, batch_size=21), ConfigError, "larger than the 20", id="batch-size-above-data"),
+    pytest.param(lambda: _fit_on(GOOD, learning_rate=0.0), ConfigError, "learning rate", id="learning-rate-0"),
+    pytest.param(lambda: _fit_on(GOOD, learning_rate=-1e-3), ConfigError, "learning rate", id="learning-rate-negative"),
+    pytest.param(lambda: _fit_on(GOOD, learning_rate=float("nan")), ConfigError, "learning rate", id="learning-rate-nan"),
+    pytest.param(lambda: _fit_on(GOOD, epochs=0), ConfigError, "epochs must be", id="epochs-0"),
+    pytest.param(lambda: _fit_on(GOOD, epochs=-1), ConfigError, "epochs must be", id="epochs-negative"),
+    pytest.param(lambda: _fit_on(GOOD, binarization="dither"), ConfigError, "unknown binarization", id="unknown-binarization"),
+    pytest.param(lambda: _fit_on(GOOD, on_nan="ignore"), ConfigError, "on_nan", id="unknown-on-nan"),
+    # model
+    pytest.param(lambda: VAE(64, z_dim=0), ConfigError, "z_dim must be a positive integer", id="z-dim-0"),
+    pytest.param(lambda: VAE(64, z_dim=-1), ConfigError, "z_dim must be a positive integer", id="z-dim-negative"),
+    pytest.param(lambda: VAE(64, hidden_dims=(0,)), ConfigError, "hidden size must be", id="hidden-0"),
+    pytest.param(lambda: VAE(64, hidden_dims=(8, -4)), ConfigError, "hidden size must be", id="hidden-negative"),
+    pytest.param(lambda: VAE(0), ConfigError, "x_dim must be", id="x-dim-0"),
+    pytest.param(lambda: VAE(64, likelihood="poisson"), ConfigError, "unknown likelihood 'poisson'", id="unknown-likelihood"),
+    pytest.param(lambda: VAE(64, likelihood="gaussian", x_scale=0.0), ConfigError, "x_scale", id="x-scale-0"),
+    # names, device
+    pytest.param(lambda: load_dataset("cifar10"), ConfigError, "unknown dataset 'cifar10'", id="unknown-dataset"),
+    pytest.param(lambda: resolve_device("tpu"), ConfigError, "unknown device 'tpu'", id="unknown-device"),
+    pytest.param(
+        lambda: resolve_device("cuda"),
+        DeviceError,
+        "CUDA is not available",
+        id="cuda-without-cuda",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present"),
+    ),
+]
+
+
+def _fit_on(images, **options):
+    vae = VAE(64, z_dim=2, hidden_dims=(8,))
+    return fit(vae.model, vae.guide, images, TrainConfig(**{"epochs": 1, "batch_size": 10, **options}), progress=False)
+
+
+@pytest.mark.parametrize("call, error_type, fragment", API_CASES)
+def test_api_bad_input(call, error_type, fragment):
+    with pytest.raises(PyroVIError) as caught:
+        call()
+    assert isinstance(caught.value, error_type), f"{type(caught.value).__name__} is not a {error_type.__name__}"
+    message = str(caught.value)
+    assert "\n" not in message
+    assert fragment.lower() in message.lower(), message
+
+
+# --------------------------------------------------------------------------------------------
+# The real console entry point: exit status and stderr of a separate process.
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        pytest.param(["--resume"], "no checkpoint at", id="resume-without-checkpoint"),
+    ],
+)
+def test_subprocess_bad_input(extra, fragment, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.run(
+        [sys.executable, "-m", "pyro_vi", "vae", *TINY, "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    _assert_one_line(process.stderr, fragment)
+    assert process.stdout == ""
+    assert not out.exists()
