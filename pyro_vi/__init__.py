@@ -6,6 +6,11 @@ gradient estimator is.
 
 from pyro_vi import checkpoint, data, device, errors, evaluate, io, plots, train
 from pyro_vi.models import vae
+from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi
+from pyro_vi.models import gmm
+from pyro_vi.models.gmm import MixtureParams, Prior
+from pyro_vi.mixture_em import fit_em
+from pyro_vi.mixture_svi import fit_svi
 from pyro_vi.models.vae import VAE
 from pyro_vi.train import FitResult, TrainConfig, fit
 from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
@@ -50,4 +55,13 @@ __all__ = [
     "load_dataset",
     "resolve_device",
     "validate_images",
+    "MixtureParams",
+    "Prior",
+    "fit_em",
+    "fit_svi",
+    "gmm",
+    "mixture_data",
+    "mixture_em",
+    "mixture_eval",
+    "mixture_svi",
 ]

@@ -15,6 +15,7 @@ from pyro_vi.errors import PyroVIError
 # subcommand name -> module; add a line here when adding a command.
 COMMANDS = {
     "vae": "pyro_vi.commands.vae",
+    "gmm": "pyro_vi.commands.gmm",
 }
 
 

@@ -1,0 +1,183 @@
+"""``pyro-vi gmm``: fit a Gaussian mixture by EM or SVI, next to scikit-learn from the same start.
+
+Writes ``OUT/metrics.json``, ``OUT/assignments.png`` (points coloured by assignment with 2-sigma
+component ellipses after chosen iterations) and ``OUT/convergence.png`` (EM log-likelihood and
+SVI ELBO per point against iteration, on one axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pyro_vi import io, mixture_data, mixture_em, mixture_eval, mixture_svi
+from pyro_vi.device import DEVICES, resolve_device
+from pyro_vi.errors import ConfigError
+from pyro_vi.models import gmm
+
+HELP = "Gaussian mixture by EM or SVI (MAP or mean-field), compared with scikit-learn."
+METHODS = ("em", "svi-map", "svi-meanfield")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="synthetic", help="synthetic, digits, or a CSV/NPY file of rows (default synthetic)")
+    data.add_argument("--num-data", type=int, default=1000, help="synthetic: training points (default 1000; test gets a quarter)")
+    data.add_argument("--dim", type=int, default=2, help="synthetic: dimensions (default 2)")
+    data.add_argument("--separation", type=float, default=4.0, help="synthetic: minimum distance between true locations (default 4)")
+    data.add_argument("--pca-dim", type=int, default=2, help="digits: principal components kept (default 2)")
+    data.add_argument("--label-column", type=int, default=None, help="file: column holding true labels (used for ARI)")
+    data.add_argument("--test-fraction", type=float, default=0.2, help="file: fraction held out (default 0.2)")
+    fit = parser.add_argument_group("fit")
+    fit.add_argument("--method", choices=METHODS, default="em", help="default em")
+    fit.add_argument("--num-components", "-k", type=int, default=3, help="K (default 3)")
+    fit.add_argument("--covariance", choices=gmm.COVARIANCES, default="full", help="default full")
+    fit.add_argument("--init", choices=mixture_em.INITS, default="kmeans++", help="default kmeans++")
+    fit.add_argument("--num-restarts", type=int, default=1, help="best of this many initializations (default 1)")
+    fit.add_argument("--tol", type=float, default=1e-3, help="EM: stop when the average log-likelihood moves less (default 1e-3)")
+    fit.add_argument("--max-iter", type=int, default=100, help="EM: iteration limit (default 100)")
+    fit.add_argument("--reg-covar", type=float, default=1e-6, help="added to every variance, as scikit-learn (default 1e-6)")
+    fit.add_argument("--num-steps", type=int, default=500, help="SVI: Adam steps (default 500)")
+    fit.add_argument("--learning-rate", type=float, default=0.05, help="SVI: Adam learning rate (default 0.05)")
+    fit.add_argument("--estimator", choices=tuple(mixture_svi.ESTIMATORS), default="tracegraph",
+                     help="svi-meanfield: ELBO for the sampled assignments (default tracegraph)")
+    parser.add_argument("--plot-iterations", default="1,2,3,5,10,20",
+                        help="comma-separated iterations (EM) or steps (SVI) to draw (default 1,2,3,5,10,20)")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    parser.add_argument("--out", default="runs/gmm", help="output directory (default runs/gmm)")
+
+
+def _validate(args: argparse.Namespace) -> list[int]:
+    positive = {"--num-data": args.num_data, "--dim": args.dim, "--num-components": args.num_components,
+                "--num-restarts": args.num_restarts, "--max-iter": args.max_iter, "--num-steps": args.num_steps,
+                "--pca-dim": args.pca_dim}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    for name, value in {"--tol": args.tol, "--learning-rate": args.learning_rate, "--separation": args.separation}.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if not args.reg_covar >= 0:
+        raise ConfigError(f"--reg-covar must be non-negative, got {args.reg_covar}")
+    try:
+        iterations = sorted({int(text) for text in args.plot_iterations.split(",") if text.strip()})
+    except ValueError:
+        raise ConfigError(f"--plot-iterations must be comma-separated integers, got {args.plot_iterations!r}") from None
+    if any(i < 0 for i in iterations):
+        raise ConfigError(f"--plot-iterations must be non-negative, got {args.plot_iterations!r}")
+    return iterations
+
+
+def _load(args: argparse.Namespace) -> mixture_data.MixtureData:
+    if args.data == "synthetic":
+        return mixture_data.synthetic(args.num_components, args.dim, args.num_data, args.separation, args.seed, args.covariance)
+    if args.data == "digits":
+        return mixture_data.digits_pca(args.pca_dim)
+    return mixture_data.load_file(args.data, args.label_column, args.test_fraction, args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    plot_iterations = _validate(args)
+    device = resolve_device(args.device)
+    data = _load(args)
+    train, test = data.train.to(device), data.test.to(device)
+    mixture_em.validate_options(train, args.num_components, args.covariance, args.num_restarts)
+    out = io.prepare_output_dir(args.out)
+
+    em_options = dict(tol=args.tol, max_iter=args.max_iter, reg_covar=args.reg_covar)
+    # Warm up Pyro's handlers and torch's kernels on a few points so "seconds" times the fit itself.
+    mixture_em.fit_em(train[: 20 * args.num_components], args.num_components, args.covariance, max_iter=2)
+    start = time.perf_counter()
+    em_result = mixture_em.fit_em(train, args.num_components, args.covariance, args.init, args.num_restarts, args.seed,
+                                  record_iterations=[0, *plot_iterations] if args.method == "em" else (), **em_options)
+    em_seconds = time.perf_counter() - start
+    prior = gmm.Prior.from_data(train, args.num_components) if args.method == "svi-meanfield" else None
+    start = time.perf_counter()
+    if args.method == "em":  # the SVI curve of the convergence figure, from EM's own start
+        svi_result = mixture_svi.run_svi(train, em_result.initial_params, "map", None, args.num_steps, args.learning_rate)
+    else:
+        svi_result = mixture_svi.fit_svi(
+            train, args.num_components, args.covariance, args.method.removeprefix("svi-"), args.init, args.num_restarts,
+            args.seed, prior, args.num_steps, args.learning_rate, args.estimator, args.reg_covar, [0, *plot_iterations])
+    svi_seconds = time.perf_counter() - start
+    sklearn_fit = mixture_eval.fit_sklearn(train, em_result.initial_params, **em_options)
+
+    if args.method == "em":
+        params, iterations, seconds, snapshots = em_result.params, em_result.iterations, em_seconds, em_result.snapshots
+        train_probabilities = gmm.assignment_probabilities(train, params)
+        unit = "EM iteration"
+    else:
+        params, iterations, seconds, snapshots = svi_result.params, svi_result.steps, svi_seconds, svi_result.snapshots
+        train_probabilities = svi_result.assignment_probabilities
+        unit = "SVI step"
+    metrics = {
+        "method": args.method,
+        "data": data.name,
+        "k": args.num_components,
+        "dim": train.shape[-1],
+        "num_data": train.shape[0],
+        "num_test": test.shape[0],
+        "covariance": args.covariance,
+        "init": args.init,
+        "num_restarts": args.num_restarts,
+        "seed": args.seed,
+        "train_loglik": mixture_eval.average_log_likelihood(train, params),
+        "test_loglik": mixture_eval.average_log_likelihood(test, params) if len(test) else None,
+        "bic": mixture_eval.bic(train, params),
+        "ari": _ari(data.train_labels, train_probabilities),
+        "test_ari": _ari(data.test_labels, gmm.assignment_probabilities(test, params)) if len(test) else None,
+        "iterations": iterations,
+        "seconds": seconds,
+        "sklearn_train_loglik": sklearn_fit.train_log_likelihood,
+        "sklearn_test_loglik": mixture_eval.average_log_likelihood(test, sklearn_fit.params) if len(test) else None,
+        "sklearn_bic": mixture_eval.bic(train, sklearn_fit.params),
+        "sklearn_ari": _ari(data.train_labels, gmm.assignment_probabilities(train, sklearn_fit.params)),
+        "sklearn_iterations": sklearn_fit.iterations,
+        "sklearn_seconds": sklearn_fit.seconds,
+        "em": {
+            "train_loglik": em_result.log_likelihoods[-1],
+            "iterations": em_result.iterations,
+            "converged": em_result.converged,
+            "seconds": em_seconds,
+            "loglik_history": em_result.log_likelihoods,
+            # EM never lowers the likelihood (exactly so for reg_covar=0): the smallest step taken.
+            "min_loglik_increment": min((b - a for a, b in zip(em_result.log_likelihoods, em_result.log_likelihoods[1:])), default=None),
+            "restart_logliks": em_result.restart_log_likelihoods,
+        },
+        "svi": {
+            "guide": "map" if args.method == "em" else args.method.removeprefix("svi-"),
+            "final_elbo_per_point": svi_result.elbos[-1],
+            "steps": svi_result.steps,
+            "seconds": svi_seconds,
+            "restart_elbos": svi_result.restart_elbos,
+        },
+    }
+    if data.true_params is not None:
+        true_params = data.true_params.to(device=device, dtype=train.dtype)
+        matched = mixture_eval.match_components(true_params, params)
+        metrics["true_train_loglik"] = mixture_eval.average_log_likelihood(train, true_params)
+        metrics["matched_loc_errors"] = matched.loc_errors
+        metrics["matched_weight_errors"] = matched.weight_errors
+
+    from pyro_vi import plots_gmm
+
+    panels = [(f"{unit} {i}" if i else "initialization", snapshots[i]) for i in sorted(snapshots)]
+    panels.append((f"final ({unit} {iterations})", params))
+    io.save_figure(plots_gmm.plot_assignments(train, panels), out / "assignments.png", dpi=100)
+    curves = {"EM log-likelihood": em_result.log_likelihoods, f"SVI-{metrics['svi']['guide']} ELBO": svi_result.elbos}
+    io.save_figure(plots_gmm.plot_convergence(curves, sklearn_fit.train_log_likelihood, "scikit-learn final"),
+                   out / "convergence.png", dpi=100)
+    io.write_json(out / "metrics.json", metrics)
+    print(f"{args.method}: train log-lik {metrics['train_loglik']:.4f}/point (scikit-learn {sklearn_fit.train_log_likelihood:.4f}), "
+          f"test {metrics['test_loglik'] if metrics['test_loglik'] is None else round(metrics['test_loglik'], 4)}, "
+          f"ARI {metrics['ari']}, {iterations} iterations in {seconds:.2f}s; wrote {out}")
+    return 0
+
+
+def _ari(labels, probabilities) -> float | None:
+    if labels is None:
+        return None
+    return mixture_eval.adjusted_rand_index(labels, probabilities.argmax(-1))
