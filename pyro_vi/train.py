@@ -30,6 +30,7 @@ from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from pyro_vi import checkpoint as checkpoints
+from pyro_vi import distributed
 from pyro_vi.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.errors import ConfigError, TrainingDivergedError
 
@@ -97,6 +98,7 @@ def fit(
     resume: bool = False,
     checkpoint_config: dict | None = None,
     progress: bool = True,
+    data_parallel: distributed.DataParallel | None = None,
 ) -> FitResult:
     """Maximize the ELBO of ``model``/``guide`` on ``train_images`` with minibatch SVI.
 
@@ -114,6 +116,9 @@ def fit(
         checkpoint_config: what identifies the model and data; a checkpoint whose config differs
             is refused on resume.
         progress: show a tqdm progress bar.
+        data_parallel: this process's rank of a data-parallel run (``pyro_vi.distributed``): it
+            takes its shard of each global batch, gradients are averaged over ranks before the
+            optimizer step, and only rank 0 writes checkpoints. ``None``: one process.
 
     Returns:
         FitResult. History entries hold ``epoch``, ``train_elbo`` (per datapoint, with the KL
@@ -130,6 +135,8 @@ def fit(
     validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
     num_data = train_images.shape[0]
     config.validate(num_data)
+    if data_parallel is not None:
+        data_parallel.validate(config.batch_size)
     loss = Trace_ELBO() if loss is None else loss
     optimizer = pyro.optim.Adam({"lr": config.learning_rate}) if optimizer is None else optimizer
     device = train_images.device
@@ -141,9 +148,11 @@ def fit(
         state = _restore(checkpoint_path, saved_config, optimizer, modules, device)
     else:
         pyro.set_rng_seed(config.seed)
+    if data_parallel is not None:
+        data_parallel.seed_ranks()  # the same data order on every rank, its own noise
 
     def save() -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and (data_parallel is None or data_parallel.is_main):
             checkpoints.save(checkpoint_path, saved_config, state._asdict(), optimizer)
 
     interrupt = _DeferredInterrupt()
@@ -151,7 +160,11 @@ def fit(
     with interrupt:
         while state.epoch < config.epochs:
             if state.permutation is None:
-                state = state._replace(permutation=torch.randperm(num_data, device=device), step=0, epoch_loss=0.0)
+                if data_parallel is None:
+                    permutation = torch.randperm(num_data, device=device)
+                else:
+                    permutation = data_parallel.permutation(num_data, config.seed, state.epoch, device)
+                state = state._replace(permutation=permutation, step=0, epoch_loss=0.0)
             epoch_start = time.perf_counter()
             bar = tqdm(
                 total=steps_per_epoch,
@@ -162,9 +175,12 @@ def fit(
             )
             while state.step < steps_per_epoch:
                 indices = state.permutation[state.step * config.batch_size : (state.step + 1) * config.batch_size]
+                if data_parallel is not None:
+                    indices = data_parallel.shard(indices)
                 x = binarize(train_images[indices], config.binarization)
                 kl_weight = config.kl_weight(state.epoch, state.step, steps_per_epoch)
-                step_loss = _step(model, guide, loss, optimizer, (x, indices, num_data, kl_weight))
+                reduce = None if data_parallel is None else data_parallel.reduce
+                step_loss = _step(model, guide, loss, optimizer, (x, indices, num_data, kl_weight), reduce)
                 if step_loss is None:
                     if config.on_nan == "raise":
                         bar.close()
@@ -183,7 +199,8 @@ def fit(
                 bar.update(1)
                 if progress and state.step % 10 == 0 and step_loss is not None:
                     bar.set_postfix(loss=f"{step_loss / num_data:.3f}")
-                if interrupt.requested:
+                stop = interrupt.requested if data_parallel is None else data_parallel.any(interrupt.requested)
+                if stop:
                     train_seconds += time.perf_counter() - epoch_start
                     bar.close()
                     save()
@@ -213,12 +230,17 @@ class _RunState(NamedTuple):
     epoch_loss: float  # sum of step losses in the current epoch
 
 
-def _step(model, guide, loss, optimizer, args) -> float | None:
-    """One SVI step; returns the loss, or ``None`` (and no update) if anything is not finite."""
+def _step(model, guide, loss, optimizer, args, reduce=None) -> float | None:
+    """One SVI step; returns the loss, or ``None`` (and no update) if anything is not finite.
+
+    ``reduce(loss, grads)``, if given, averages the loss and the gradients over data-parallel ranks
+    (in place) before the check, so every rank takes, or skips, the same step."""
     with poutine.trace(param_only=True) as capture:
         value = loss.loss_and_grads(model, guide, *args)
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
     grads = [p.grad for p in params if p.grad is not None]
+    if reduce is not None:
+        value = reduce(value, grads)
     finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
     if finite:
         optimizer(params)

@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", default="runs/vae", help="output directory")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the processes of a torchrun launch (automatic when WORLD_SIZE > 1)",
+    )
 
 
 def build_loss(args):
@@ -75,6 +80,17 @@ def build_loss(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vi import distributed
+
+    data_parallel = distributed.init(args.device) if args.distributed or distributed.launched() else None
+    try:
+        return _train(args, data_parallel)
+    finally:
+        if data_parallel is not None:
+            data_parallel.close()
+
+
+def _train(args: argparse.Namespace, data_parallel) -> int:
     import pyro
 
     from pyro_vi import checkpoint, evaluate, io, plots
@@ -84,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vi.train import TrainConfig, fit
 
     # 1. Check everything before writing anything.
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if data_parallel is None else data_parallel.device
+    is_main = data_parallel is None or data_parallel.is_main  # only rank 0 writes
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -100,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.data_dir, device=device)
     validate_images(dataset.train_images, args.likelihood, name=f"{args.dataset} training images")
     config.validate(dataset.train_images.shape[0])
+    if data_parallel is not None:
+        data_parallel.validate(config.batch_size)
     loss = build_loss(args)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
@@ -128,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_path=checkpoint_path,
         resume=args.resume,
         checkpoint_config=model_config,
-        progress=not args.no_progress,
+        progress=not args.no_progress and is_main,
+        data_parallel=data_parallel,
     )
+    if not is_main:
+        return 130 if result.interrupted else 0
     if result.interrupted:
         print(f"interrupted after {result.epochs} epochs; checkpoint saved to {checkpoint_path}; rerun with --resume")
         return 130
@@ -151,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         "train_elbo": last["train_elbo"],
         "images_per_second": result.images_per_second,
         "device": str(device),
+        "processes": 1 if data_parallel is None else data_parallel.world_size,
         "seconds": time.perf_counter() - start,
         "skipped_steps": result.skipped_steps,
         "seed": args.seed,
