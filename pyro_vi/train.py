@@ -3,7 +3,9 @@
 One step is Pyro's ``SVI.step`` spelled out (trace the params, ``loss_and_grads``, optimizer step,
 zero the grads) with one addition: a NaN/inf loss or gradient is caught *before* the optimizer
 touches the parameters. The model and guide take ``(x, indices, num_data, kl_weight)``; any Pyro
-ELBO (or pyro_vi estimator) is the loss.
+ELBO (or pyro_vi estimator) is the loss. With Pyro's validation on, only the first step of each
+``fit`` call runs Pyro's checks (site shapes, model/guide match, distribution arguments); later
+steps skip them, as the NaN/inf check covers what can change from step to step.
 
 Checkpoints hold the param store, the optimizer state, the RNG states of torch/Python/NumPy, the
 position inside the epoch (permutation and step) and the history, written atomically; resuming from
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from pyro_vi import checkpoint as checkpoints
 from pyro_vi import distributed
+from pyro_vi import optim
 from pyro_vi.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.errors import ConfigError, TrainingDivergedError
 
@@ -107,7 +110,8 @@ def fit(
         train_images: ``(num_data, pixels)`` on the training device.
         config: loop options.
         loss: a Pyro ELBO object (default ``Trace_ELBO()``).
-        optimizer: a Pyro optimizer (default ``Adam(lr=config.learning_rate)``).
+        optimizer: a Pyro optimizer (default ``pyro_vi.optim.Adam(lr=config.learning_rate)``: Pyro's
+            Adam update in one foreach call over all parameters).
         evaluate: called after each epoch with the epoch number; its dict joins the history.
         modules: the ``nn.Module``s registered with ``pyro.module`` by name, re-bound to the
             restored param store on resume.
@@ -138,7 +142,8 @@ def fit(
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = Trace_ELBO() if loss is None else loss
-    optimizer = pyro.optim.Adam({"lr": config.learning_rate}) if optimizer is None else optimizer
+    optimizer = optim.Adam({"lr": config.learning_rate}) if optimizer is None else optimizer
+    validate_steps = pyro.infer.is_validation_enabled()  # if on: the first step checks, later steps skip it
     device = train_images.device
     steps_per_epoch = num_data // config.batch_size  # drop the ragged last batch
     saved_config = {"train": dataclasses.asdict(config), "model": checkpoint_config or {}}
@@ -180,7 +185,8 @@ def fit(
                 x = binarize(train_images[indices], config.binarization)
                 kl_weight = config.kl_weight(state.epoch, state.step, steps_per_epoch)
                 reduce = None if data_parallel is None else data_parallel.reduce
-                step_loss = _step(model, guide, loss, optimizer, (x, indices, num_data, kl_weight), reduce)
+                with pyro.validation_enabled(validate_steps and steps_taken == 0):
+                    step_loss = _step(model, guide, loss, optimizer, (x, indices, num_data, kl_weight), reduce)
                 if step_loss is None:
                     if config.on_nan == "raise":
                         bar.close()

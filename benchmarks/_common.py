@@ -1,0 +1,172 @@
+"""Helpers shared by the benchmark scripts: machine and commit, interleaved timing, JSON and the
+markdown table of ``benchmarks/RESULTS.md``.
+
+Every benchmark compares its contenders side by side in one process: the contenders take turns
+(round robin, one timed chunk each per round), so a noisy neighbour on the machine slows them all
+alike, and the reported numbers are medians over rounds plus ratios to a named reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+RESULTS_TABLE = BENCHMARKS_DIR / "RESULTS.md"
+
+
+def setup_threads(num_threads: int | None = None) -> int:
+    """Use at most the machine's cores (2 on CI); returns the thread count in use."""
+    num_threads = num_threads or min(2, os.cpu_count() or 1)
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import pyro
+
+        info["pyro"] = pyro.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    for name in ("jax", "numpyro", "sklearn"):
+        version = optional_version(name)
+        if version:
+            info[name] = version
+    return info
+
+
+def optional_version(module_name: str) -> str | None:
+    """The version of an optional peer, or None when it is not installed (without importing it)."""
+    from importlib import metadata
+
+    distribution = {"sklearn": "scikit-learn"}.get(module_name, module_name)
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "pyro_vi", "benchmarks"], cwd=BENCHMARKS_DIR.parent
+        ).returncode
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as a user would retype it."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(shlex.quote(part) for part in ["python", str(script), *sys.argv[1:]])
+
+
+def interleaved(contenders: dict[str, Callable[[], float]], rounds: int, warmup_rounds: int = 1) -> dict[str, list]:
+    """Run each contender's chunk once per round, round robin; returns the timed rounds.
+
+    Each callable does a fixed chunk of work and returns its own elapsed seconds (so set-up and
+    synchronisation stay inside the contender). The first ``warmup_rounds`` are discarded
+    (allocator warm-up, JIT compilation). The order rotates every round.
+    """
+    names = list(contenders)
+    times: dict[str, list] = {name: [] for name in names}
+    for round_index in range(warmup_rounds + rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = contenders[name]()
+            if round_index >= warmup_rounds:
+                times[name].append(seconds)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def timer() -> float:
+    """A wall clock that first waits for queued device work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def write_json(name: str, payload: dict, out_dir: str | Path | None = None) -> Path:
+    """Write ``<out_dir>/<name>.json`` (default ``benchmarks/results/``)."""
+    directory = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def append_results_row(title: str, numbers: str, ratios: str, table: str | Path | None = None) -> Path:
+    """Append one row (command, commit, machine, numbers, ratios) to ``benchmarks/RESULTS.md``.
+
+    ``table`` redirects the row elsewhere (the test suite writes to a temporary file).
+    """
+    path = Path(table) if table is not None else RESULTS_TABLE
+    if not path.exists():
+        path.write_text(
+            "# Benchmark results\n\n"
+            "One row per run, appended by the scripts in `benchmarks/`. Ratios compare contenders measured "
+            "side by side in the same process (interleaved rounds, medians); absolute numbers depend on the "
+            "machine and its load.\n\n"
+            "| date | benchmark | command | commit | machine | numbers | ratios |\n"
+            "|---|---|---|---|---|---|---|\n"
+        )
+    info = machine()
+    machine_text = f"{info['processor']}, {info['cpu_count']} cores ({info['torch_threads']} threads), torch {info['torch']}"
+    if info.get("cuda"):
+        machine_text += f", {info['cuda']}"
+    row = [
+        time.strftime("%Y-%m-%d %H:%M"),
+        title,
+        f"`{command_line()}`",
+        commit(),
+        machine_text,
+        numbers,
+        ratios,
+    ]
+    with open(path, "a") as file:
+        file.write("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |\n")
+    return path
+
+
+def add_common_arguments(parser) -> None:
+    """``--quick``, ``--seed``, ``--out-dir``, ``--results-table``, ``--no-table``."""
+    parser.add_argument("--quick", action="store_true", help="a short run (seconds), for smoke tests and new users")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=None, help="where the JSON goes (default benchmarks/results/)")
+    parser.add_argument("--results-table", default=None, help="markdown table to append to (default benchmarks/RESULTS.md)")
+    parser.add_argument("--no-table", action="store_true", help="do not append a row to the markdown table")
