@@ -172,6 +172,12 @@ def fit_em(
     return best._replace(restart_log_likelihoods=finals)
 
 
+def warm_up(data: Tensor, num_components: int, covariance: str = "full") -> None:
+    """A two-iteration fit on a few points, so that timings that follow exclude the one-off cost of
+    Pyro's first trace and torch's first kernels (about a second)."""
+    fit_em(data[: 20 * num_components], num_components, covariance, max_iter=2)
+
+
 def validate_options(data: Tensor, num_components: int, covariance: str, num_restarts: int = 1) -> None:
     """Raise ConfigError for settings no fit can work with."""
     if covariance not in gmm.COVARIANCES:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     em_options = dict(tol=args.tol, max_iter=args.max_iter, reg_covar=args.reg_covar)
     # Warm up Pyro's handlers and torch's kernels on a few points so "seconds" times the fit itself.
-    mixture_em.fit_em(train[: 20 * args.num_components], args.num_components, args.covariance, max_iter=2)
+    mixture_em.warm_up(train, args.num_components, args.covariance)
     start = time.perf_counter()
     em_result = mixture_em.fit_em(train, args.num_components, args.covariance, args.init, args.num_restarts, args.seed,
                                   record_iterations=[0, *plot_iterations] if args.method == "em" else (), **em_options)
