@@ -12,6 +12,7 @@ A checkpoint is one ``torch.save`` dict::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -22,7 +23,7 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vi.errors import CheckpointError
+from pyro_vi.errors import CheckpointError, OutputError
 from pyro_vi.io import atomic_write
 
 FORMAT_VERSION = 1
@@ -47,7 +48,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
-    """Write a checkpoint atomically: the previous one survives any failure of this write."""
+    """Write a checkpoint atomically: the previous one survives any failure of this write.
+
+    Raises:
+        OutputError: the write failed (disk full, permissions); the previous checkpoint is intact.
+    """
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -56,7 +61,19 @@ def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
         "rng": get_rng_state(),
         "run": {key: value for key, value in run.items()},
     }
-    atomic_write(path, lambda file: torch.save(payload, file))
+    path = Path(path)
+    buffer = io.BytesIO()  # serialize first: torch.save hides a failed write (disk full) in a RuntimeError
+    torch.save(payload, buffer)
+    try:
+        atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+    except OSError as error:
+        raise OutputError(
+            f"could not write checkpoint {str(path)!r} ({error.strerror or error}); the previous checkpoint is "
+            "intact; free some space or choose another --out, then rerun with --resume"
+        ) from None
+    # A process killed (kill -9) inside atomic_write leaves its temporary file behind.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike, expected_config: dict | None = None) -> dict:

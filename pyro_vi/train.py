@@ -193,7 +193,11 @@ def fit(
                         raise TrainingDivergedError(
                             f"the loss or a gradient became NaN/inf at epoch {state.epoch + 1}, step {state.step + 1}; "
                             "parameters are those of the last good step"
-                            + (f" and the last good checkpoint {checkpoint_path} is intact" if checkpoint_path else "")
+                            + (
+                                f" and the last good checkpoint {checkpoint_path} is intact"
+                                if checkpoint_path is not None and Path(checkpoint_path).exists()
+                                else ""
+                            )
                             + "; lower the learning rate or check the data"
                         )
                     skipped += 1
