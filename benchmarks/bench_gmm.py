@@ -35,7 +35,7 @@ def _best_time(function, repeats):
 def main(args):
     torch.set_num_threads(args.threads)
     num_data = 5000 if args.quick else args.num_data
-    max_steps = 100 if args.quick else args.max_svi_steps
+    max_steps = 20 if args.quick else args.max_svi_steps
     data = mixture_data.synthetic(args.num_components, args.dim, num_data, args.separation, args.seed)
     train = data.train
     initial = mixture_em.initialize(train, args.num_components, "full", args.init, torch.Generator().manual_seed(args.seed))
@@ -92,7 +92,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 5,000 and at most 100 SVI steps (for tests)")
+    parser.add_argument("--quick", action="store_true", help="N = 5,000 and at most 20 SVI steps (for tests)")
     parser.add_argument("--num-data", type=int, default=100_000)
     parser.add_argument("--num-components", type=int, default=5)
     parser.add_argument("--dim", type=int, default=2)

@@ -57,7 +57,7 @@ def test_cli_rejects_bad_arguments_before_writing(tmp_path, capsys, argv, messag
 
 
 def test_example_runs(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "150", "--num-steps", "20"],
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "100", "--num-steps", "5"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "sklearn" in result.stdout and "svi-map" in result.stdout
@@ -66,7 +66,7 @@ def test_example_runs(tmp_path):
 def test_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
     table = tmp_path / "RESULTS.md"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gmm.py"), "--quick", "--out", str(out),
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gmm.py"), "--quick", "--repeats", "1", "--out", str(out),
                              "--results-md", str(table)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
