@@ -8,6 +8,7 @@ alike, and the reported numbers are medians over rounds plus ratios to a named r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -170,3 +171,24 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--out-dir", default=None, help="where the JSON goes (default benchmarks/results/)")
     parser.add_argument("--results-table", default=None, help="markdown table to append to (default benchmarks/RESULTS.md)")
     parser.add_argument("--no-table", action="store_true", help="do not append a row to the markdown table")
+
+
+class ParamStoreSlot:
+    """One contender's own Pyro param store (contenders share site and module names), swapped in
+    for its turns with ``with slot.active():``."""
+
+    def __init__(self):
+        self.state = ({}, {}, {})
+
+    @contextlib.contextmanager
+    def active(self):
+        import pyro
+
+        store = pyro.get_param_store()
+        outer = (store._params, store._param_to_name, store._constraints)
+        store._params, store._param_to_name, store._constraints = self.state
+        try:
+            yield
+        finally:
+            self.state = (store._params, store._param_to_name, store._constraints)
+            store._params, store._param_to_name, store._constraints = outer

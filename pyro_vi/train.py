@@ -171,12 +171,10 @@ def fit(
                     permutation = data_parallel.permutation(num_data, config.seed, state.epoch, device)
                 state = state._replace(permutation=permutation, step=0, epoch_loss=0.0)
             epoch_start = time.perf_counter()
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=state.step,
-                desc=f"epoch {state.epoch + 1}/{config.epochs}",
-                disable=not progress,
-                leave=False,
+            bar = (
+                tqdm(total=steps_per_epoch, initial=state.step, desc=f"epoch {state.epoch + 1}/{config.epochs}", leave=False)
+                if progress
+                else _NoProgressBar()  # a disabled tqdm still costs ~20 us per epoch: tiny models notice
             )
             while state.step < steps_per_epoch:
                 indices = state.permutation[state.step * config.batch_size : (state.step + 1) * config.batch_size]
@@ -306,3 +304,16 @@ class _DeferredInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
+
+
+class _NoProgressBar:
+    """What the loop calls on a tqdm bar, doing nothing (``progress=False``)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
