@@ -85,7 +85,10 @@ def load(path: str | os.PathLike, expected_config: dict | None = None) -> dict:
     """
     path = Path(path) if path is not None else None
     if path is None or not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r} to resume from; run once without --resume first")
+        raise CheckpointError(
+            f"no checkpoint at {str(path)!r}; check the path (pyro-vi vae writes OUT/checkpoint.pt), "
+            "or to --resume, run once without --resume first"
+        )
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
