@@ -13,6 +13,10 @@ from pyro_vi.mixture_em import fit_em
 from pyro_vi.mixture_svi import fit_svi
 from pyro_vi.models.vae import VAE
 from pyro_vi.train import FitResult, TrainConfig, fit
+from pyro_vi import importance, local_training
+from pyro_vi.models import conjugate, local
+from pyro_vi.models.local import LocalGuide, refine
+from pyro_vi.local_training import LocalTrainConfig, fit_local
 from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import (
@@ -64,4 +68,12 @@ __all__ = [
     "mixture_em",
     "mixture_eval",
     "mixture_svi",
+    "LocalGuide",
+    "LocalTrainConfig",
+    "conjugate",
+    "fit_local",
+    "importance",
+    "local",
+    "local_training",
+    "refine",
 ]

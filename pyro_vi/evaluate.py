@@ -1,4 +1,6 @@
-"""Evaluation of a fitted VAE: the ELBO split into reconstruction and KL, per image in nats.
+"""Evaluation of a fitted VAE, per image in nats: the ELBO split into reconstruction and KL,
+log p(x) by importance sampling (IWAE bound), active units, and the amortization and
+approximation gaps.
 
     ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))
               `---- recon ----'   `------ kl ------'
@@ -38,3 +40,130 @@ def elbo_terms(vae, images: Tensor, batch_size: int = 1000, num_samples: int = 1
         kl_total += float(kl.sum())
     num = images.shape[0]
     return ElboTerms(elbo=(recon_total - kl_total) / num, recon=recon_total / num, kl=kl_total / num)
+
+
+# ----------------------------------------------------------------------------------------------
+# log p(x) by importance sampling, active units, and the gaps of Cremer et al. (2018)
+#
+#     log p(x) - ELBO(encoder q) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(encoder q)]
+#                                   approximation gap      amortization gap
+#
+# q* is the best Gaussian q for each x found by optimizing its (loc, scale) directly: the better
+# (on average) of refinement from the encoder's q and mean-field optimization from the prior.
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    vae, images: Tensor, num_samples: int = 5000, chunk_size: int = 250, batch_size: int = 100
+) -> Tensor:
+    """log p(x) per image (nats) by importance sampling with the encoder as proposal: L_k, k = ``num_samples``.
+
+    Memory is O(chunk_size x batch_size x pixels); time O(num_samples x num_images).
+    """
+    from pyro_vi import importance
+
+    estimates = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        estimate = importance.importance_estimate(
+            vae.model, vae.guide, x, num_samples=num_samples, chunk_size=chunk_size, plate_name="data"
+        )
+        estimates.append(estimate.log_marginal)
+    return torch.cat(estimates)
+
+
+class ActiveUnits(NamedTuple):
+    count: int  # latent dimensions with variance above the threshold
+    variances: Tensor  # (z_dim,) Var_x(E_q[z_j | x])
+    threshold: float
+
+
+@torch.no_grad()
+def active_units(vae, images: Tensor, threshold: float = 0.01, batch_size: int = 1000) -> ActiveUnits:
+    """Burda et al. (2016): unit j is active if Var_x(E_q(z|x)[z_j]) > threshold (0.01)."""
+    means = torch.cat([vae.posterior(images[s : s + batch_size]).mean for s in range(0, images.shape[0], batch_size)])
+    variances = means.var(0)
+    return ActiveUnits(int((variances > threshold).sum()), variances, threshold)
+
+
+class Gaps(NamedTuple):
+    """Averages per image, in nats (``elbo_refined`` at each of ``refine_steps``)."""
+
+    log_px: float
+    elbo_amortized: float
+    elbo_refined: list[float]  # one per refine step count (steps[0] = 0 equals elbo_amortized's q)
+    elbo_meanfield: float  # local q optimized from the prior for meanfield_steps
+    elbo_optimal: float  # the better of elbo_refined[-1] and elbo_meanfield
+    optimal_local: str  # "refined" or "meanfield": which one is elbo_optimal
+    approximation_gap: float  # log_px - elbo_optimal
+    amortization_gap: float  # elbo_optimal - elbo_amortized
+    refine_steps: list[int]
+    meanfield_steps: int
+    iwae_k: int
+    num_points: int
+    log_px_per_point: Tensor  # (num_points,)
+    elbo_refined_per_point: Tensor  # (len(refine_steps), num_points)
+
+
+def gaps(
+    vae,
+    images: Tensor,
+    iwae_k: int = 5000,
+    refine_steps=(0, 1, 5, 20, 100),
+    meanfield_steps: int = 500,
+    learning_rate: float = 1e-2,
+    elbo_samples: int = 100,
+    batch_size: int = 100,
+    chunk_size: int = 250,
+) -> Gaps:
+    """log p(x), the amortized / refined / mean-field ELBOs, and the two gaps on ``images``.
+
+    Args:
+        vae: a trained VAE (encoder and decoder).
+        images: (num_points, pixels), already binarized.
+        iwae_k: proposals per image for log p(x).
+        refine_steps: the step counts at which the semi-amortized ELBO is recorded.
+        meanfield_steps: steps of the from-the-prior mean-field optimization.
+        learning_rate: Adam's step size for both local optimizations.
+        elbo_samples: draws per image for each recorded ELBO (analytic KL).
+    """
+    from pyro_vi.models import local
+
+    refine_steps = sorted(set(int(s) for s in refine_steps))
+    log_px, refined, meanfield = [], [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+
+        def evaluate(loc, scale, x=x):
+            return local.elbo_per_datapoint(vae, x, loc, scale, num_samples=elbo_samples)
+
+        with torch.no_grad():
+            q = vae.posterior(x)
+            loc, scale = q.base_dist.loc, q.base_dist.scale
+        refined.append(local.refine(vae, x, loc, scale, refine_steps, learning_rate, evaluate=evaluate).elbo)
+        prior_loc, prior_scale = torch.zeros_like(loc), torch.ones_like(scale)
+        meanfield.append(local.refine(vae, x, prior_loc, prior_scale, (meanfield_steps,), learning_rate, evaluate=evaluate).elbo[-1])
+        log_px.append(iwae_log_likelihood(vae, x, iwae_k, chunk_size, batch_size))
+    log_px, refined, meanfield = torch.cat(log_px), torch.cat(refined, dim=1), torch.cat(meanfield)
+    elbo_amortized = float(refined[0].mean())
+    elbo_refined = [float(r.mean()) for r in refined]
+    elbo_meanfield = float(meanfield.mean())
+    optimal_local = "refined" if elbo_refined[-1] >= elbo_meanfield else "meanfield"
+    elbo_optimal = max(elbo_refined[-1], elbo_meanfield)
+    return Gaps(
+        log_px=float(log_px.mean()),
+        elbo_amortized=elbo_amortized,
+        elbo_refined=elbo_refined,
+        elbo_meanfield=elbo_meanfield,
+        elbo_optimal=elbo_optimal,
+        optimal_local=optimal_local,
+        approximation_gap=float(log_px.mean()) - elbo_optimal,
+        amortization_gap=elbo_optimal - elbo_amortized,
+        refine_steps=refine_steps,
+        meanfield_steps=int(meanfield_steps),
+        iwae_k=int(iwae_k),
+        num_points=int(images.shape[0]),
+        log_px_per_point=log_px,
+        elbo_refined_per_point=refined,
+    )
