@@ -17,6 +17,9 @@ from pyro_vi import importance, local_training
 from pyro_vi.models import conjugate, local
 from pyro_vi.models.local import LocalGuide, refine
 from pyro_vi.local_training import LocalTrainConfig, fit_local
+from pyro_vi import estimators, variance, variance_models
+from pyro_vi.estimators import ESTIMATORS, get_estimator
+from pyro_vi.variance import gradient_variance, variance_over_training
 from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import (
@@ -76,4 +79,11 @@ __all__ = [
     "local",
     "local_training",
     "refine",
+    "ESTIMATORS",
+    "estimators",
+    "get_estimator",
+    "gradient_variance",
+    "variance",
+    "variance_models",
+    "variance_over_training",
 ]

@@ -1,0 +1,567 @@
+"""Gradient estimators of the ELBO as Pyro ELBO objects, chosen by name.
+
+Every estimator has the same value, loss = -ELBO (for ``iwae`` and ``dreg``: minus the
+importance-weighted bound), and differs only in the gradient it gives. Each is an object with
+``loss``, ``differentiable_loss`` and ``loss_and_grads``, usable wherever Pyro's ``Trace_ELBO`` is
+(``pyro.infer.SVI``, ``pyro_vi``'s training loop). The model and guide are never rewritten: an
+estimator changes how the guide's sites are sampled with a poutine handler (``has_rsample`` off,
+a Concrete relaxation, enumeration, a baseline) and builds its own surrogate loss from the traces.
+
+Names (one vocabulary across the API, the CLI, JSON and plots):
+
+    reparam            pathwise where the guide can rsample, score function elsewhere (Trace_ELBO)
+    score              score function at every guide site, plate-level Rao-Blackwellization
+    score-naive        score function, whole log-ratio times the summed score (textbook REINFORCE)
+    score-graph        score function with TraceGraph_ELBO's dependency-graph Rao-Blackwellization
+    score-baseline     score-graph plus a decaying-average baseline per site
+    score-nn-baseline  score-graph plus a learned (NVIL-style) baseline network per site
+    rloo               score function over k particles, each baselined by the mean of the others
+    stl                sticking the landing: pathwise, variational parameters detached inside log q
+    analytic-kl        TraceMeanField_ELBO: KL(q || p) in closed form where it exists
+    enum               exact enumeration of discrete sites (TraceEnum_ELBO)
+    gumbel             Concrete relaxation of Bernoulli / OneHotCategorical sites; BIASED
+    iwae               gradient of the importance-weighted bound with k reparameterized particles
+    dreg               doubly reparameterized gradient of the same bound (Tucker et al. 2019)
+
+The surrogates built here use only tensor operations (no ``.item()``), so ``differentiable_loss``
+can run under ``torch.func.vmap`` (see ``pyro_vi.variance``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.distributions.kl import kl_divergence
+from pyro.infer import ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match
+from torch import Tensor, nn
+
+from pyro_vi.errors import ConfigError
+
+ESTIMATORS = (
+    "reparam",
+    "score",
+    "score-naive",
+    "score-graph",
+    "score-baseline",
+    "score-nn-baseline",
+    "rloo",
+    "stl",
+    "analytic-kl",
+    "enum",
+    "gumbel",
+    "iwae",
+    "dreg",
+)
+# Estimators whose expectation is the exact gradient of their objective (gumbel's is not).
+UNBIASED = tuple(name for name in ESTIMATORS if name != "gumbel")
+# Estimators that need every continuous guide site to be reparameterizable and no discrete ones.
+_PATHWISE_ONLY = ("reparam", "stl", "analytic-kl", "iwae", "dreg")
+_SCORE_EVERYWHERE = ("score", "score-naive", "score-graph", "score-baseline", "score-nn-baseline", "rloo")
+
+
+def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "GradientEstimator":
+    """The estimator called ``name`` (one of ``ESTIMATORS``) with ``num_particles`` samples.
+
+    Options: ``temperature`` (gumbel, default 0.5), ``baseline_beta`` (score-baseline, 0.9),
+    ``baseline_hidden_dim`` (score-nn-baseline, 16), ``max_plate_nesting`` (enum).
+    """
+    return GradientEstimator(name, num_particles=num_particles, **options)
+
+
+class GradientEstimator(ELBO):
+    """A named gradient estimator of the ELBO with Pyro's ELBO interface.
+
+    Args:
+        name: one of ``ESTIMATORS``.
+        num_particles: samples per estimate (``k`` for rloo, iwae, dreg); averaged for the others.
+        temperature: Concrete temperature for ``gumbel``.
+        baseline_beta: decay of the running-average baseline for ``score-baseline``.
+        baseline_hidden_dim: hidden units of the ``score-nn-baseline`` network.
+        max_plate_nesting: passed to Pyro's ELBO (``enum`` guesses it when left at infinity).
+    """
+
+    def __init__(
+        self,
+        name: str = "reparam",
+        num_particles: int = 1,
+        temperature: float = 0.5,
+        baseline_beta: float = 0.9,
+        baseline_hidden_dim: int = 16,
+        max_plate_nesting: float = float("inf"),
+    ):
+        if name not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
+        if name == "rloo" and num_particles < 2:
+            raise ConfigError("rloo needs at least 2 particles (each is baselined by the others); pass --particles 2 or more")
+        if not temperature > 0:
+            raise ConfigError(f"gumbel temperature must be positive, got {temperature!r}")
+        if not 0 <= baseline_beta < 1:
+            raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta!r}")
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        self.name = name
+        self.temperature = temperature
+        self.baseline_beta = baseline_beta
+        self.baseline_hidden_dim = baseline_hidden_dim
+        self._baseline_networks = nn.ModuleDict()  # score-nn-baseline: one net per guide site
+        self._checked = set()
+        self.frozen = False  # True while measuring: score-baseline reads its running average, no update
+        if name in ("score-graph", "score-baseline", "score-nn-baseline"):
+            self._pyro_elbo = TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        elif name == "enum":
+            self._pyro_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        else:
+            self._pyro_elbo = None
+
+    def __repr__(self) -> str:
+        return f"GradientEstimator({self.name!r}, num_particles={self.num_particles})"
+
+    # -- the ELBO interface -------------------------------------------------------------------
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """An estimate of -ELBO (of minus the importance-weighted bound for iwae and dreg)."""
+        if self._pyro_elbo is not None:
+            wrapped_model, wrapped_guide = self.wrap(model, guide)
+            return float(self._pyro_elbo.loss(wrapped_model, wrapped_guide, *args, **kwargs))
+        with torch.no_grad():
+            return float(self._loss_and_surrogate(model, guide, args, kwargs)[0])
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """A tensor whose value is the loss and whose gradient is this estimator's gradient."""
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
+        return loss.detach() + (surrogate - surrogate.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Accumulate the estimated gradient into ``param.grad``; return the loss."""
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
+        if getattr(surrogate, "requires_grad", False):
+            surrogate.backward(retain_graph=self.retain_graph)
+        return float(loss.detach())
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """One (model_trace, guide_trace) pair as this estimator draws it (Pyro's ELBO hook)."""
+        model, guide = self.wrap(model, guide)
+        return _traces(model, guide, args, kwargs)
+
+    # -- building the surrogate ---------------------------------------------------------------
+
+    def wrap(self, model, guide):
+        """The (model, guide) pair as this estimator runs them: handlers only, same sites."""
+        if self.name in _SCORE_EVERYWHERE:
+            baseline = {"score-baseline": "average", "score-nn-baseline": "network"}.get(self.name)
+            return model, _with_handler(guide, lambda: _ScoreFunction(self, baseline))
+        if self.name == "gumbel":
+            return model, _with_handler(guide, lambda: _Relaxed(self.temperature))
+        if self.name == "enum":
+            return config_enumerate(model, "parallel"), config_enumerate(guide, "parallel")
+        return model, guide
+
+    def check(self, model, guide, *args, **kwargs) -> None:
+        """Raise ``ConfigError`` if this estimator does not apply to the guide's sites."""
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        latent = [s for s in _sample_sites(guide_trace)]
+        discrete = [s["name"] for s in latent if _is_discrete(s["fn"])]
+        continuous_without_rsample = [
+            s["name"] for s in latent if not _is_discrete(s["fn"]) and not s["fn"].has_rsample
+        ]
+        model_only_discrete = [
+            s["name"]
+            for s in _sample_sites(model_trace)
+            if s["name"] not in guide_trace.nodes and _is_discrete(s["fn"])
+        ]
+        if self.name in _PATHWISE_ONLY and discrete:
+            raise ConfigError(
+                f"estimator {self.name!r} is pathwise but the guide samples discrete sites "
+                f"{', '.join(discrete)}; use score, rloo, enum or gumbel"
+            )
+        if self.name in _PATHWISE_ONLY and continuous_without_rsample:
+            raise ConfigError(
+                f"estimator {self.name!r} is pathwise but guide sites {', '.join(continuous_without_rsample)} "
+                "cannot rsample; use score or rloo"
+            )
+        if self.name == "enum" and not (discrete or model_only_discrete):
+            raise ConfigError("estimator 'enum' needs discrete latent sites but this model has only continuous ones; use reparam")
+        if self.name == "gumbel":
+            relaxable = [s for s in latent if isinstance(_base(s["fn"]), (dist.Bernoulli, dist.OneHotCategorical))]
+            relaxable_names = {s["name"] for s in relaxable}
+            other = [s["name"] for s in latent if _is_discrete(s["fn"]) and s["name"] not in relaxable_names]
+            if other:
+                raise ConfigError(
+                    f"gumbel relaxes Bernoulli and OneHotCategorical sites only, not {', '.join(other)}; "
+                    "write them as OneHotCategorical or use score"
+                )
+            if not relaxable:
+                raise ConfigError("gumbel needs Bernoulli or OneHotCategorical guide sites; this guide has none, use reparam")
+        if self.name == "score-nn-baseline":  # build the baseline networks now, outside any vmap
+            poutine.trace(self.wrap(model, guide)[1]).get_trace(*args, **kwargs)
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+        key = (id(model), id(guide))
+        if key not in self._checked:
+            self.check(model, guide, *args, **kwargs)
+            self._checked.add(key)
+        model, guide = self.wrap(model, guide)
+        if self.name in ("score-graph", "score-baseline", "score-nn-baseline"):
+            elbo, surrogate_loss = self._pyro_elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
+            return -elbo, surrogate_loss
+        if self._pyro_elbo is not None:  # enum
+            loss = self._pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
+            return loss.detach(), loss
+        if self.name == "gumbel":  # the model scores relaxed (non-integer) values
+            with pyro.validation_enabled(False):
+                particles = [_traces(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        else:
+            particles = [_traces(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        if self.name in ("iwae", "dreg"):
+            return _importance_weighted(particles, doubly_reparameterized=self.name == "dreg", model=model, args=args, kwargs=kwargs)
+        if self.name == "rloo":
+            return _leave_one_out(particles)
+        if self.name == "analytic-kl":
+            elbos, surrogates = zip(*(_analytic_kl_particle(m, g) for m, g in particles))
+        else:
+            elbos, surrogates = zip(*(_particle(self.name, m, g) for m, g in particles))
+        return -sum(elbos) / self.num_particles, -sum(surrogates) / self.num_particles
+
+
+# -- traces and per-particle surrogates ----------------------------------------------------------
+
+
+def _traces(model, guide, args, kwargs):
+    """One guide trace and the model replayed against it, with log-probs and score parts."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, guide_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    return model_trace, guide_trace
+
+
+def _sample_sites(trace):
+    return [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"] and isinstance(s["fn"], dist.Distribution) and type(s["fn"]).__name__ != "_Subsample"]
+
+
+def _log_joint(trace) -> Tensor:
+    return sum(site["log_prob_sum"] for site in trace.nodes.values() if site["type"] == "sample")
+
+
+def _particle(name: str, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """(elbo, surrogate elbo) of one particle for reparam, score, score-naive, stl and gumbel."""
+    log_p = _log_joint(model_trace)
+    elbo = log_p - _log_joint(guide_trace)
+    surrogate = log_p
+    log_r = None
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        _, score_function, entropy_term = site["score_parts"]
+        if not is_identically_zero(entropy_term):
+            surrogate = surrogate - entropy_term.sum()
+            if name == "stl":
+                # Sticking the landing: add back d/dphi log q_phi(z) at fixed z, which cancels the
+                # direct (score) part of -log q and leaves only the path through z.
+                log_q_fixed_z = scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"]).sum()
+                surrogate = surrogate + log_q_fixed_z
+        if not is_identically_zero(score_function):
+            if name == "score-naive":  # whole log-ratio times the score, no Rao-Blackwellization
+                surrogate = surrogate + elbo.detach() * score_function.sum()
+            else:  # Trace_ELBO: each site's score times the log-ratio of the plates it lives in
+                log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
+                surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function).sum()
+    return elbo, surrogate
+
+
+def _analytic_kl_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+    """(elbo, surrogate elbo) with KL(q(z) || p(z | parents)) in closed form at each latent site
+    where one exists (TraceMeanField_ELBO's estimator), log p - log q elsewhere."""
+    elbo = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"] or name not in guide_trace.nodes:
+            elbo = elbo + site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        try:
+            kl = kl_divergence(guide_site["fn"], site["fn"])
+        except NotImplementedError:
+            elbo = elbo + site["log_prob_sum"] - guide_site["log_prob_sum"]
+            continue
+        elbo = elbo - scale_and_mask(kl, site["scale"], site["mask"]).sum()
+    return elbo, elbo
+
+
+def _score(guide_trace) -> Tensor:
+    return sum(
+        site["score_parts"].score_function.sum()
+        for site in guide_trace.nodes.values()
+        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
+    )
+
+
+def _leave_one_out(particles) -> tuple[Tensor, Tensor]:
+    """rloo: each particle's log-ratio baselined by the mean of the other k - 1."""
+    num_particles = len(particles)
+    log_p = torch.stack([_log_joint(m) for m, _ in particles])
+    elbos = log_p - torch.stack([_log_joint(g) for _, g in particles])  # (k,)
+    baselines = (elbos.sum() - elbos) / (num_particles - 1)
+    scores = torch.stack([torch.as_tensor(_score(g)) for _, g in particles])
+    entropy = torch.stack([torch.as_tensor(_entropy_terms(g)) for _, g in particles])
+    surrogate = log_p - entropy + (elbos - baselines).detach() * scores
+    return -elbos.mean(), -surrogate.mean()
+
+
+def _entropy_terms(guide_trace) -> Tensor:
+    return sum(
+        site["score_parts"].entropy_term.sum()
+        for site in guide_trace.nodes.values()
+        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].entropy_term)
+    )
+
+
+def _importance_weighted(particles, doubly_reparameterized: bool, model, args, kwargs) -> tuple[Tensor, Tensor]:
+    """iwae and dreg: value -(sum_n logsumexp_i log w_ni - log k), surrogate per Tucker et al. (2019).
+
+    ``n`` runs over the plates every site lives in (e.g. ``data`` in a VAE), so the bound is the
+    sum of per-datapoint bounds; with no such plate it is the bound of the whole joint. Log-probs
+    enter unscaled (masks kept) and the subsampling scale of those plates multiplies the result.
+    """
+    num_particles = len(particles)
+    frames = _common_frames([trace for particle in particles for trace in particle])
+    scale = 1.0
+    for frame in frames:
+        if frame.full_size is not None:
+            scale = scale * frame.full_size / frame.size
+    log_weights = torch.stack([_sum_to(m, frames) - _sum_to(g, frames) for m, g in particles])  # (k, *plates)
+    bound = scale * (torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
+    if not doubly_reparameterized:
+        return -bound, -bound
+    # Guide parameters phi: sum_i w_i^2 d log w_i / dz_i dz_i / dphi with log q's parameters detached
+    # (the stl term); model parameters theta: sum_i w_i d log p(x, z_i) / dtheta, as in iwae.
+    normalized = torch.softmax(log_weights.detach(), 0)
+    surrogate = 0.0
+    for i, (model_trace, guide_trace) in enumerate(particles):
+        stl = log_weights[i] + _sum_to(guide_trace, frames, fixed_value=True)
+        # log p at the detached samples carries d/dtheta only, so the w_i^2 term reaches phi alone.
+        values = {site["name"]: site["value"].detach() for site in _sample_sites(guide_trace)}
+        detached_trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+        log_p_fixed_z = _sum_to(_with_log_prob(detached_trace), frames)
+        surrogate = surrogate + normalized[i] * log_p_fixed_z + normalized[i] ** 2 * (stl - log_p_fixed_z)
+    return -bound, -scale * surrogate.sum()
+
+
+def _common_frames(traces) -> frozenset:
+    """The vectorized plates that every sample site of every trace lives in."""
+    stacks = [
+        frozenset(frame for frame in site["cond_indep_stack"] if frame.vectorized)
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+    ]
+    return frozenset.intersection(*stacks) if stacks else frozenset()
+
+
+def _sum_to(trace, frames, fixed_value: bool = False) -> Tensor:
+    """Sum of a trace's unscaled (masked) log-probs down to ``frames``; with ``fixed_value`` the
+    log-probs of its latent sites at detached values (the sticking-the-landing term)."""
+    terms = MultiFrameTensor()
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or (fixed_value and site["is_observed"]):
+            continue
+        if fixed_value:
+            log_prob = site["fn"].log_prob(site["value"].detach())
+        else:
+            log_prob = site.get("unscaled_log_prob", site["log_prob"])
+        log_prob = scale_and_mask(log_prob, 1.0, site["mask"])
+        stack = frozenset(frame for frame in site["cond_indep_stack"] if frame.vectorized)
+        terms.add((stack, log_prob))
+    total = terms.sum_to(frames)
+    return torch.as_tensor(total)
+
+
+def _with_log_prob(trace):
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    return trace
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+def _with_handler(guide, make_handler):
+    def handled(*args, **kwargs):
+        with make_handler() as handler:
+            result = guide(*args, **kwargs)
+        handler.register()
+        return result
+
+    handled.__name__ = getattr(guide, "__name__", "guide")
+    return handled
+
+
+def _base(fn):
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _turn_off_rsample(fn) -> None:
+    """``has_rsample_(False)`` on the innermost distribution that holds the flag (wrappers such as
+    Independent read it from their base)."""
+    while True:
+        try:
+            fn.has_rsample_(False)
+            return
+        except AttributeError:
+            fn = fn.base_dist
+
+
+def _is_discrete(fn) -> bool:
+    return bool(getattr(fn, "has_enumerate_support", False)) or fn.support.is_discrete
+
+
+def _is_latent(msg) -> bool:
+    return (
+        msg["type"] == "sample"
+        and not msg["is_observed"]
+        and isinstance(msg["fn"], dist.Distribution)
+        and type(msg["fn"]).__name__ != "_Subsample"
+        and msg["infer"].get("enumerate") is None
+    )
+
+
+class _ScoreFunction(Messenger):
+    """Turn off rsample at every guide site (Pyro's ``has_rsample_(False)``), optionally adding
+    TraceGraph_ELBO's baseline options to each site's ``infer`` dict."""
+
+    def __init__(self, estimator: GradientEstimator, baseline: str | None):
+        super().__init__()
+        self.estimator = estimator
+        self.baseline = baseline
+
+    def _pyro_sample(self, msg):
+        if not _is_latent(msg):
+            return
+        _turn_off_rsample(msg["fn"])
+        if self.baseline == "average" and self.estimator.frozen:
+            # Pyro's running average at its current value, read but not updated.
+            store = pyro.get_param_store()
+            key = "__baseline_avg_downstream_cost_" + msg["name"]
+            value = store[key].detach() if key in store else torch.zeros(_downstream_shape(msg["fn"]))
+            options = {"baseline_value": value}
+        elif self.baseline == "average":
+            options = {"use_decaying_avg_baseline": True, "baseline_beta": self.estimator.baseline_beta}
+        elif self.baseline == "network":
+            features = _baseline_features(msg["fn"])
+            network = self._network(msg["name"], features.shape[-1])
+            options = {"nn_baseline": _Squeeze(network, _downstream_shape(msg["fn"])), "nn_baseline_input": features}
+        else:
+            return
+        msg["infer"] = {**msg["infer"], "baseline": options}
+
+    def _network(self, site: str, input_dim: int) -> nn.Module:
+        networks = self.estimator._baseline_networks
+        key = site.replace(".", "_")
+        if key not in networks:
+            hidden = self.estimator.baseline_hidden_dim
+            networks[key] = nn.Sequential(nn.Linear(input_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        return networks[key]
+
+    def register(self):
+        """Put the baseline networks in the param store so SVI's optimizer trains them."""
+        for key, network in self.estimator._baseline_networks.items():
+            pyro.module(f"baseline_{key}", network)
+
+
+def _baseline_features(fn) -> Tensor:
+    """NVIL-style baseline input for a site: the guide's mean and standard deviation there,
+    one row per element of the site's batch (they are functions of the data, not of z)."""
+    batch_shape = fn.batch_shape
+    base = _base(fn)
+    if isinstance(base, dist.Categorical):  # its mean is undefined: use the probabilities
+        probs = base.probs.detach()
+        return probs.expand(batch_shape + probs.shape[-1:]).reshape(batch_shape + (-1,))
+    mean = fn.mean.detach().reshape(batch_shape + (-1,))
+    stddev = fn.variance.detach().clamp(min=0).sqrt().reshape(batch_shape + (-1,))
+    return torch.cat([mean, stddev], -1)
+
+
+def _downstream_shape(fn) -> torch.Size:
+    shape = list(fn.batch_shape)
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return torch.Size(shape)
+
+
+class _Squeeze(nn.Module):
+    def __init__(self, network: nn.Module, shape: torch.Size):
+        super().__init__()
+        self.network = network
+        self.shape = shape
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.network(features).reshape(self.shape)
+
+
+class _Relaxed(Messenger):
+    """Replace Bernoulli / OneHotCategorical guide sites by their Concrete relaxation.
+
+    The relaxed sample is reparameterized; log q and the model's log p are the discrete
+    log-probabilities extended to the relaxed value (as in Jang et al. 2017), so the objective is a
+    relaxation of the ELBO and the gradient is biased for it.
+    """
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def _pyro_sample(self, msg):
+        if _is_latent(msg) and isinstance(_base(msg["fn"]), (dist.Bernoulli, dist.OneHotCategorical)):
+            msg["fn"] = _RelaxedSite(msg["fn"], self.temperature)
+
+    def register(self):
+        pass
+
+
+class _RelaxedSite(dist.TorchDistribution):
+    """Samples from the Concrete relaxation of ``discrete``; scores with ``discrete``'s log_prob."""
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, discrete, temperature: float):
+        self.discrete = discrete
+        base = _base(discrete)
+        temperature = torch.tensor(temperature, dtype=base.logits.dtype, device=base.logits.device)
+        if isinstance(base, dist.Bernoulli):
+            relaxed = dist.RelaxedBernoulli(temperature, logits=base.logits)
+        else:
+            relaxed = dist.RelaxedOneHotCategorical(temperature, logits=base.logits)
+        self.relaxed = relaxed.expand(discrete.batch_shape + relaxed.batch_shape[len(discrete.batch_shape):])
+        super().__init__(discrete.batch_shape, discrete.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return dist.constraints.real
+
+    def rsample(self, sample_shape=torch.Size()):
+        value = self.relaxed.rsample(sample_shape)
+        return value.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def log_prob(self, value):
+        with pyro.validation_enabled(False):
+            return self.discrete.log_prob(value)
