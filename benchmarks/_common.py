@@ -44,6 +44,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Other jobs on the machine: the reason absolute numbers vary and ratios are what counts.
+        "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         import pyro
@@ -131,36 +133,42 @@ def write_json(name: str, payload: dict, out_dir: str | Path | None = None) -> P
     return path
 
 
-def append_results_row(title: str, numbers: str, ratios: str, table: str | Path | None = None) -> Path:
-    """Append one row (command, commit, machine, numbers, ratios) to ``benchmarks/RESULTS.md``.
+SECTION = "## Side by side (benchmarks/_common.py)"
+_TABLE_HEADER = (
+    "| date | benchmark | command | commit | machine | numbers | ratios |\n"
+    "|---|---|---|---|---|---|---|\n"
+)
 
-    ``table`` redirects the row elsewhere (the test suite writes to a temporary file).
+
+def append_results_row(title: str, numbers: str, ratios: str, table: str | Path | None = None) -> Path:
+    """Add one row (command, commit, machine, numbers, ratios) to the shared table of
+    ``benchmarks/RESULTS.md`` (its section ``SECTION``, created if missing; other sections of the
+    file are left as they are). ``table`` redirects the row to another file (the tests use one).
     """
     path = Path(table) if table is not None else RESULTS_TABLE
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\n"
-            "One row per run, appended by the scripts in `benchmarks/`. Ratios compare contenders measured "
-            "side by side in the same process (interleaved rounds, medians); absolute numbers depend on the "
-            "machine and its load.\n\n"
-            "| date | benchmark | command | commit | machine | numbers | ratios |\n"
-            "|---|---|---|---|---|---|---|\n"
-        )
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     info = machine()
     machine_text = f"{info['processor']}, {info['cpu_count']} cores ({info['torch_threads']} threads), torch {info['torch']}"
     if info.get("cuda"):
         machine_text += f", {info['cuda']}"
-    row = [
-        time.strftime("%Y-%m-%d %H:%M"),
-        title,
-        f"`{command_line()}`",
-        commit(),
-        machine_text,
-        numbers,
-        ratios,
-    ]
-    with open(path, "a") as file:
-        file.write("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |\n")
+    if info.get("load_average"):
+        machine_text += f", load {info['load_average']}"
+    cells = [time.strftime("%Y-%m-%d %H:%M"), title, f"`{command_line()}`", commit(), machine_text, numbers, ratios]
+    row = "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |\n"
+    if SECTION not in text:
+        text = text.rstrip("\n") + (
+            f"\n\n{SECTION}\n\nOne row per run. Ratios compare contenders measured side by side in one process "
+            "(interleaved rounds, medians); absolute numbers depend on the machine and its load.\n\n"
+        ) + _TABLE_HEADER + row
+    else:
+        lines = text.splitlines(keepends=True)
+        at = next(i for i, line in enumerate(lines) if line.startswith(SECTION))
+        at = next(i for i in range(at, len(lines)) if lines[i].startswith("|"))  # the header
+        while at < len(lines) and lines[at].startswith("|"):
+            at += 1
+        lines.insert(at, row)
+        text = "".join(lines)
+    path.write_text(text)
     return path
 
 

@@ -158,7 +158,7 @@ class GMMEnum:
     def init_params(x: Tensor) -> dict:
         weights0, locs0, scales0 = GMMEnum._initial(x)
         return {
-            "weights": torch.distributions.biject_to(constraints.simplex).inv(weights0),
+            "weights": torch.distributions.transform_to(constraints.simplex).inv(weights0),
             "locs": locs0.clone(),
             "scales": scales0.log(),
         }
@@ -166,7 +166,7 @@ class GMMEnum:
     @staticmethod
     def handwritten_loss(params: dict, x: Tensor) -> Tensor:
         """-log p(x | weights, locs, scales), z summed out with logsumexp."""
-        weights = torch.distributions.biject_to(constraints.simplex)(params["weights"])
+        weights = params["weights"].softmax(-1)  # transform_to(simplex), as the param store does
         scales = params["scales"].exp()
         log_joint = weights.log() + _normal_log_prob(x, params["locs"], scales)  # (num_data, num_components)
         return -torch.logsumexp(log_joint, -1).sum()
@@ -342,11 +342,11 @@ def parse_args(argv=None):
     _common.add_common_arguments(parser)
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     parser.add_argument("--contenders", type=lambda s: s.split(","), default=list(CONTENDERS))
-    parser.add_argument("--steps", type=int, default=None, help="steps per timed chunk (default 200; quick 20)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed chunk (default 200; quick 10)")
     parser.add_argument("--rounds", type=int, default=None, help="timed chunks per contender (default 7; quick 2)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    args.steps = args.steps or (20 if args.quick else 200)
+    args.steps = args.steps or (10 if args.quick else 200)
     args.rounds = args.rounds or (2 if args.quick else 7)
     return args
 

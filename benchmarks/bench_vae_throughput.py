@@ -278,7 +278,7 @@ def main(args) -> dict:
         }
         if "numpyro" in rates:
             entry["ratio_to_numpyro"] = {name: rate / rates["numpyro"] for name, rate in rates.items()}
-        if args.memory:
+        if args.memory and batch_size == args.memory_batch_size:
             entry["peak_memory_mib"] = {name: peak_memory(name, args, batch_size) for name in runnable}
         results[str(batch_size)] = entry
         print(
@@ -303,6 +303,9 @@ def main(args) -> dict:
             f"b{b}: " + ", ".join(f"{n} {r / 1000:.1f}k" for n, r in e["images_per_second"].items()) + " img/s"
             for b, e in results.items()
         )
+        memory = {b: e["peak_memory_mib"] for b, e in results.items() if "peak_memory_mib" in e}
+        for b, peaks in memory.items():
+            numbers += f"; peak RSS at b{b}: " + ", ".join(f"{n} {m:.0f} MiB" for n, m in peaks.items() if m)
         ratios = "; ".join(
             f"b{b}: pyro_vi/torch {e['ratio_to_torch'].get('pyro_vi', float('nan')):.2f}, "
             f"pyro/torch {e['ratio_to_torch'].get('pyro', float('nan')):.2f}"
@@ -323,7 +326,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_common_arguments(parser)
     parser.add_argument("--batch-sizes", type=_dims, default=None, help="comma-separated (default 32,128,512)")
-    parser.add_argument("--num-data", type=int, default=None, help="images per epoch (default 16384; quick 1024)")
+    parser.add_argument("--num-data", type=int, default=None, help="images per epoch (default 8192; quick 512)")
     parser.add_argument("--rounds", type=int, default=None, help="timed epochs per contender (default 5; quick 2)")
     parser.add_argument("--x-dim", type=int, default=784)
     parser.add_argument("--z-dim", type=int, default=50)
@@ -332,10 +335,11 @@ def parse_args(argv=None):
     parser.add_argument("--contenders", type=lambda s: s.split(","), default=list(CONTENDERS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None, help="measure peak memory (default: on unless --quick)")
+    parser.add_argument("--memory-batch-size", type=int, default=128, help="the batch size whose peak memory is measured")
     parser.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_sizes = args.batch_sizes or ((128,) if args.quick else (32, 128, 512))
-    args.num_data = args.num_data or (1024 if args.quick else 16384)
+    args.num_data = args.num_data or (512 if args.quick else 8192)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.memory = (not args.quick) if args.memory is None else args.memory
     return args
