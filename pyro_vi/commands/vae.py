@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--elbo", default="trace", choices=ELBOS, help="trace: Trace_ELBO; meanfield: analytic KL")
+    train.add_argument(
+        "--estimator",
+        default=None,
+        choices=_estimator_names(),
+        help="gradient estimator from pyro_vi.estimators (overrides --elbo; e.g. score-baseline trains, slowly)",
+    )
     train.add_argument("--kl-warmup-epochs", type=float, default=0.0, help="linear KL annealing from 0 to 1")
     train.add_argument("--checkpoint-every-steps", type=int, default=0)
     train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
@@ -72,10 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _estimator_names() -> tuple[str, ...]:
+    from pyro_vi.estimators import ESTIMATORS
+
+    return ESTIMATORS
+
+
 def build_loss(args):
     """The Pyro ELBO object named by the options."""
     from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+    if getattr(args, "estimator", None) is not None:
+        from pyro_vi.estimators import get_estimator
+
+        return get_estimator(args.estimator)
     return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[args.elbo]()
 
 
@@ -196,4 +212,4 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
 
 
 def _loss_name(args) -> str:
-    return args.elbo
+    return args.estimator if getattr(args, "estimator", None) is not None else args.elbo
