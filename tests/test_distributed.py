@@ -214,3 +214,52 @@ def test_short_distributed_run_trains(tmp_path):
     assert elbos[-1] > elbos[0] + 1.0, elbos
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert saved["run"]["epoch"] == 3
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C seen by one rank stops every rank at the same step (no rank left waiting in a collective),
+# and a distributed --resume then ends where an uninterrupted distributed run ends (the fixed-noise
+# guide and binarization "none" leave no randomness, so the comparison is bit for bit).
+
+
+def _interrupt_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import signal
+
+    data_parallel = _join(rank, world_size, port)
+    try:
+        images, vae, guide = _problem()
+        calls = {"count": 0}
+
+        def model(x, indices, num_data, kl_weight=1.0):
+            calls["count"] += 1
+            if rank == 1 and calls["count"] == 3:  # only rank 1 is interrupted, during step 3
+                os.kill(os.getpid(), signal.SIGINT)
+            vae.model(x, indices, num_data, kl_weight)
+
+        config = TrainConfig(epochs=2, batch_size=4, binarization="none")
+        path = Path(out_dir) / "checkpoint.pt"
+        modules = {"encoder": vae.encoder, "decoder": vae.decoder}
+        result = fit(model, guide, images, config, checkpoint_path=path, progress=False, data_parallel=data_parallel)
+        data_parallel.barrier()  # rank 0 has written the checkpoint
+        at_stop = checkpoints.load(path)["run"]
+        fit(vae.model, guide, images, config, modules=modules, checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
+        resumed = _params()
+        images, vae, guide = _problem()
+        fit(vae.model, guide, images, config, progress=False, data_parallel=data_parallel)
+        output = {"interrupted": result.interrupted, "steps": result.steps, "at_stop": (at_stop["epoch"], at_stop["step"])}
+        output.update(resumed=resumed, uninterrupted=_params())
+        torch.save(output, Path(out_dir) / f"interrupt{rank}.pt")
+    finally:
+        data_parallel.close()
+
+
+def test_interrupt_on_one_rank_stops_all_ranks_then_resume_is_exact(tmp_path):
+    _spawn(_interrupt_worker, tmp_path)
+    results = [torch.load(tmp_path / f"interrupt{rank}.pt") for rank in range(WORLD_SIZE)]
+    for result in results:
+        assert (result["interrupted"], result["steps"], result["at_stop"]) == (True, 3, (0, 3))
+    saved = checkpoints.load(tmp_path / "checkpoint.pt")  # written by rank 0, at the end of the resumed run
+    assert (saved["run"]["epoch"], saved["run"]["step"]) == (2, 0)
+    for name, value in results[0]["uninterrupted"].items():
+        for result in results:
+            assert torch.equal(result["resumed"][name], value), name
