@@ -165,17 +165,18 @@ def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
                     ) from None
     if download:
         root = Path(data_dir) if data_dir is not None else Path.home() / ".cache" / "pyro_vi" / "download"
-        looked.append(f"download to {root}")
+        created = not (root / _TORCHVISION_CLASS[name]).exists()
         try:
             train = dataset_class(root, train=True, download=True)
             test = dataset_class(root, train=False, download=True)
             return _from_torchvision(name, train, test)
         except (RuntimeError, OSError, ValueError):
-            pass  # no network: fall through to the one-line error
-    raise DataNotFoundError(
-        f"{name} data not found (looked in: {'; '.join(looked) or 'nowhere'}; download failed or disabled); "
-        f"{_HOW_TO_PROVIDE[name]}"
-    )
+            # No network: leave nothing behind, then fall through to the one-line error.
+            if created:
+                shutil.rmtree(root / _TORCHVISION_CLASS[name], ignore_errors=True)
+    where = "; ".join(looked) if looked else "no local directory given"
+    tried = "torchvision's download failed (no network?)" if download else "download disabled"
+    raise DataNotFoundError(f"{name} data not found (looked in: {where}; {tried}); {_HOW_TO_PROVIDE[name]}")
 
 
 def _from_torchvision(name: str, train, test) -> Dataset:
