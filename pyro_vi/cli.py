@@ -15,6 +15,7 @@ from pyro_vi.errors import PyroVIError
 # subcommand name -> module; add a line here when adding a command.
 COMMANDS = {
     "vae": "pyro_vi.commands.vae",
+    "variance": "pyro_vi.commands.variance",
     "bench": "pyro_vi.commands.bench",
     "gmm": "pyro_vi.commands.gmm",
     "gap": "pyro_vi.commands.gap",

@@ -1,0 +1,54 @@
+"""pyro-vi variance: outputs, one-line errors before any output, and the example script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_vi import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_writes_json_csv_and_figures(tmp_path):
+    out = tmp_path / "run"
+    status = cli.main(["variance", "--model", "pyro-test", "--estimators", "reparam,score", "--particles", "1,2",
+                       "--replicates", "50", "--out", str(out)])
+    assert status == 0
+    report = json.loads((out / "variance.json").read_text())
+    assert {(r["estimator"], r["num_particles"]) for r in report["summary"]} == {
+        ("reparam", 1), ("reparam", 2), ("score", 1), ("score", 2)}
+    header = (out / "variance.csv").read_text().splitlines()[0]
+    assert header == "model,estimator,num_particles,param,mean,variance,snr,bias,seconds"
+    assert len((out / "variance.csv").read_text().splitlines()) == 1 + 4 * 2  # 2 params each
+    for figure in ("total_variance.png", "variance_vs_particles.png", "snr.png"):
+        assert (out / figure).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "bernoulli", "--estimators", "reparam"], "discrete"),
+        (["--model", "gaussian", "--estimators", "enum"], "only continuous"),
+        (["--estimators", "reinforce"], "unknown estimator"),
+        (["--replicates", "0"], "--replicates"),
+        (["--particles", "0"], "--particles"),
+    ],
+)
+def test_bad_options_fail_in_one_line_without_output(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert cli.main(["variance", *argv, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_example_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "variance.py"), "--replicates", "20", "--estimators", "reparam,stl", "--seed", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stl" in result.stdout
