@@ -4,7 +4,7 @@ Write a model and a guide, fit them with SVI, see what the fit did, and measure 
 gradient estimator is.
 """
 
-from pyro_vi import checkpoint, data, device, errors, evaluate, io, plots, train
+from pyro_vi import checkpoint, data, device, errors, evaluate, io, optim, plots, train
 from pyro_vi.models import vae
 from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi
 from pyro_vi.models import gmm
@@ -59,6 +59,7 @@ __all__ = [
     "device",
     "errors",
     "io",
+    "optim",
     "load_dataset",
     "resolve_device",
     "validate_images",
