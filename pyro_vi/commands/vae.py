@@ -142,6 +142,9 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     checkpoint_path = out / "checkpoint.pt"
     if args.resume:
         checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": vars(config)})
+    if hasattr(loss, "check"):  # an estimator that does not apply to this guide fails here, before any output
+        loss.check(vae.model, vae.guide, dataset.train_images[:2], None, dataset.train_images.shape[0])
+        pyro.clear_param_store()
     out = io.prepare_output_dir(out)
 
     # 2. Train. The test set is binarized once, with its own generator, the same on every run.
