@@ -72,7 +72,9 @@ class TrainConfig:
     def kl_weight(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         if self.kl_warmup_epochs <= 0:
             return 1.0
-        return min(1.0, (epoch + step / steps_per_epoch) / self.kl_warmup_epochs)
+        # Weight of step ``step`` (0-based) counts that step as done, so the first is > 0:
+        # poutine.scale needs a positive scale.
+        return min(1.0, (epoch + (step + 1) / steps_per_epoch) / self.kl_warmup_epochs)
 
 
 class FitResult(NamedTuple):
@@ -203,7 +205,7 @@ def fit(
                     state = state._replace(epoch_loss=state.epoch_loss + step_loss)
                 state = state._replace(step=state.step + 1)
                 steps_taken += 1
-                images_seen += x.shape[0]
+                images_seen += x.shape[0] * (1 if data_parallel is None else data_parallel.world_size)  # global
                 bar.update(1)
                 if progress and state.step % 10 == 0 and step_loss is not None:
                     bar.set_postfix(loss=f"{step_loss / num_data:.3f}")
@@ -220,7 +222,7 @@ def fit(
             record = {
                 "epoch": state.epoch + 1,
                 "train_elbo": -state.epoch_loss / max(1, steps_per_epoch - skipped) / num_data,
-                "kl_weight": config.kl_weight(state.epoch, steps_per_epoch, steps_per_epoch),
+                "kl_weight": config.kl_weight(state.epoch, steps_per_epoch - 1, steps_per_epoch),
                 "seconds": time.perf_counter() - start,
             }
             if evaluate is not None:

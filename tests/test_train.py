@@ -70,7 +70,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(digits, tmp_path):
 def test_kl_warmup_is_linear_then_one():
     config = TrainConfig(kl_warmup_epochs=2)
     weights = [config.kl_weight(epoch, step, 4) for epoch in range(3) for step in range(4)]
-    assert weights[:8] == pytest.approx([i / 8 for i in range(8)])
+    assert weights[:8] == pytest.approx([(i + 1) / 8 for i in range(8)])
     assert weights[8:] == [1.0] * 4
     assert TrainConfig().kl_weight(0, 0, 4) == 1.0
 
