@@ -589,3 +589,32 @@ def test_api_estimator_does_not_apply(call, fragment):
     with pytest.raises(ConfigError) as caught:
         call()
     assert "\n" not in str(caught.value) and fragment.lower() in str(caught.value).lower(), str(caught.value)
+
+
+# pyro-vi variance: replicates, particles, estimator names and applicability, output.
+VARIANCE = ["variance", "--model", "gaussian", "--estimators", "reparam,score", "--replicates", "20", "--particles", "1,2"]
+VARIANCE_CASES = [
+    pytest.param(["--replicates", "0"], "--replicates must be at least 2", id="variance-replicates-0"),
+    pytest.param(["--replicates", "-5"], "--replicates must be at least 2", id="variance-replicates-negative"),
+    pytest.param(["--particles", "0"], "--particles must be positive integers", id="variance-particles-0"),
+    pytest.param(["--particles", "1,-2"], "--particles must be positive integers", id="variance-particles-negative"),
+    pytest.param(["--particles", "a"], "expected comma-separated integers", id="variance-particles-not-integer"),
+    pytest.param(["--estimators", "reparam,foo"], "unknown estimator(s) foo", id="variance-unknown-estimator"),
+    pytest.param(["--model", "resnet"], "invalid choice: 'resnet'", id="variance-unknown-model"),
+    pytest.param(["--dim", "0"], "dim must be a positive integer", id="variance-dim-0"),
+    pytest.param(["--model", "bernoulli", "--estimators", "reparam"], "is pathwise but the guide samples discrete", id="variance-reparam-discrete"),
+    pytest.param(["--model", "gmm", "--estimators", "reparam"], "is pathwise but the guide samples discrete", id="variance-reparam-gmm"),
+    pytest.param(["--estimators", "enum"], "'enum' needs discrete latent sites", id="variance-enum-continuous"),
+    pytest.param(["--estimators", "gumbel"], "gumbel needs Bernoulli", id="variance-gumbel-continuous"),
+    pytest.param(["--estimators", "rloo", "--particles", "1"], "rloo needs at least 2 particles", id="variance-rloo-one-particle"),
+]
+
+
+@pytest.mark.parametrize("extra, fragment", VARIANCE_CASES)
+def test_cli_variance_bad_input(extra, fragment, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stderr = _run_cli([*VARIANCE, "--out", str(out), *extra], capsys)
+    assert status == 2
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(("pyro-vi variance: error:", "pyro-vi: error:")) and fragment.lower() in stderr.lower(), stderr
+    assert not out.exists()
