@@ -263,3 +263,24 @@ def test_interrupt_on_one_rank_stops_all_ranks_then_resume_is_exact(tmp_path):
     for name, value in results[0]["uninterrupted"].items():
         for result in results:
             assert torch.equal(result["resumed"][name], value), name
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_through_the_console(tmp_path):
+    """The documented launch: torchrun starts 2 gloo processes; rank 0 writes; --resume continues."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "run"
+    base = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pyro_vi", "vae", *TINY, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((out / "metrics.json").read_text())["processes"] == 2
+    second = subprocess.run([*base, "--epochs", "2", "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and [r["epoch"] for r in metrics["history"]] == [1, 2]
+    assert second.stdout.count("test ELBO") == 1  # one report, from rank 0
