@@ -126,7 +126,7 @@ def _stage_for_torchvision(name: str, source: Path) -> Path:
         target = raw / file
         if target.exists():
             continue
-        temporary = raw / f".{file}.tmp"
+        temporary = raw / f".{file}.{os.getpid()}.tmp"  # per process: torchrun ranks may stage at once
         if (source / file).exists():
             shutil.copyfile(source / file, temporary)
         else:
