@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--meanfield-steps", type=int, default=500, help="steps of mean-field VI from the prior")
     measure.add_argument("--refine-learning-rate", type=float, default=1e-2)
     measure.add_argument("--elbo-samples", type=int, default=100, help="draws per image for each ELBO")
+    measure.add_argument("--refine-samples", type=int, default=10, help="draws per image per refinement step")
     measure.add_argument("--chunk-size", type=int, default=250, help="importance samples vectorized at once")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=DEVICES)
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args) -> None:
     from pyro_vi.errors import ConfigError
 
-    for name in ("num_points", "iwae_k", "chunk_size", "elbo_samples", "epochs", "batch_size"):
+    for name in ("num_points", "iwae_k", "chunk_size", "elbo_samples", "refine_samples", "epochs", "batch_size"):
         value = getattr(args, name)
         if value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -155,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     units = evaluate.active_units(vae, images)
     result = evaluate.gaps(
         vae, images, iwae_k=args.iwae_k, refine_steps=args.refine_steps, meanfield_steps=args.meanfield_steps,
-        learning_rate=args.refine_learning_rate, elbo_samples=args.elbo_samples, chunk_size=args.chunk_size,
+        learning_rate=args.refine_learning_rate, elbo_samples=args.elbo_samples,
+        refine_samples=args.refine_samples, chunk_size=args.chunk_size,
     )
     log_px = result.log_px_per_point
     metrics = {
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         "meanfield_steps": result.meanfield_steps,
         "refine_learning_rate": args.refine_learning_rate,
         "elbo_samples": args.elbo_samples,
+        "refine_samples": args.refine_samples,
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - start,
         "device": str(device),

@@ -34,7 +34,7 @@ def _x_scale(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--x-scale takes a positive number or 'learned', got {text!r}") from None
 
 
-ELBOS = ("trace", "meanfield")
+ELBOS = ("trace", "meanfield", "iwae")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, default=100)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--elbo", default="trace", choices=ELBOS, help="trace: Trace_ELBO; meanfield: analytic KL")
+    train.add_argument(
+        "--elbo", "--objective", dest="elbo", default="trace", choices=ELBOS,
+        help="trace: Trace_ELBO; meanfield: analytic KL; iwae: the k-sample IWAE bound, k = --particles",
+    )
+    train.add_argument("--particles", type=int, default=1, help="samples of z per image per step (vectorized)")
     train.add_argument(
         "--estimator",
         default=None,
@@ -65,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--kl-warmup-epochs", type=float, default=0.0, help="linear KL annealing from 0 to 1")
     train.add_argument("--checkpoint-every-steps", type=int, default=0)
     train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
+    train.add_argument("--iwae-k", type=int, default=0, help="after training, test NLL by IWAE with k samples (0: off)")
+    train.add_argument("--iwae-points", type=int, default=None, help="test images for --iwae-k (default: all)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--seed", type=int, default=0)
@@ -92,7 +98,14 @@ def build_loss(args):
         from pyro_vi.estimators import get_estimator
 
         return get_estimator(args.estimator)
-    return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[args.elbo]()
+    particles = getattr(args, "particles", 1)
+    if args.elbo == "iwae":  # per-datapoint IWAE bound: RenyiELBO sums only over non-shared plates
+        from pyro.infer import RenyiELBO
+
+        return RenyiELBO(alpha=0, num_particles=particles, vectorize_particles=particles > 1)
+    return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[args.elbo](
+        num_particles=particles, vectorize_particles=particles > 1
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +146,7 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     dataset = load_dataset(args.dataset, args.data_dir, device=device)
     validate_images(dataset.train_images, args.likelihood, name=f"{args.dataset} training images")
     config.validate(dataset.train_images.shape[0])
+    _validate_iwae_options(args, dataset.test_images.shape[0])
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = build_loss(args)
@@ -199,6 +213,11 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
         "history": result.history,
     }
     vae.eval()
+    if args.iwae_k > 0:
+        iwae_images = test_images[: args.iwae_points]
+        log_px = evaluate.iwae_log_likelihood(vae, iwae_images, num_samples=args.iwae_k)
+        metrics.update(test_nll_iwae=-float(log_px.mean()), iwae_k=args.iwae_k, iwae_points=iwae_images.shape[0],
+                       test_nll_iwae_standard_error=float(log_px.std() / iwae_images.shape[0] ** 0.5))
     plots.elbo_curves(result.history, out / "elbo.png")
     plots.reconstructions(vae, test_images, dataset.image_shape, out / "reconstructions.png")
     plots.prior_samples(vae, dataset.image_shape, out / "samples.png", device)
@@ -209,10 +228,26 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     print(
         f"{args.dataset}: test ELBO {metrics['test_elbo']:.2f} nats/image "
         f"(recon {metrics['test_recon']:.2f}, KL {metrics['test_kl']:.2f}) after {result.epochs} epochs, "
-        f"{metrics['images_per_second']:.0f} images/s on {device}; wrote {out}/metrics.json"
+        f"{metrics['images_per_second']:.0f} images/s on {device}"
+        + (f"; test NLL {metrics['test_nll_iwae']:.2f} (IWAE, k={args.iwae_k})" if args.iwae_k > 0 else "")
+        + f"; wrote {out}/metrics.json"
     )
     return 0
 
 
 def _loss_name(args) -> str:
-    return args.estimator if getattr(args, "estimator", None) is not None else args.elbo
+    if getattr(args, "estimator", None) is not None:
+        return args.estimator
+    particles = getattr(args, "particles", 1)
+    return args.elbo if particles == 1 else f"{args.elbo}-k{particles}"
+
+
+def _validate_iwae_options(args, num_test: int) -> None:
+    from pyro_vi.errors import ConfigError
+
+    if getattr(args, "particles", 1) < 1:
+        raise ConfigError(f"--particles must be a positive integer, got {args.particles}")
+    if args.iwae_k < 0:
+        raise ConfigError(f"--iwae-k must be >= 0 (0 turns it off), got {args.iwae_k}")
+    if args.iwae_points is not None and not 0 < args.iwae_points <= num_test:
+        raise ConfigError(f"--iwae-points must be between 1 and the {num_test} test images, got {args.iwae_points}")
