@@ -286,7 +286,11 @@ def _restore(path, saved_config, optimizer, modules, device) -> _RunState:
 
 
 class _DeferredInterrupt:
-    """Turn Ctrl-C into a flag checked between steps, so a step is never cut in half."""
+    """Turn Ctrl-C into a flag checked between steps, so a step is never cut in half.
+
+    SIGTERM (a scheduler's preemption, torchrun stopping its workers) is treated the same way."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
@@ -294,7 +298,7 @@ class _DeferredInterrupt:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -303,8 +307,8 @@ class _DeferredInterrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in (self._previous or {}).items():
+            signal.signal(number, previous)
         return False
 
 

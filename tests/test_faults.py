@@ -100,13 +100,19 @@ def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
     _assert_same_run(out, uninterrupted)
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(uninterrupted, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "signal_number, resume",
+    [pytest.param(signal.SIGINT, True, id="ctrl-c"), pytest.param(signal.SIGTERM, False, id="sigterm")],
+)
+def test_interrupt_saves_a_checkpoint_exits_130_and_resumes_exactly(signal_number, resume, uninterrupted, tmp_path, capsys):
+    """Ctrl-C (and SIGTERM, as sent by schedulers and torchrun) stops at a step boundary."""
     out = tmp_path / "run"
 
     def interrupt_mid_epoch():
         _wait_for_checkpoint(out, epoch=1, step=5)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal_number)
 
+    handler_before = signal.getsignal(signal_number)
     thread = threading.Thread(target=interrupt_mid_epoch, daemon=True)
     thread.start()
     status = cli.main([*RUN, *EVERY_STEP, "--out", str(out)])
@@ -116,6 +122,9 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(uninterrupted, 
     stopped = _saved(out)["run"]
     assert stopped["epoch"] == 1 and 5 <= stopped["step"] < STEPS_PER_EPOCH
     assert not (out / "metrics.json").exists()  # a stopped run does not report
+    assert signal.getsignal(signal_number) == handler_before  # the previous handler is back
+    if not resume:
+        return
 
     pyro.clear_param_store()
     assert cli.main([*RUN, *EVERY_STEP, "--out", str(out), "--resume"]) == 0
