@@ -28,7 +28,6 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from pyro_vi import checkpoint as checkpoints
@@ -254,7 +253,8 @@ def _step(model, guide, loss, optimizer, args, reduce=None) -> float | None:
     finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
     if finite:
         optimizer(params)
-    zero_grads(params)
+    for p in params:  # drop the gradients, not zero them: the next backward writes them instead of adding
+        p.grad = None
     return float(value) if finite else None
 
 
