@@ -166,3 +166,17 @@ def test_vae_command_trains_the_iwae_objective_and_reports_test_nll(tmp_path):
     assert metrics["loss"] == "iwae-k5" and metrics["iwae_k"] == 20 and metrics["iwae_points"] == 10
     # -log p(x) estimate <= -ELBO on average; both are per image (different subsets, so loosely).
     assert 0 < metrics["test_nll_iwae"] < -metrics["test_elbo"] + 5
+
+
+@pytest.mark.slow  # a subprocess that trains two small models
+def test_gap_example_runs_with_tiny_arguments():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "gap.py"
+    completed = subprocess.run(
+        [sys.executable, str(example), "--epochs", "1", "--num-points", "10", "--iwae-k", "20", "--meanfield-steps", "5",
+         "--local-epochs", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "amortization gap" in completed.stdout and "Hoffman" in completed.stdout
