@@ -116,7 +116,8 @@ def init(device: str = "auto", timeout_seconds: float = 1800.0) -> DataParallel:
         timeout_seconds: how long a collective waits for the other ranks.
 
     Raises:
-        ConfigError: the environment variables of a launcher are missing.
+        ConfigError: the environment variables of a launcher are missing, or the process group
+            cannot be joined (port in use, address unreachable, other ranks missing).
         DeviceError: ``cuda`` was asked for without CUDA.
     """
     missing = [name for name in _ENV if name not in os.environ]
@@ -133,7 +134,14 @@ def init(device: str = "auto", timeout_seconds: float = 1800.0) -> DataParallel:
         torch.cuda.set_device(chosen)
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_seconds)
-        )
+        try:
+            torch.distributed.init_process_group(
+                backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_seconds)
+            )
+        except torch.distributed.DistError as error:  # port in use, unreachable address, ranks missing
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(
+                f"cannot join the process group at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({reason}); "
+                "check --master_addr/--master_port of torchrun and that the port is free"
+            ) from None
     return DataParallel(rank, world_size, local_rank, chosen)

@@ -284,3 +284,19 @@ def test_torchrun_two_processes_through_the_console(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and [r["epoch"] for r in metrics["history"]] == [1, 2]
     assert second.stdout.count("test ELBO") == 1  # one report, from rank 0
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        environment = dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match="cannot join the process group .*address already in use"):
+            distributed.init("cpu", timeout_seconds=10)
+        status = cli.main(["vae", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err
+    assert status == 2 and stderr.count("\n") == 1 and "cannot join the process group" in stderr, stderr
+    assert not (tmp_path / "run").exists()
