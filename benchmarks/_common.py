@@ -140,10 +140,13 @@ _TABLE_HEADER = (
 )
 
 
-def append_results_row(title: str, numbers: str, ratios: str, table: str | Path | None = None) -> Path:
+def append_results_row(
+    title: str, numbers: str, ratios: str, table: str | Path | None = None, commit_hash: str | None = None
+) -> Path:
     """Add one row (command, commit, machine, numbers, ratios) to the shared table of
     ``benchmarks/RESULTS.md`` (its section ``SECTION``, created if missing; other sections of the
     file are left as they are). ``table`` redirects the row to another file (the tests use one).
+    ``commit_hash``: the commit the numbers were measured at (default: HEAD now).
     """
     path = Path(table) if table is not None else RESULTS_TABLE
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -153,7 +156,7 @@ def append_results_row(title: str, numbers: str, ratios: str, table: str | Path 
         machine_text += f", {info['cuda']}"
     if info.get("load_average"):
         machine_text += f", load {info['load_average']}"
-    cells = [time.strftime("%Y-%m-%d %H:%M"), title, f"`{command_line()}`", commit(), machine_text, numbers, ratios]
+    cells = [time.strftime("%Y-%m-%d %H:%M"), title, f"`{command_line()}`", commit_hash or commit(), machine_text, numbers, ratios]
     row = "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |\n"
     if SECTION not in text:
         text = text.rstrip("\n") + (

@@ -289,6 +289,7 @@ def build(model: str, contender: str, steps: int, seed: int):
 
 def main(args) -> dict:
     _common.setup_threads(args.threads)
+    started_at = _common.commit()  # the code measured, whatever is committed meanwhile
     skipped = {}
     if "numpyro" in args.contenders and (why := bench_vae_throughput.available("numpyro")):
         skipped["numpyro"] = why
@@ -313,7 +314,7 @@ def main(args) -> dict:
     payload = {
         "benchmark": "tiny_svi",
         "command": _common.command_line(),
-        "commit": _common.commit(),
+        "commit": started_at,
         "machine": _common.machine(),
         "steps_per_chunk": args.steps,
         "rounds": args.rounds,
@@ -333,7 +334,7 @@ def main(args) -> dict:
         )
         if skipped:
             ratios += "; skipped: " + ", ".join(skipped)
-        _common.append_results_row("Tiny-model SVI step overhead", numbers, ratios, args.results_table)
+        _common.append_results_row("Tiny-model SVI step overhead", numbers, ratios, args.results_table, started_at)
     return payload
 
 

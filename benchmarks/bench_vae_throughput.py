@@ -268,6 +268,7 @@ def _status_kib(field: str) -> float:
 
 def main(args) -> dict:
     _common.setup_threads(args.threads)
+    started_at = _common.commit()  # the code measured, whatever is committed meanwhile
     if args.probe_memory:
         _probe_memory(args)
         return {}
@@ -305,7 +306,7 @@ def main(args) -> dict:
     payload = {
         "benchmark": "vae_throughput",
         "command": _common.command_line(),
-        "commit": _common.commit(),
+        "commit": started_at,
         "machine": _common.machine(),
         "network": f"{args.x_dim}-{'-'.join(map(str, args.hidden_dims))}-{args.z_dim}",
         "num_data": args.num_data,
@@ -331,7 +332,7 @@ def main(args) -> dict:
         )
         if skipped:
             ratios += "; skipped: " + ", ".join(skipped)
-        _common.append_results_row(f"VAE throughput {payload['network']}", numbers, ratios, args.results_table)
+        _common.append_results_row(f"VAE throughput {payload['network']}", numbers, ratios, args.results_table, started_at)
     return payload
 
 
