@@ -112,6 +112,10 @@ OPTION_CASES = [
     pytest.param(["--on-nan", "ignore"], "invalid choice: 'ignore'", id="unknown-on-nan"),
     pytest.param(["--device", "tpu"], "invalid choice: 'tpu'", id="unknown-device"),
     pytest.param(["--frobnicate"], "unrecognized arguments", id="unknown-option"),
+    pytest.param(["--particles", "0"], "--particles must be a positive integer", id="particles-0"),
+    pytest.param(["--particles", "-2"], "--particles must be a positive integer", id="particles-negative"),
+    pytest.param(["--objective", "elbo2"], "invalid choice: 'elbo2'", id="unknown-objective"),
+    pytest.param(["--iwae-k", "-1"], "--iwae-k must be >= 0", id="iwae-k-negative"),
     pytest.param(
         ["--device", "cuda"],
         "CUDA is not available here; use --device cpu",
@@ -535,6 +539,7 @@ ESTIMATOR_CLI_CASES = [
     pytest.param(["--estimator", "enum"], "'enum' needs discrete latent sites", id="vae-enum-continuous-latents"),
     pytest.param(["--estimator", "gumbel"], "gumbel needs Bernoulli or OneHotCategorical", id="vae-gumbel-continuous-latents"),
     pytest.param(["--estimator", "reinforce"], "invalid choice: 'reinforce'", id="vae-unknown-estimator"),
+    pytest.param(["--estimator", "rloo", "--particles", "1"], "rloo needs at least 2 particles", id="vae-rloo-one-particle"),
 ]
 
 
