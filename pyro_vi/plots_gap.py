@@ -21,6 +21,7 @@ def refinement_curve(gaps, path: str | Path) -> None:
     axes.axhline(gaps.elbo_meanfield, color="tab:red", linestyle="--",
                  label=f"ELBO, mean-field from the prior ({gaps.meanfield_steps} steps)")
     axes.set_xscale("symlog", linthresh=1)
+    axes.set_xlim(-0.2, max(gaps.refine_steps[-1], 1) * 1.5)
     axes.set_xlabel("refinement steps")
     axes.set_ylabel("nats per image")
     axes.set_title(f"approximation gap {gaps.approximation_gap:.2f}, amortization gap {gaps.amortization_gap:.2f} nats\n"

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "num_points": result.num_points,
         "iwae_k": result.iwae_k,
         "log_px": result.log_px,
-        "log_px_standard_error": float(log_px.std() / log_px.numel() ** 0.5) if log_px.numel() > 1 else 0.0,
+        "log_px_standard_error_over_points": float(log_px.std() / log_px.numel() ** 0.5) if log_px.numel() > 1 else 0.0,
         "test_nll_iwae": -result.log_px,
         "elbo_amortized": result.elbo_amortized,
         "elbo_refined": result.elbo_refined[-1],
