@@ -100,7 +100,7 @@ def test_results_row_goes_to_its_section(tmp_path):
     assert [row.split(" | ")[1] for row in rows] == ["first", "second"]
 
 
-# Tiny arguments on top of --quick; vae-tiny reuses the VAE builders, smoke-tested by the VAE run.
+# On top of --quick: vae-tiny runs the VAE benchmark's builders, smoke-tested by the VAE run.
 EXTRA = {"bench_tiny_svi": ["--models", "normal-normal,gmm-enum"]}
 
 
