@@ -98,9 +98,14 @@ def figure(rows, path):
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def parse_args(argv=None):
+    """The command line (``argv``: a list, for tests)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-k", type=int, default=25, help="values of k per cost")
     parser.add_argument("--samples", type=int, default=200_000, help="Monte Carlo draws per (cost, k, estimator, param)")
     _common.add_common_arguments(parser)
-    main(parser.parse_args())
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
