@@ -17,7 +17,7 @@ from pyro_vi import importance, local_training
 from pyro_vi.models import conjugate, local
 from pyro_vi.models.local import LocalGuide, refine
 from pyro_vi.local_training import LocalTrainConfig, fit_local
-from pyro_vi import estimators, variance, variance_models
+from pyro_vi import estimators, gradient_toys, variance, variance_models
 from pyro_vi.estimators import ESTIMATORS, get_estimator
 from pyro_vi.variance import gradient_variance, variance_over_training
 from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
@@ -86,5 +86,6 @@ __all__ = [
     "gradient_variance",
     "variance",
     "variance_models",
+    "gradient_toys",
     "variance_over_training",
 ]
