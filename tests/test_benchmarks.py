@@ -104,7 +104,13 @@ def test_results_row_goes_to_its_section(tmp_path):
 EXTRA = {"bench_tiny_svi": ["--models", "normal-normal,gmm-enum"]}
 
 
-@pytest.mark.parametrize("script", run_all.scripts(), ids=lambda path: path.stem)
+# Scripts whose --quick run is already a test of their owner's (not run twice).
+TESTED_ELSEWHERE = {"bench_gmm": "tests/test_gmm_cli.py", "bench_variance_speed": "tests/test_variance_benchmarks.py"}
+
+
+@pytest.mark.parametrize(
+    "script", [s for s in run_all.scripts() if s.stem not in TESTED_ELSEWHERE], ids=lambda path: path.stem
+)
 def test_benchmark_runs_quick(script, tmp_path):
     command = run_all.command_for(script, quick=True, table=False, threads=None)
     source = script.read_text()
