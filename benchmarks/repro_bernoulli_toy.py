@@ -39,7 +39,7 @@ def exact_gradient_by_enumeration(logit: float, targets=variance_models.BERNOULL
 
 
 def main(args):
-    _common.setup_threads()
+    _common.setup_threads(torch.get_num_threads())  # torch honours OMP_NUM_THREADS
     ks = [2, 8] if args.quick else args.particles
     num_replicates = 10000 if args.quick else args.replicates
     problem = variance_models.make_problem("bernoulli", seed=args.seed)

@@ -83,7 +83,7 @@ def _snr(result, names) -> float:
 
 
 def main(args):
-    _common.setup_threads()
+    _common.setup_threads(torch.get_num_threads())  # torch honours OMP_NUM_THREADS
     ks = [1, 4, 32] if args.quick else args.particles
     num_replicates = 200 if args.quick else args.replicates
     dim = 5 if args.quick else args.dim
@@ -152,8 +152,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300])
     parser.add_argument("--replicates", type=int, default=1000)
-    parser.add_argument("--dim", type=int, default=10)
-    parser.add_argument("--num-data", type=int, default=4, help="datapoints in the bound (one per-datapoint bound each)")
+    parser.add_argument("--dim", type=int, default=5)
+    parser.add_argument("--num-data", type=int, default=16, help="datapoints in the bound (one per-datapoint bound each)")
     parser.add_argument("--perturbation", type=float, default=0.1, help="sd of the noise added to the optimal params")
     _common.add_common_arguments(parser)
     return parser.parse_args(argv)

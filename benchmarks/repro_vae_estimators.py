@@ -52,7 +52,7 @@ def encoder_variance(vae, batch, estimator_names, num_replicates, seed) -> dict:
 
 
 def main(args):
-    _common.setup_threads()
+    _common.setup_threads(torch.get_num_threads())  # torch honours OMP_NUM_THREADS
     quick = args.quick
     dataset = load_dataset("digits" if quick else args.dataset, data_dir=args.data_dir)
     epochs = 2 if quick else args.epochs
