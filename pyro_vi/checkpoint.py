@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+import torch.distributed
 
 from pyro_vi.errors import CheckpointError, OutputError
 from pyro_vi.io import atomic_write
@@ -76,13 +77,34 @@ def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
         stale.unlink(missing_ok=True)
 
 
-def load(path: str | os.PathLike, expected_config: dict | None = None) -> dict:
+def load(path: str | os.PathLike, expected_config: dict | None = None, broadcast: bool = True) -> dict:
     """Read and check a checkpoint.
+
+    In a data-parallel run (an initialized ``torch.distributed`` group of several ranks) with
+    ``broadcast``, this is a collective that every rank must call: rank 0, the one that writes
+    checkpoints, reads the file and sends it (or its error) to the others, so OUT need not be on a
+    filesystem shared between machines. ``broadcast=False`` reads the local file on any rank.
 
     Raises:
         CheckpointError: missing, truncated or corrupt file, a newer format, or a config that
             differs from ``expected_config`` (other than the number of epochs).
     """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not (broadcast and distributed and torch.distributed.get_world_size() > 1):
+        return _read(path, expected_config)
+    box: list = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            box = [_read(path, expected_config)]
+        except CheckpointError as error:
+            box = [error]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if isinstance(box[0], CheckpointError):
+        raise box[0]
+    return box[0]
+
+
+def _read(path: str | os.PathLike | None, expected_config: dict | None) -> dict:
     path = Path(path) if path is not None else None
     if path is None or not path.is_file():
         raise CheckpointError(

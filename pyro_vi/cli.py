@@ -22,6 +22,18 @@ COMMANDS = {
 }
 
 
+def parse_seed(text: str) -> int:
+    """The ``type`` of every ``--seed``: an integer that NumPy (seeded by ``pyro.set_rng_seed``)
+    accepts, 0 to 2**32 - 1; anything else is a one-line usage error before any work."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {text!r}")
+    return seed
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line (its default already exits 2)."""
 

@@ -108,6 +108,23 @@ def _find_idx_dir(data_dir: Path) -> Path | None:
     return None
 
 
+def _empty_idx_files(directory: Path) -> list[str]:
+    """The IDX files in ``directory`` that hold no items: 0 bytes, or a header counting 0.
+
+    An IDX header is a 4-byte magic number, then the item count as a big-endian uint32."""
+    empty = []
+    for file in _IDX_FILES:
+        path = directory / file if (directory / file).exists() else directory / f"{file}.gz"
+        try:
+            with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+                header = stream.read(8)
+        except (OSError, EOFError):
+            continue  # unreadable: reported as corrupt when torchvision reads it
+        if len(header) == 0 or (len(header) == 8 and int.from_bytes(header[4:], "big") == 0):
+            empty.append(file)
+    return empty
+
+
 def _stage_for_torchvision(name: str, source: Path) -> Path:
     """Lay the IDX files out as torchvision expects (``<root>/<Class>/raw/``, uncompressed).
 
@@ -143,6 +160,8 @@ def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
     looked = []
     search = [Path(data_dir)] if data_dir is not None else []
     search += [Path(d) for d in _SYSTEM_DIRS[name]]
+    if data_dir is not None and Path(data_dir).is_file():
+        raise DataNotFoundError(f"--data-dir {str(data_dir)!r} is a file, not a directory; {_HOW_TO_PROVIDE[name]}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataNotFoundError(f"--data-dir {str(data_dir)!r} does not exist; {_HOW_TO_PROVIDE[name]}")
     for directory in search:
@@ -150,6 +169,12 @@ def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
         for candidate in (directory, directory / _TORCHVISION_CLASS[name]):
             found = _find_idx_dir(candidate) if candidate.is_dir() else None
             if found is not None:
+                empty = _empty_idx_files(found)
+                if empty:
+                    raise DataError(
+                        f"the {name} IDX files in {str(found)!r} are empty ({', '.join(empty)} hold no items); "
+                        f"replace them with the original files, or {_HOW_TO_PROVIDE[name]}"
+                    )
                 root = None
                 try:
                     root = _stage_for_torchvision(name, found)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 import pyro
 import torch
@@ -30,7 +31,7 @@ import torch.distributed
 from torch import Tensor
 
 from pyro_vi.device import resolve_device
-from pyro_vi.errors import ConfigError
+from pyro_vi.errors import ConfigError, PyroVIError
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -98,6 +99,29 @@ class DataParallel:
         value = torch.tensor([float(flag)], device=self.device)
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return bool(value.item() > 0)
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def first_error(self, error: PyroVIError | None) -> PyroVIError | None:
+        """The user error of the lowest rank that raised one (or ``None``), on every rank.
+
+        Each rank checks its own inputs (its data directory, its device); exchanging the outcome
+        stops every rank on one rank's bad input instead of leaving the others waiting in a
+        collective. An error from another rank than 0 names that rank."""
+        if self.world_size == 1:
+            return error
+        errors: list = [None] * self.world_size
+        torch.distributed.all_gather_object(errors, error)
+        for rank, found in enumerate(errors):
+            if found is not None:
+                return found if rank == 0 else type(found)(f"on rank {rank}: {found}")
+        return None
 
     def barrier(self) -> None:
         if self.world_size > 1:

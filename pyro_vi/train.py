@@ -34,7 +34,7 @@ from pyro_vi import checkpoint as checkpoints
 from pyro_vi import distributed
 from pyro_vi import optim
 from pyro_vi.data import BINARIZATIONS, binarize, validate_images
-from pyro_vi.errors import ConfigError, TrainingDivergedError
+from pyro_vi.errors import ConfigError, OutputError, TrainingDivergedError
 
 
 @dataclasses.dataclass
@@ -59,8 +59,10 @@ class TrainConfig:
             raise ConfigError(f"batch size {self.batch_size} is larger than the {num_data} training points; lower it")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ConfigError(f"learning rate must be positive, got {self.learning_rate}")
-        if not self.kl_warmup_epochs >= 0:
-            raise ConfigError(f"KL warm-up must be >= 0 epochs, got {self.kl_warmup_epochs}")
+        if not (self.kl_warmup_epochs >= 0 and math.isfinite(self.kl_warmup_epochs)):
+            raise ConfigError(f"KL warm-up must be >= 0 epochs and finite, got {self.kl_warmup_epochs}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= 2**32 - 1):  # NumPy's seed range
+            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         if self.binarization not in BINARIZATIONS:
             raise ConfigError(f"unknown binarization {self.binarization!r}; choose one of {', '.join(BINARIZATIONS)}")
         if self.on_nan not in ("raise", "skip"):
@@ -100,7 +102,9 @@ def fit(
     modules: dict[str, torch.nn.Module] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     checkpoint_config: dict | None = None,
+    validate_data: Callable[[Tensor], None] | None = None,
     progress: bool = True,
     data_parallel: distributed.DataParallel | None = None,
 ) -> FitResult:
@@ -118,8 +122,13 @@ def fit(
             restored param store on resume.
         checkpoint_path: where to write checkpoints (atomically); ``None`` writes none.
         resume: continue from ``checkpoint_path``.
+        overwrite: without ``resume``, replace a checkpoint already at ``checkpoint_path``
+            (otherwise that is an ``OutputError``: a forgotten ``resume`` must not lose a run).
         checkpoint_config: what identifies the model and data; a checkpoint whose config differs
             is refused on resume.
+        validate_data: called once with ``train_images`` before training, raising ``DataError``
+            if they do not suit the model (e.g. ``VAE.validate``: pixels per row, the likelihood's
+            support). Default: the ``validate`` method of the object ``model`` is a method of, if any.
         progress: show a tqdm progress bar.
         data_parallel: this process's rank of a data-parallel run (``pyro_vi.distributed``): it
             takes its shard of each global batch, gradients are averaged over ranks before the
@@ -132,16 +141,31 @@ def fit(
     Raises:
         DataError: ``train_images`` is not a non-empty, finite ``(num_data, pixels)`` float tensor.
         ConfigError: an option of ``config`` cannot work.
+        OutputError: ``checkpoint_path`` already holds a checkpoint and neither ``resume`` nor
+            ``overwrite`` is set.
         TrainingDivergedError: a NaN/inf loss or gradient (with ``on_nan="raise"``); the
             parameters and the last checkpoint are those of the last good step.
     """
     from tqdm.auto import tqdm
 
     validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
+    if validate_data is None:
+        validate_data = getattr(getattr(model, "__self__", None), "validate", None)  # e.g. VAE.validate
+    if validate_data is not None:
+        validate_data(train_images)  # once: the steps stay free of full-data scans
     num_data = train_images.shape[0]
     config.validate(num_data)
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
+    if checkpoint_path is not None and not (resume or overwrite):
+        exists = Path(checkpoint_path).exists()
+        if data_parallel is not None:
+            exists = data_parallel.broadcast(exists)  # rank 0 alone writes: its file is the one at stake
+        if exists:
+            raise OutputError(
+                f"{str(checkpoint_path)!r} already holds a checkpoint; pass resume=True to continue it "
+                "or overwrite=True to start over"
+            )
     loss = Trace_ELBO() if loss is None else loss
     optimizer = optim.Adam({"lr": config.learning_rate}) if optimizer is None else optimizer
     validate_steps = pyro.infer.is_validation_enabled()  # if on: the first step checks, later steps skip it

@@ -29,6 +29,7 @@ def _steps(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.cli import parse_seed
     from pyro_vi.commands.vae import _hidden_dims
     from pyro_vi.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--chunk-size", type=int, default=250, help="importance samples vectorized at once")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=parse_seed, default=0)
     run.add_argument("--out", default="runs/gap", help="output directory")
     run.add_argument("--no-progress", action="store_true")
 

@@ -22,6 +22,8 @@ METHODS = ("em", "svi-map", "svi-meanfield")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.cli import parse_seed
+
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic", help="synthetic, digits, or a CSV/NPY file of rows (default synthetic)")
     data.add_argument("--num-data", type=int, default=1000, help="synthetic: training points (default 1000; test gets a quarter)")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="svi-meanfield: ELBO for the sampled assignments (default tracegraph)")
     parser.add_argument("--plot-iterations", default="1,2,3,5,10,20",
                         help="comma-separated iterations (EM) or steps (SVI) to draw (default 1,2,3,5,10,20)")
-    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     parser.add_argument("--out", default="runs/gmm", help="output directory (default runs/gmm)")
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from pyro_vi.data import Dataset
+    from pyro_vi.models.vae import VAE
+    from pyro_vi.train import TrainConfig
 
 HELP = "train an amortized VAE with SVI (default: scikit-learn digits, offline)"
 
@@ -38,6 +44,7 @@ ELBOS = ("trace", "meanfield", "iwae")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.cli import parse_seed
     from pyro_vi.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
     from pyro_vi.models.vae import LIKELIHOODS
@@ -73,9 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--iwae-points", type=int, default=None, help="test images for --iwae-k (default: all)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=parse_seed, default=0)
     run.add_argument("--out", default="runs/vae", help="output directory")
-    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    start.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoint.pt")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument(
         "--distributed",
@@ -97,7 +106,7 @@ def build_loss(args):
     if getattr(args, "estimator", None) is not None:
         from pyro_vi.estimators import get_estimator
 
-        return get_estimator(args.estimator)
+        return get_estimator(args.estimator, num_particles=getattr(args, "particles", 1))
     particles = getattr(args, "particles", 1)
     if args.elbo == "iwae":  # per-datapoint IWAE bound: RenyiELBO sums only over non-shared plates
         from pyro.infer import RenyiELBO
@@ -119,18 +128,32 @@ def run(args: argparse.Namespace) -> int:
             data_parallel.close()
 
 
-def _train(args: argparse.Namespace, data_parallel) -> int:
+class _Setup(NamedTuple):
+    """What the checks produced, for training."""
+
+    device: torch.device
+    config: TrainConfig
+    dataset: Dataset
+    loss: Any  # a Pyro ELBO
+    vae: VAE
+    model_config: dict
+    out: Path
+    checkpoint_path: Path
+
+
+def _check(args: argparse.Namespace, data_parallel) -> _Setup:
+    """Check everything the user passed, writing nothing (rank 0 alone creates OUT)."""
     import pyro
 
-    from pyro_vi import checkpoint, evaluate, io, plots
-    from pyro_vi.data import binarize, load_dataset, validate_images
+    from pyro_vi import checkpoint, io
+    from pyro_vi.data import load_dataset
     from pyro_vi.device import resolve_device
+    from pyro_vi.errors import OutputError
     from pyro_vi.models.vae import VAE
-    from pyro_vi.train import TrainConfig, fit
+    from pyro_vi.train import TrainConfig
 
-    # 1. Check everything before writing anything.
     device = resolve_device(args.device) if data_parallel is None else data_parallel.device
-    is_main = data_parallel is None or data_parallel.is_main  # only rank 0 writes
+    is_main = data_parallel is None or data_parallel.is_main
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -142,24 +165,57 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
         on_nan=args.on_nan,
     )
     pyro.set_rng_seed(args.seed)
-    vae = VAE(1, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale)  # validates the options
+    VAE(1, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale)  # validates the options before loading data
     dataset = load_dataset(args.dataset, args.data_dir, device=device)
-    validate_images(dataset.train_images, args.likelihood, name=f"{args.dataset} training images")
     config.validate(dataset.train_images.shape[0])
     _validate_iwae_options(args, dataset.test_images.shape[0])
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = build_loss(args)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
+    vae.validate(dataset.train_images, name=f"{args.dataset} training images")
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
     out = Path(args.out)
     checkpoint_path = out / "checkpoint.pt"
-    if args.resume:
-        checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": vars(config)})
+    if is_main:  # rank 0 alone writes checkpoints: its OUT is the one that matters
+        if args.resume:
+            checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": vars(config)}, broadcast=False)
+        elif checkpoint_path.exists() and not args.overwrite:
+            raise OutputError(
+                f"{str(checkpoint_path)!r} already holds a checkpoint; pass --resume to continue it "
+                "or --overwrite to start over"
+            )
     if hasattr(loss, "check"):  # an estimator that does not apply to this guide fails here, before any output
         loss.check(vae.model, vae.guide, dataset.train_images[:2], None, dataset.train_images.shape[0])
         pyro.clear_param_store()
-    out = io.prepare_output_dir(out)
+    if is_main:
+        out = io.prepare_output_dir(out)
+    return _Setup(device, config, dataset, loss, vae, model_config, out, checkpoint_path)
+
+
+def _train(args: argparse.Namespace, data_parallel) -> int:
+    from pyro_vi import evaluate, io, plots
+    from pyro_vi.data import binarize
+    from pyro_vi.errors import PyroVIError
+    from pyro_vi.train import fit
+
+    # 1. Check everything before writing anything. Each rank checks its own inputs (data, device);
+    #    one rank's error stops every rank, and rank 0 alone reports it.
+    is_main = data_parallel is None or data_parallel.is_main
+    setup, error = None, None
+    try:
+        setup = _check(args, data_parallel)
+    except PyroVIError as caught:
+        if data_parallel is None:
+            raise
+        error = caught
+    if data_parallel is not None:
+        error = data_parallel.first_error(error)
+    if error is not None:
+        if is_main:
+            raise error
+        return 2
+    device, config, dataset, loss, vae, model_config, out, checkpoint_path = setup
 
     # 2. Train. The test set is binarized once, with its own generator, the same on every run.
     test_images = binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
@@ -169,20 +225,26 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
         return {"test_elbo": terms.elbo, "test_recon": terms.recon, "test_kl": terms.kl}
 
     start = time.perf_counter()
-    result = fit(
-        vae.model,
-        vae.guide,
-        dataset.train_images,
-        config,
-        loss=loss,
-        evaluate=evaluate_epoch,
-        modules={"encoder": vae.encoder, "decoder": vae.decoder},
-        checkpoint_path=checkpoint_path,
-        resume=args.resume,
-        checkpoint_config=model_config,
-        progress=not args.no_progress and is_main,
-        data_parallel=data_parallel,
-    )
+    try:
+        result = fit(
+            vae.model,
+            vae.guide,
+            dataset.train_images,
+            config,
+            loss=loss,
+            evaluate=evaluate_epoch,
+            modules={"encoder": vae.encoder, "decoder": vae.decoder},
+            checkpoint_path=checkpoint_path,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            checkpoint_config=model_config,
+            progress=not args.no_progress and is_main,
+            data_parallel=data_parallel,
+        )
+    except PyroVIError:
+        if is_main:
+            raise
+        return 2  # a user error inside fit reaches rank 0 too (losses all-reduced, checkpoints broadcast): it reports
     if not is_main:
         return 130 if result.interrupted else 0
     if result.interrupted:
@@ -236,10 +298,9 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
 
 
 def _loss_name(args) -> str:
-    if getattr(args, "estimator", None) is not None:
-        return args.estimator
+    name = args.estimator if getattr(args, "estimator", None) is not None else args.elbo
     particles = getattr(args, "particles", 1)
-    return args.elbo if particles == 1 else f"{args.elbo}-k{particles}"
+    return name if particles == 1 else f"{name}-k{particles}"
 
 
 def _validate_iwae_options(args, num_test: int) -> None:

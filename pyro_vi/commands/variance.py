@@ -19,6 +19,7 @@ def _positive_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.cli import parse_seed
     from pyro_vi.variance_models import MODELS
 
     parser.add_argument("--model", default="gaussian", choices=MODELS)
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=_positive_list, default=[1], help="comma-separated, e.g. 1,4,16")
     parser.add_argument("--dim", type=int, default=10, help="D of the gaussian toy")
     parser.add_argument("--at-posterior", action="store_true", help="put the guide at the exact posterior (gaussian, normal-normal)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=parse_seed, default=0)
     parser.add_argument("--out", default="runs/variance", help="output directory")
 
 

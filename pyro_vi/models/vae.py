@@ -27,7 +27,8 @@ from pyro import poutine
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from pyro_vi.errors import ConfigError
+from pyro_vi.data import validate_images
+from pyro_vi.errors import ConfigError, DataError
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 
@@ -107,6 +108,22 @@ class VAE(nn.Module):
             "likelihood": self.likelihood_name,
             "x_scale": self.x_scale,
         }
+
+    def validate(self, x: Tensor, name: str = "data") -> Tensor:
+        """Check that ``x`` suits this VAE: a finite ``(num_data, x_dim)`` float tensor, inside the
+        likelihood's support ([0, 1] for the Bernoulli likelihoods). ``fit`` calls it once, before
+        training, when given ``vae.model``; the steps themselves check nothing.
+
+        Raises:
+            DataError: one line saying what is wrong and what to do.
+        """
+        validate_images(x, self.likelihood_name, name=name)
+        if x.shape[-1] != self.x_dim:
+            raise DataError(
+                f"{name} has {x.shape[-1]} pixels per row but the VAE takes x_dim={self.x_dim}; "
+                f"build the VAE with x_dim={x.shape[-1]} or pass the data it was built for"
+            )
+        return x
 
     def likelihood(self, decoded: Tensor) -> dist.Distribution:
         """p(x | z) from the decoder output, one event per image."""
