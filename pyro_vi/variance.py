@@ -4,9 +4,12 @@
 (-ELBO) with respect to every Pyro param, as the optimizer sees it: the unconstrained tensor in
 the param store, i.e. what ``param.grad`` holds after ``loss_and_grads``. The params keep their
 values. Replicates run in one batched pass: ``torch.func.vmap(torch.func.grad(loss),
-randomness="different")`` over the replicate index, with the param-store tensors (and the
-parameters of modules registered with ``pyro.module``) swapped for the functional inputs. Models
-that cannot run under ``vmap`` fall back to a loop over ``differentiable_loss`` + autograd.
+randomness="different")`` over the replicate index, with the param-store tensors, the
+parameters of modules registered with ``pyro.module`` and those of ``pyro.nn.PyroModule``s
+(``PyroParam`` included) swapped for the functional inputs. Before the batched pass one probe
+checks that every param the loop differentiates is reached through its functional input (a param
+the swap missed would get a silent zero gradient); models that fail the probe or cannot run under
+``vmap`` fall back to a loop over ``differentiable_loss`` + autograd.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class GradientVariance(NamedTuple):
     bias_standard_error: dict[str, Tensor] | None  # sd / sqrt(R)
     seconds: float
     vectorized: bool
+    baseline_warmup: int = 0  # score-baseline: evaluations that warmed up its running average
+
+
+# score-baseline: evaluations that warm up Pyro's decaying-average baseline before measuring when
+# the param store has none; beta = 0.9 leaves 0.9^100 ~ 3e-5 of the zero initial value.
+BASELINE_WARMUP = 100
 
 
 def gradient_variance(
@@ -55,6 +64,7 @@ def gradient_variance(
     reference: dict[str, Tensor] | None = None,
     vectorize: bool | None = None,
     chunk_size: int | None = None,
+    baseline_warmup: int | None = None,
     **kwargs,
 ) -> GradientVariance:
     """Mean, variance, SNR (and bias against ``reference``) of an estimator's gradient of -ELBO.
@@ -69,6 +79,14 @@ def gradient_variance(
         reference: exact gradients (unconstrained params) to report bias and its standard error.
         vectorize: True forces vmap, False the loop, None tries vmap and falls back to the loop.
         chunk_size: replicates per batched pass (default: as many as fit in about 256 MB).
+        baseline_warmup: ``score-baseline`` only: evaluations of the estimator that move Pyro's
+            decaying-average baseline before the replicates are drawn. Default: ``BASELINE_WARMUP``
+            (100) when the param store has no baseline for some guide site (a fresh estimator would
+            otherwise be measured with baseline 0, i.e. as ``score-graph``), else 0 (a baseline
+            trained by SVI is measured as it stands). The warm-up draws come from the seeded stream
+            before the replicates' (so the baseline is independent of them), takes no optimizer
+            step, and the baseline it leaves in the param store is removed afterwards. During the
+            replicates the baseline is frozen at its warmed-up value.
 
     Raises:
         ConfigError: non-positive replicates/particles, or an estimator that does not apply.
@@ -77,9 +95,12 @@ def gradient_variance(
         raise ConfigError(f"num_replicates must be an integer >= 2 (a variance needs two draws), got {num_replicates!r}")
     if isinstance(estimator, str):
         estimator = estimators.get_estimator(estimator, num_particles=num_particles)
+    if baseline_warmup is not None and (isinstance(baseline_warmup, bool) or not isinstance(baseline_warmup, int) or baseline_warmup < 0):
+        raise ConfigError(f"baseline_warmup must be a non-negative integer, got {baseline_warmup!r}")
     rng_state = _rng_state()
-    was_frozen, estimator.frozen = estimator.frozen, True  # measuring must not move a baseline
+    was_frozen = estimator.frozen
     pyro.set_rng_seed(seed)
+    snapshot = None
     try:
         with _recording_modules() as modules:
             names, params = _discover_params(model, guide, args, kwargs)
@@ -88,6 +109,10 @@ def gradient_variance(
             missing = sorted(set(names) - set(reference))
             if missing:
                 raise ConfigError(f"reference lacks gradients for params {', '.join(missing)}; give one per param")
+        snapshot = _store_snapshot()  # the warmed-up baseline is removed when we are done
+        num_warmup = _warm_up_baseline(estimator, model, guide, args, kwargs, baseline_warmup)
+        estimator.frozen = True  # measuring must not move a baseline
+        replicate_rng = _rng_state()
         start = time.perf_counter()
         statistics, vectorized = None, False
         if vectorize is not False:
@@ -97,17 +122,39 @@ def gradient_variance(
             except Exception as error:  # noqa: BLE001 - anything vmap refuses sends us to the loop
                 if vectorize:
                     raise
-                warnings.warn(f"gradient_variance: vmap failed ({type(error).__name__}: {str(error)[:120]}); using the loop")
-                pyro.set_rng_seed(seed)
+                warnings.warn(f"gradient_variance: vmap failed ({type(error).__name__}: {str(error)[:160]}); using the loop")
+                _set_rng_state(replicate_rng)
                 start = time.perf_counter()
         if statistics is None:
             statistics = _looped(estimator, model, guide, args, kwargs, names, params, num_replicates)
         seconds = time.perf_counter() - start
     finally:
         estimator.frozen = was_frozen
+        if snapshot is not None:
+            _store_restore(snapshot)
         _set_rng_state(rng_state)
     mean, variance = statistics
-    return _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized)
+    return _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized)._replace(
+        baseline_warmup=num_warmup
+    )
+
+
+def _warm_up_baseline(estimator, model, guide, args, kwargs, num_steps: int | None) -> int:
+    """Move score-baseline's decaying average with ``num_steps`` evaluations (no optimizer step)."""
+    if estimator.name != "score-baseline":
+        if num_steps:
+            raise ConfigError(f"baseline_warmup applies to score-baseline only, not {estimator.name!r}")
+        return 0
+    if num_steps is None:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        store = pyro.get_param_store()
+        keys = ["__baseline_avg_downstream_cost_" + site["name"] for site in estimators._sample_sites(guide_trace)]
+        num_steps = 0 if all(key in store for key in keys) else BASELINE_WARMUP
+    estimator.frozen = False
+    with torch.no_grad():
+        for _ in range(num_steps):
+            estimator.differentiable_loss(model, guide, *args, **kwargs)
+    return num_steps
 
 
 class VarianceOverTraining(NamedTuple):
@@ -168,6 +215,7 @@ def _vectorized(estimator, model, guide, args, kwargs, names, params, modules, n
     """Mean and variance over replicates from batched passes of vmap(grad(loss))."""
     store = pyro.get_param_store()
     module_parameters = _module_parameters(modules, names, params)  # param name -> functional key
+    pyro_module_parameters = _pyro_module_parameters(modules, names, params)  # name -> (module, key)
     runner = _Runner(modules)
 
     def loss(values: tuple[Tensor, ...]) -> Tensor:
@@ -175,13 +223,17 @@ def _vectorized(estimator, model, guide, args, kwargs, names, params, modules, n
         for name, value in zip(names, values):
             if name in module_parameters:
                 functional[module_parameters[name]] = value
-            else:
-                store._params[name] = value
+                continue
+            store._params[name] = value
+            if name in pyro_module_parameters:
+                # A PyroModule computes with its own attribute; a PyroParam reads the store only
+                # while the store holds the very tensor the module holds.
+                module, key = pyro_module_parameters[name]
+                module._parameters[key] = value
         return torch.func.functional_call(
             runner, functional, (lambda: estimator.differentiable_loss(model, guide, *args, **kwargs),), strict=False
         )
 
-    gradient = torch.func.grad(loss)
     values = tuple(p.detach() for p in params)
     if chunk_size is None:
         size = sum(p.numel() for p in params)
@@ -189,17 +241,48 @@ def _vectorized(estimator, model, guide, args, kwargs, names, params, modules, n
     snapshot = _store_snapshot()
     chunks = []
     try:
-        with _out_of_place_noise(), pyro.validation_enabled(False):
-            batched = torch.func.vmap(lambda _: gradient(values), randomness="different")
-            done = 0
-            while done < num_replicates:
-                size = min(chunk_size, num_replicates - done)
-                grads = batched(torch.arange(size))
-                chunks.append([g.detach().double() for g in grads])
-                done += size
+        with _restoring(pyro_module_parameters.values()):
+            _check_functional_inputs_are_reached(loss, values, estimator, model, guide, args, kwargs, names, params, snapshot)
+            gradient = torch.func.grad(loss)
+            with _out_of_place_noise(), pyro.validation_enabled(False):
+                batched = torch.func.vmap(lambda _: gradient(values), randomness="different")
+                done = 0
+                while done < num_replicates:
+                    size = min(chunk_size, num_replicates - done)
+                    grads = batched(torch.arange(size))
+                    chunks.append([g.detach().double() for g in grads])
+                    done += size
     finally:
         _store_restore(snapshot)
     return _combine(chunks)
+
+
+def _check_functional_inputs_are_reached(loss, values, estimator, model, guide, args, kwargs, names, params, snapshot):
+    """Raise if a param the loop differentiates gets no gradient through its functional input.
+
+    ``torch.func.grad`` returns zeros for an input the loss never touches, so a param the swap
+    missed (a module we did not see, a tensor cached before the call) would look like an exactly
+    zero gradient. One unbatched evaluation of each path shows which params each reaches.
+    """
+    loop_loss = estimator.differentiable_loss(model, guide, *args, **kwargs)
+    loop_reached = _reached(loop_loss, params)
+    _store_restore(snapshot)
+    leaves = tuple(value.clone().requires_grad_(True) for value in values)
+    functional_reached = _reached(loss(leaves), leaves)
+    _store_restore(snapshot)
+    missed = [name for name, by_loop, by_functional in zip(names, loop_reached, functional_reached) if by_loop and not by_functional]
+    if missed:
+        raise RuntimeError(
+            f"params {', '.join(missed)} get gradients in the loop but none through the functional inputs "
+            "(they are not swapped); vmap would report zeros for them"
+        )
+
+
+def _reached(loss: Tensor, inputs) -> list[bool]:
+    if not getattr(loss, "requires_grad", False):
+        return [False] * len(inputs)
+    grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
+    return [grad is not None for grad in grads]
 
 
 def _looped(estimator, model, guide, args, kwargs, names, params, num_replicates):
@@ -290,23 +373,39 @@ def _discover_params(model, guide, args, kwargs) -> tuple[list[str], list[Tensor
     return names, [store._params[name] for name in names]
 
 
+_PYRO_MODULE_PREFIX = "__pyro_module_"  # recorded PyroModules; swapped by hand, not by functional_call
+
+
+def _registered(modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The modules passed to ``pyro.module`` (not the recorded PyroModules)."""
+    return [module for key, module in modules.items() if not key.startswith(_PYRO_MODULE_PREFIX)]
+
+
 @contextlib.contextmanager
 def _recording_modules():
-    """Record the nn.Modules passed to ``pyro.module`` while the block runs."""
+    """Record the nn.Modules passed to ``pyro.module`` and the ``PyroModule``s whose attributes are
+    read while the block runs (a PyroModule registers its params itself, not via pyro.module)."""
     modules: dict[str, nn.Module] = {}
     original = pyro.module
+    original_getattr = pyro.nn.PyroModule.__getattr__
 
     def recording(name, nn_module, update_module_params=False):
         modules[name] = nn_module
         return original(name, nn_module, update_module_params)
 
+    def recording_getattr(self, name):
+        modules.setdefault(_PYRO_MODULE_PREFIX + str(id(self)), self)
+        return original_getattr(self, name)
+
     pyro.module = recording
     pyro.primitives.module = recording
+    pyro.nn.PyroModule.__getattr__ = recording_getattr
     try:
         yield modules
     finally:
         pyro.module = original
         pyro.primitives.module = original
+        pyro.nn.PyroModule.__getattr__ = original_getattr
 
 
 class _Runner(nn.Module):
@@ -314,7 +413,7 @@ class _Runner(nn.Module):
 
     def __init__(self, modules: dict[str, nn.Module]):
         super().__init__()
-        self.nets = nn.ModuleList(modules.values())
+        self.nets = nn.ModuleList(_registered(modules))
 
     def forward(self, function):
         return function()
@@ -323,7 +422,7 @@ class _Runner(nn.Module):
 def _module_parameters(modules, names, params) -> dict[str, str]:
     """Param-store name -> functional_call key, for params that are module parameters."""
     owner = {}
-    for index, module in enumerate(modules.values()):
+    for index, module in enumerate(_registered(modules)):
         for key, parameter in module.named_parameters(remove_duplicate=False):
             owner.setdefault(id(parameter), f"nets.{index}.{key}")
     keys = {}
@@ -333,6 +432,29 @@ def _module_parameters(modules, names, params) -> dict[str, str]:
                 raise RuntimeError(f"module parameter {name} not found among the recorded modules")
             keys[name] = owner[id(param)]
     return keys
+
+
+def _pyro_module_parameters(modules, names, params) -> dict[str, tuple[nn.Module, str]]:
+    """Param-store name -> (PyroModule, key in its ``_parameters``) for params a PyroModule holds
+    directly (its nn.Parameters and the ``*_unconstrained`` tensors of its PyroParams)."""
+    owner = {}
+    for name, module in modules.items():
+        if name.startswith(_PYRO_MODULE_PREFIX):
+            for key, parameter in module._parameters.items():
+                if parameter is not None:
+                    owner.setdefault(id(parameter), (module, key))
+    return {name: owner[id(param)] for name, param in zip(names, params) if "$$$" not in name and id(param) in owner}
+
+
+@contextlib.contextmanager
+def _restoring(module_keys):
+    """Put back the PyroModule parameters the vectorized loss swaps."""
+    saved = [(module, key, module._parameters[key]) for module, key in module_keys]
+    try:
+        yield
+    finally:
+        for module, key, parameter in saved:
+            module._parameters[key] = parameter
 
 
 def _store_snapshot():
