@@ -252,6 +252,6 @@ def validate_images(images: Tensor, likelihood: str | None = None, name: str = "
         if low < 0 or high > 1:
             raise DataError(
                 f"{name} has values in [{low:g}, {high:g}] but a {likelihood} likelihood needs [0, 1]; "
-                "rescale the data or use --likelihood gaussian"
+                "rescale the data or use the gaussian likelihood (--likelihood gaussian)"
             )
     return images

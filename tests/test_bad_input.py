@@ -104,6 +104,13 @@ OPTION_CASES = [
     pytest.param(["--hidden-dims", "8,x"], "comma-separated integers", id="hidden-not-integer"),
     pytest.param(["--x-scale", "-1", "--likelihood", "gaussian"], "x_scale must be positive", id="x-scale-negative"),
     pytest.param(["--kl-warmup-epochs", "-1"], "warm-up must be >= 0", id="kl-warmup-negative"),
+    pytest.param(["--kl-warmup-epochs", "inf"], "warm-up must be >= 0 epochs and finite, got inf", id="kl-warmup-inf"),
+    pytest.param(["--kl-warmup-epochs", "nan"], "warm-up must be >= 0 epochs and finite, got nan", id="kl-warmup-nan"),
+    pytest.param(["--seed", "-1"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="seed-negative"),
+    pytest.param(["--seed", "99999999999"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="seed-above-2-32"),
+    pytest.param(["--seed", "4294967296"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="seed-2-32"),
+    pytest.param(["--seed", "1.5"], "argument --seed: must be an integer", id="seed-not-integer"),
+    pytest.param(["--resume", "--overwrite"], "--overwrite: not allowed with argument --resume", id="resume-and-overwrite"),
     pytest.param(["--checkpoint-every-steps", "-1"], "must be >= 0", id="checkpoint-every-negative"),
     pytest.param(["--dataset", "cifar10"], "invalid choice: 'cifar10'", id="unknown-dataset"),
     pytest.param(["--likelihood", "poisson"], "invalid choice: 'poisson'", id="unknown-likelihood"),
@@ -145,6 +152,8 @@ def _write_corrupt_idx(directory: Path) -> None:
 
 DATA_CASES = [
     pytest.param("missing", "does not exist", id="data-dir-missing"),
+    pytest.param("file", "is a file, not a directory", id="data-dir-is-a-file"),
+    pytest.param("empty-files", "are empty", id="data-dir-empty-files"),
     pytest.param("empty", "mnist data not found", id="data-dir-empty"),
     pytest.param("partial", "mnist data not found", id="data-dir-lacks-files"),
     pytest.param("corrupt", "truncated or corrupt", id="data-dir-corrupt-files"),
@@ -155,7 +164,13 @@ def _make_data_dir(kind: str, root: Path) -> Path:
     directory = root / "data"
     if kind == "missing":
         return directory
+    if kind == "file":
+        directory.write_bytes(b"not a folder")
+        return directory
     directory.mkdir()
+    if kind == "empty-files":
+        for name in IDX_FILES:
+            (directory / name).write_bytes(b"")
     if kind == "partial":
         (directory / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03")
     if kind == "corrupt":
@@ -175,13 +190,15 @@ def test_cli_bad_data_dir(kind, fragment, tmp_path, capsys, no_network, monkeypa
     assert "--data-dir" in stderr  # says what to do
     assert not out.exists()
     assert _snapshot(data_dir) == before
+    if kind == "file":
+        assert data_dir.read_bytes() == b"not a folder"
 
 
 @pytest.mark.parametrize("kind, fragment", DATA_CASES)
 def test_api_bad_data_dir(kind, fragment, tmp_path, no_network, monkeypatch):
     monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
     data_dir = _make_data_dir(kind, tmp_path)
-    expected = DataError if kind == "corrupt" else DataNotFoundError
+    expected = DataError if kind in ("corrupt", "empty-files") else DataNotFoundError
     with pytest.raises(expected, match=fragment) as caught:
         load_dataset("mnist", data_dir)
     assert type(caught.value) is expected
@@ -316,6 +333,30 @@ def test_cli_bad_checkpoint(kind, extra, fragment, good_run, tmp_path, capsys):
     assert _snapshot(out) == before
 
 
+def test_cli_fresh_run_refuses_to_replace_a_checkpoint(good_run, tmp_path, capsys):
+    """Forgetting --resume must not destroy a run: nothing is written, --resume/--overwrite named."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((good_run / "checkpoint.pt").read_bytes())
+    before = _snapshot(out)
+    status, stderr = _run_cli(["vae", *TINY, "--out", str(out)], capsys)
+    assert status == 2
+    _assert_one_line(stderr, "already holds a checkpoint; pass --resume to continue it or --overwrite to start over")
+    assert _snapshot(out) == before
+
+
+def test_api_fresh_fit_refuses_to_replace_a_checkpoint_unless_told(good_run, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((good_run / "checkpoint.pt").read_bytes())
+    vae = VAE(64, z_dim=2, hidden_dims=(8,))
+    config = TrainConfig(epochs=1, batch_size=10)
+    with pytest.raises(OutputError, match="already holds a checkpoint; pass resume=True .* or overwrite=True"):
+        fit(vae.model, vae.guide, GOOD, config, checkpoint_path=path, progress=False)
+    assert path.read_bytes() == (good_run / "checkpoint.pt").read_bytes()
+    fit(vae.model, vae.guide, GOOD, config, checkpoint_path=path, overwrite=True, progress=False)
+    assert checkpoint.load(path)["config"]["train"]["batch_size"] == 10  # the new run's, not the old one's
+
+
 @pytest.mark.parametrize("kind, extra, fragment", [c for c in CHECKPOINT_CASES if c.values[0] is not None])
 def test_api_bad_checkpoint(kind, extra, fragment, good_run, tmp_path):
     path = tmp_path / "checkpoint.pt"
@@ -359,6 +400,11 @@ API_CASES = [
     pytest.param(lambda: _fit_on(GOOD.index_fill(0, torch.tensor([0]), float("nan"))), DataError, "NaN/inf", id="fit-nan-data"),
     pytest.param(lambda: _fit_on(GOOD[:0]), DataError, "is empty", id="fit-empty-data"),
     pytest.param(lambda: _fit_on(GOOD.reshape(20, 8, 8)), DataError, "must have shape", id="fit-3d-data"),
+    # fit(vae.model, ...) runs VAE.validate once: the likelihood's support and the pixel count
+    pytest.param(lambda: _fit_on(GOOD * 1.5), DataError, "but a bernoulli likelihood needs [0, 1]", id="fit-bernoulli-above-1"),
+    pytest.param(lambda: _fit_on(GOOD * 255), DataError, "bernoulli likelihood needs [0, 1]", id="fit-bernoulli-0-255"),
+    pytest.param(lambda: _fit_on(GOOD[:, :49]), DataError, "has 49 pixels per row but the VAE takes x_dim=64", id="fit-wrong-pixel-count"),
+    pytest.param(lambda: _fit_on(GOOD * 1.5, wrapped=True), DataError, "needs [0, 1]", id="fit-validate-data-hook"),
     # options
     pytest.param(lambda: _fit_on(GOOD, batch_size=0), ConfigError, "batch size must be a positive", id="batch-size-0"),
     pytest.param(lambda: _fit_on(GOOD, batch_size=21), ConfigError, "larger than the 20", id="batch-size-above-data"),
@@ -369,6 +415,9 @@ API_CASES = [
     pytest.param(lambda: _fit_on(GOOD, epochs=-1), ConfigError, "epochs must be", id="epochs-negative"),
     pytest.param(lambda: _fit_on(GOOD, binarization="dither"), ConfigError, "unknown binarization", id="unknown-binarization"),
     pytest.param(lambda: _fit_on(GOOD, on_nan="ignore"), ConfigError, "on_nan", id="unknown-on-nan"),
+    pytest.param(lambda: _fit_on(GOOD, seed=-1), ConfigError, "seed must be an integer from 0 to 2**32 - 1", id="seed-negative"),
+    pytest.param(lambda: _fit_on(GOOD, seed=2**32), ConfigError, "seed must be an integer from 0 to 2**32 - 1", id="seed-2-32"),
+    pytest.param(lambda: _fit_on(GOOD, kl_warmup_epochs=float("inf")), ConfigError, "finite", id="kl-warmup-inf"),
     # model
     pytest.param(lambda: VAE(64, z_dim=0), ConfigError, "z_dim must be a positive integer", id="z-dim-0"),
     pytest.param(lambda: VAE(64, z_dim=-1), ConfigError, "z_dim must be a positive integer", id="z-dim-negative"),
@@ -390,9 +439,19 @@ API_CASES = [
 ]
 
 
-def _fit_on(images, **options):
+def _fit_on(images, wrapped=False, **options):
     vae = VAE(64, z_dim=2, hidden_dims=(8,))
-    return fit(vae.model, vae.guide, images, TrainConfig(**{"epochs": 1, "batch_size": 10, **options}), progress=False)
+    config = TrainConfig(**{"epochs": 1, "batch_size": 10, **options})
+    if wrapped:  # plain functions hide the VAE from fit: the check comes through validate_data
+
+        def model(*args):
+            return vae.model(*args)
+
+        def guide(*args):
+            return vae.guide(*args)
+
+        return fit(model, guide, images, config, validate_data=vae.validate, progress=False)
+    return fit(vae.model, vae.guide, images, config, progress=False)
 
 
 @pytest.mark.parametrize("call, error_type, fragment", API_CASES)
@@ -466,6 +525,8 @@ GMM_CASES = [
     pytest.param(["--method", "variational-bayes"], "invalid choice: 'variational-bayes'", id="gmm-unknown-method"),
     pytest.param(["--estimator", "reparam"], "invalid choice: 'reparam'", id="gmm-unknown-estimator"),
     pytest.param(["--data", "missing"], "does not exist", id="gmm-data-missing"),
+    pytest.param(["--seed", "-1"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="gmm-seed-negative"),
+    pytest.param(["--seed", "4294967296"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="gmm-seed-2-32"),
     pytest.param(["--data", "nan"], "contains NaN/inf", id="gmm-data-nan"),
     pytest.param(["--data", "one-row"], "at least 2 rows", id="gmm-data-one-row"),
     pytest.param(["--data", "3d"], "need a (num_data, dim) table", id="gmm-data-3d"),
@@ -612,6 +673,8 @@ VARIANCE_CASES = [
     pytest.param(["--estimators", "enum"], "'enum' needs discrete latent sites", id="variance-enum-continuous"),
     pytest.param(["--estimators", "gumbel"], "gumbel needs Bernoulli", id="variance-gumbel-continuous"),
     pytest.param(["--estimators", "rloo", "--particles", "1"], "rloo needs at least 2 particles", id="variance-rloo-one-particle"),
+    pytest.param(["--seed", "-1"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="variance-seed-negative"),
+    pytest.param(["--seed", "99999999999"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="variance-seed-above-2-32"),
 ]
 
 
@@ -622,4 +685,15 @@ def test_cli_variance_bad_input(extra, fragment, tmp_path, capsys):
     assert status == 2
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert stderr.startswith(("pyro-vi variance: error:", "pyro-vi: error:")) and fragment.lower() in stderr.lower(), stderr
+    assert not out.exists()
+
+
+# pyro-vi gap takes a seed too (it trains when given no checkpoint).
+@pytest.mark.parametrize("seed", ["-1", "99999999999"], ids=["gap-seed-negative", "gap-seed-above-2-32"])
+def test_cli_gap_bad_seed(seed, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stderr = _run_cli(["gap", "--epochs", "1", "--seed", seed, "--out", str(out)], capsys)
+    assert status == 2
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("pyro-vi gap: error: argument --seed: must be an integer from 0 to 2**32 - 1"), stderr
     assert not out.exists()

@@ -101,3 +101,50 @@ def test_shared_mnist_loads_with_its_documented_class_counts(tmp_path, monkeypat
     mnist = load_dataset("mnist", MNIST_DIR)
     assert mnist.train_images.shape == (60000, 784) and mnist.test_images.shape == (10000, 784)
     assert torch.bincount(mnist.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _write_idx_dataset(directory: Path, num_train: int = 6, num_test: int = 4) -> None:
+    directory.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for split, num in (("train", num_train), ("t10k", num_test)):
+        images = torch.randint(0, 256, (num, 28, 28), generator=generator)
+        _write_idx(directory / f"{split}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(directory / f"{split}-labels-idx1-ubyte.gz", torch.arange(num) % 10, 2049)
+
+
+def test_fashion_mnist_is_found_in_the_debian_location(tmp_path, monkeypatch):
+    """Without --data-dir, the system folder (Debian's /usr/share/datasets/fashion-mnist) is read."""
+    from pyro_vi import data
+
+    monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
+    system = tmp_path / "usr" / "share" / "datasets" / "fashion-mnist"
+    _write_idx_dataset(system, num_train=5, num_test=3)
+    monkeypatch.setitem(data._SYSTEM_DIRS, "fashion-mnist", (str(tmp_path / "absent"), str(system)))
+    dataset = load_dataset("fashion-mnist", download=False)
+    assert dataset.name == "fashion-mnist"
+    assert dataset.train_images.shape == (5, 784) and dataset.test_images.shape == (3, 784)
+    assert dataset.test_labels.tolist() == [0, 1, 2]
+    monkeypatch.setitem(data._SYSTEM_DIRS, "fashion-mnist", (str(tmp_path / "absent"),))
+    with pytest.raises(DataNotFoundError, match="looked in: .*absent; download disabled"):
+        load_dataset("fashion-mnist", download=False)
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    with pytest.raises(DataNotFoundError, match="is a file, not a directory"):
+        load_dataset("mnist", tmp_path / "mnist.npz", download=False)
+
+
+@pytest.mark.parametrize("kind", ["zero-bytes", "no-items"])
+def test_empty_idx_files_say_empty(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_VI_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "idx"
+    if kind == "zero-bytes":
+        source.mkdir()
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            (source / name).write_bytes(b"")
+    else:  # valid headers counting 0 images
+        _write_idx_dataset(source, num_train=0, num_test=0)
+    with pytest.raises(DataError, match="are empty .*train-images-idx3-ubyte") as error:
+        load_dataset("mnist", source, download=False)
+    assert "\n" not in str(error.value)
