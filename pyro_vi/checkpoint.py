@@ -30,7 +30,7 @@ from pyro_vi.io import atomic_write
 FORMAT_VERSION = 1
 
 # Train options that may change between a run and its resumption.
-_RESUMABLE_CHANGES = {"epochs", "checkpoint_every_steps", "on_nan"}
+_RESUMABLE_CHANGES = {"epochs", "checkpoint_every_steps", "on_nan", "compile"}  # compile: same numbers
 
 
 def get_rng_state() -> dict:

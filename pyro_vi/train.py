@@ -31,6 +31,7 @@ from pyro.infer import Trace_ELBO
 from torch import Tensor
 
 from pyro_vi import checkpoint as checkpoints
+from pyro_vi import compiled
 from pyro_vi import distributed
 from pyro_vi import optim
 from pyro_vi.data import BINARIZATIONS, binarize, validate_images
@@ -49,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     on_nan: str = "raise"  # raise | skip (skip a step whose loss or gradient is not finite)
+    # Record the Trace_ELBO of the first step as a tensor program and replay it (pyro_vi.compiled):
+    # same values and gradients, no Pyro tracing per step; needs a static, reparameterized model.
+    compile: bool = False
 
     def validate(self, num_data: int) -> None:
         for name in ("epochs", "batch_size"):
@@ -185,6 +189,7 @@ def fit(
         if checkpoint_path is not None and (data_parallel is None or data_parallel.is_main):
             checkpoints.save(checkpoint_path, saved_config, state._asdict(), optimizer)
 
+    compiled_loss = None  # with config.compile: the recorded loss, after the first (plain) step
     interrupt = _DeferredInterrupt()
     start, train_seconds, images_seen, steps_taken, skipped = time.perf_counter(), 0.0, 0, 0, 0
     with interrupt:
@@ -208,8 +213,16 @@ def fit(
                 x = binarize(train_images[indices], config.binarization)
                 kl_weight = config.kl_weight(state.epoch, state.step, steps_per_epoch)
                 reduce = None if data_parallel is None else data_parallel.reduce
-                with pyro.validation_enabled(validate_steps and steps_taken == 0):
-                    step_loss = _step(model, guide, loss, optimizer, (x, indices, num_data, kl_weight), reduce)
+                if config.compile:  # a tensor, so the recorded program reads each step's weight
+                    kl_weight = x.new_tensor(kl_weight)
+                step_args = (x, indices, num_data, kl_weight)
+                if compiled_loss is not None:
+                    step_loss = _compiled_step(compiled_loss, optimizer, step_args, reduce)
+                else:
+                    with pyro.validation_enabled(validate_steps and steps_taken == 0):
+                        step_loss = _step(model, guide, loss, optimizer, step_args, reduce)
+                    if config.compile:  # params exist now: record the step's program once
+                        compiled_loss = compiled.compile_loss(model, guide, step_args, loss)
                 if step_loss is None:
                     if config.on_nan == "raise":
                         bar.close()
@@ -271,6 +284,17 @@ def _step(model, guide, loss, optimizer, args, reduce=None) -> float | None:
     with poutine.trace(param_only=True) as capture:
         value = loss.loss_and_grads(model, guide, *args)
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    return _apply(optimizer, params, value, reduce)
+
+
+def _compiled_step(compiled_loss, optimizer, args, reduce=None) -> float | None:
+    """``_step`` with the recorded program (``pyro_vi.compiled``) in place of ``loss_and_grads``."""
+    value = compiled_loss(*args)
+    value.backward()
+    return _apply(optimizer, compiled_loss.params, float(value.detach()), reduce)
+
+
+def _apply(optimizer, params, value, reduce) -> float | None:
     grads = [p.grad for p in params if p.grad is not None]
     if reduce is not None:
         value = reduce(value, grads)
