@@ -1,7 +1,9 @@
 """Gradient estimators of the ELBO as Pyro ELBO objects, chosen by name.
 
-Every estimator has the same value, loss = -ELBO (for ``iwae`` and ``dreg``: minus the
-importance-weighted bound), and differs only in the gradient it gives. Each is an object with
+Every estimator's value is loss = -ELBO, except ``iwae`` and ``dreg`` (minus the
+importance-weighted bound) and ``gumbel`` (minus the relaxed objective: log p - log q evaluated at
+the Concrete samples, whose expectation is not the ELBO); the estimators sharing an objective
+differ only in the gradient they give. Each is an object with
 ``loss``, ``differentiable_loss`` and ``loss_and_grads``, usable wherever Pyro's ``Trace_ELBO`` is
 (``pyro.infer.SVI``, ``pyro_vi``'s training loop). The model and guide are never rewritten: an
 estimator changes how the guide's sites are sampled with a poutine handler (``has_rsample`` off,
@@ -9,7 +11,8 @@ a Concrete relaxation, enumeration, a baseline) and builds its own surrogate los
 
 Names (one vocabulary across the API, the CLI, JSON and plots):
 
-    reparam            pathwise where the guide can rsample, score function elsewhere (Trace_ELBO)
+    reparam            pathwise at every guide site (Trace_ELBO's gradient); guides with discrete or
+                       non-reparameterizable sites are refused (use score, rloo, enum or gumbel)
     score              score function at every guide site, plate-level Rao-Blackwellization
     score-naive        score function, whole log-ratio times the summed score (textbook REINFORCE)
     score-graph        score function with TraceGraph_ELBO's dependency-graph Rao-Blackwellization
@@ -19,7 +22,9 @@ Names (one vocabulary across the API, the CLI, JSON and plots):
     stl                sticking the landing: pathwise, variational parameters detached inside log q
     analytic-kl        TraceMeanField_ELBO: KL(q || p) in closed form where it exists
     enum               exact enumeration of discrete sites (TraceEnum_ELBO)
-    gumbel             Concrete relaxation of Bernoulli / OneHotCategorical sites; BIASED
+    gumbel             Concrete relaxation of Bernoulli / OneHotCategorical sites; BIASED (loss is
+                       the relaxed objective; a plain Categorical is refused: its integer value
+                       cannot carry a relaxed sample, write it as OneHotCategorical)
     iwae               gradient of the importance-weighted bound with k reparameterized particles
     dreg               doubly reparameterized gradient of the same bound (Tucker et al. 2019)
 
@@ -65,6 +70,8 @@ ESTIMATORS = (
 # Estimators whose expectation is the exact gradient of their objective (gumbel's is not).
 UNBIASED = tuple(name for name in ESTIMATORS if name != "gumbel")
 # Estimators that need every continuous guide site to be reparameterizable and no discrete ones.
+# reparam could take the score function at the other sites, as Trace_ELBO does, but then a
+# "reparam" measurement would silently mix in score-function variance; it refuses them instead.
 _PATHWISE_ONLY = ("reparam", "stl", "analytic-kl", "iwae", "dreg")
 _SCORE_EVERYWHERE = ("score", "score-naive", "score-graph", "score-baseline", "score-nn-baseline", "rloo")
 
@@ -184,12 +191,13 @@ class GradientEstimator(ELBO):
         if self.name in _PATHWISE_ONLY and discrete:
             raise ConfigError(
                 f"estimator {self.name!r} is pathwise but the guide samples discrete sites "
-                f"{', '.join(discrete)}; use score, rloo, enum or gumbel"
+                f"{', '.join(discrete)} (it takes no score-function terms); use score, rloo, enum or gumbel "
+                "(enum keeps the pathwise gradient at the continuous sites of a mixed guide)"
             )
         if self.name in _PATHWISE_ONLY and continuous_without_rsample:
             raise ConfigError(
                 f"estimator {self.name!r} is pathwise but guide sites {', '.join(continuous_without_rsample)} "
-                "cannot rsample; use score or rloo"
+                "cannot rsample (it takes no score-function terms); use score or rloo"
             )
         if self.name == "enum" and not (discrete or model_only_discrete):
             raise ConfigError("estimator 'enum' needs discrete latent sites but this model has only continuous ones; use reparam")
@@ -199,8 +207,10 @@ class GradientEstimator(ELBO):
             other = [s["name"] for s in latent if _is_discrete(s["fn"]) and s["name"] not in relaxable_names]
             if other:
                 raise ConfigError(
-                    f"gumbel relaxes Bernoulli and OneHotCategorical sites only, not {', '.join(other)}; "
-                    "write them as OneHotCategorical or use score"
+                    f"gumbel relaxes Bernoulli and OneHotCategorical sites only, not {', '.join(other)}: a "
+                    "Categorical's integer value cannot carry a relaxed sample; write the site as "
+                    "OneHotCategorical in model and guide (the model then uses the one-hot value, e.g. "
+                    "locs @ c instead of locs[c]), or use enum, score or rloo"
                 )
             if not relaxable:
                 raise ConfigError("gumbel needs Bernoulli or OneHotCategorical guide sites; this guide has none, use reparam")

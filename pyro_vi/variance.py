@@ -49,8 +49,8 @@ class GradientVariance(NamedTuple):
 
 
 # score-baseline: evaluations that warm up Pyro's decaying-average baseline before measuring when
-# the param store has none; beta = 0.9 leaves 0.9^100 ~ 3e-5 of the zero initial value.
-BASELINE_WARMUP = 100
+# the param store has none; beta = 0.9 leaves 0.9^50 ~ 0.5% of the zero initial value.
+BASELINE_WARMUP = 50
 
 
 def gradient_variance(
@@ -81,7 +81,7 @@ def gradient_variance(
         chunk_size: replicates per batched pass (default: as many as fit in about 256 MB).
         baseline_warmup: ``score-baseline`` only: evaluations of the estimator that move Pyro's
             decaying-average baseline before the replicates are drawn. Default: ``BASELINE_WARMUP``
-            (100) when the param store has no baseline for some guide site (a fresh estimator would
+            (50) when the param store has no baseline for some guide site (a fresh estimator would
             otherwise be measured with baseline 0, i.e. as ``score-graph``), else 0 (a baseline
             trained by SVI is measured as it stands). The warm-up draws come from the seeded stream
             before the replicates' (so the baseline is independent of them), takes no optimizer
@@ -151,7 +151,7 @@ def _warm_up_baseline(estimator, model, guide, args, kwargs, num_steps: int | No
         keys = ["__baseline_avg_downstream_cost_" + site["name"] for site in estimators._sample_sites(guide_trace)]
         num_steps = 0 if all(key in store for key in keys) else BASELINE_WARMUP
     estimator.frozen = False
-    with torch.no_grad():
+    with torch.no_grad(), pyro.validation_enabled(False):  # check() has validated the pair already
         for _ in range(num_steps):
             estimator.differentiable_loss(model, guide, *args, **kwargs)
     return num_steps

@@ -13,6 +13,10 @@ each unconstrained param at the params' current values (autograd through a close
     gmm            locs_k ~ N(0, 5^2), c_n ~ Cat(1/2, 1/2), x_n ~ N(locs_{c_n}, 1);
                    q(locs_k) = N(m_k, s_k^2), q(c_n) = Cat(softmax(logits_n)) (sampled assignments)
     vae            a VAE on a batch of 64 binarized digits, at initialization (no reference)
+
+Beyond the ELBO: ``normal_normal_log_evidence`` (log p(x) of the conjugate model, which the IWAE
+bound equals for every k at the exact posterior) and ``pyro_test_iwae_gradient`` (the gradient
+of minus the k-particle IWAE bound of ``pyro-test``, by Gauss-Hermite quadrature).
 """
 
 from __future__ import annotations
@@ -142,6 +146,13 @@ def _normal_normal(generator, at_posterior, **_):
     return VarianceProblem("normal-normal", model, guide, (data,), {}, lambda: exact_gradient(negative_elbo, ["loc", "scale"]))
 
 
+def normal_normal_log_evidence(data: Tensor) -> Tensor:
+    """log p(x) of ``normal-normal``: x ~ N(0, sigma^2 I + 1 1^T) once z ~ N(0, 1) is integrated out."""
+    data = data.double()
+    covariance = _OBSERVATION_SCALE**2 * torch.eye(len(data), dtype=data.dtype) + 1.0
+    return torch.distributions.MultivariateNormal(data.new_zeros(len(data)), covariance).log_prob(data)
+
+
 # -- pyro-test -----------------------------------------------------------------------------------
 
 
@@ -166,6 +177,40 @@ def _pyro_test(generator, **_):
         return -(prior + likelihood + _normal_entropy(scale)).sum()
 
     return VarianceProblem("pyro-test", model, guide, (data,), {}, lambda: exact_gradient(negative_elbo, ["loc", "scale"]))
+
+
+def pyro_test_iwae_gradient(num_particles: int, num_nodes: int = 24) -> dict[str, Tensor]:
+    """d(-IWAE_k)/d(unconstrained loc, scale) of ``pyro-test`` at the param store's values.
+
+    The bound is a sum over the two datapoints of E[log (1/k) sum_i w(z_i)] with z_i = loc_n +
+    scale * eps_i, eps ~ N(0, I_k); the expectation is a k-dimensional Gauss-Hermite product rule
+    with ``num_nodes`` nodes per dimension. The log-sum-exp's soft kink slows convergence: at k <= 3
+    and 24 nodes the result moves by about 1e-4 when the nodes are doubled, far under the Monte
+    Carlo errors it is compared with. k = 1 gives the ELBO's gradient (exact: quadratic integrand).
+    """
+    import numpy
+
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or not 1 <= num_particles <= 4:
+        raise ConfigError(f"num_particles must be an integer in 1..4 for the quadrature (nodes^k points), got {num_particles!r}")
+    nodes, weights = numpy.polynomial.hermite_e.hermegauss(num_nodes)  # weight exp(-eps^2 / 2)
+    nodes, weights = torch.tensor(nodes), torch.tensor(weights) / math.sqrt(2 * math.pi)
+    grids = torch.meshgrid(*([nodes] * num_particles), indexing="ij")
+    noise = torch.stack([g.reshape(-1) for g in grids], -1)  # (num_nodes^k, k)
+    weight = torch.stack(torch.meshgrid(*([weights] * num_particles), indexing="ij"), -1).reshape(-1, num_particles).prod(-1)
+    data = torch.tensor([-0.5, 2.0], dtype=torch.float64)
+
+    def negative_bound(params):
+        loc, scale = params["loc"].double()[:, None, None], params["scale"].double()
+        z = loc + scale * noise  # (num_data, num_nodes^k, k)
+        log_weight = (
+            torch.distributions.Normal(0.0, 1.0).log_prob(z)
+            + torch.distributions.Normal(z, 1.0).log_prob(data[:, None, None])
+            - torch.distributions.Normal(loc, scale).log_prob(z)
+        )
+        bound = torch.logsumexp(log_weight, -1) - math.log(num_particles)  # (num_data, num_nodes^k)
+        return -(bound * weight).sum()
+
+    return exact_gradient(negative_bound, ["loc", "scale"])
 
 
 # -- bernoulli -----------------------------------------------------------------------------------
