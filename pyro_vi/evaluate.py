@@ -92,13 +92,13 @@ class Gaps(NamedTuple):
 
     log_px: float
     elbo_amortized: float
-    elbo_refined: list[float]  # one per refine step count (steps[0] = 0 equals elbo_amortized's q)
+    elbo_refined: list[float]  # one per refine step count; refine_steps[0] is always 0 (= elbo_amortized)
     elbo_meanfield: float  # local q optimized from the prior for meanfield_steps
     elbo_optimal: float  # the better of elbo_refined[-1] and elbo_meanfield
     optimal_local: str  # "refined" or "meanfield": which one is elbo_optimal
     approximation_gap: float  # log_px - elbo_optimal
     amortization_gap: float  # elbo_optimal - elbo_amortized
-    refine_steps: list[int]
+    refine_steps: list[int]  # the steps asked for, with 0 (the encoder's q) added if missing
     meanfield_steps: int
     iwae_k: int
     num_points: int
@@ -124,7 +124,8 @@ def gaps(
         vae: a trained VAE (encoder and decoder).
         images: (num_points, pixels), already binarized.
         iwae_k: proposals per image for log p(x).
-        refine_steps: the step counts at which the semi-amortized ELBO is recorded.
+        refine_steps: the step counts at which the semi-amortized ELBO is recorded; step 0 (the
+            encoder's q, which ``elbo_amortized`` is) is always recorded too, asked for or not.
         meanfield_steps: steps of the from-the-prior mean-field optimization.
         learning_rate: Adam's step size for both local optimizations.
         elbo_samples: draws per image for each recorded ELBO (analytic KL).
@@ -133,7 +134,7 @@ def gaps(
     """
     from pyro_vi.models import local
 
-    refine_steps = sorted(set(int(s) for s in refine_steps))
+    refine_steps = sorted({0} | {int(s) for s in refine_steps})  # refined[0] is the encoder's q
     log_px, refined, meanfield = [], [], []
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
