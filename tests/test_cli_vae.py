@@ -1,9 +1,13 @@
 """`pyro-vi vae` and examples/vae.py end to end with smoke arguments."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 from pyro_vi import cli
 
@@ -60,4 +64,39 @@ def test_example_runs_as_a_script():
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "test ELBO" in result.stdout and "images/s" in result.stdout
+    # The table: a header, then one row per epoch: epoch, train ELBO, test ELBO, recon, KL.
+    rows = [fields for fields in map(str.split, result.stdout.splitlines()) if len(fields) == 5 and fields[0].isdigit()]
+    assert [int(row[0]) for row in rows] == [1, 2], result.stdout
+    test_elbo, recon, kl = (float(value) for value in rows[-1][2:5])
+    assert -100 < test_elbo < 0  # 64 binary pixels: above -64 log 2 - KL once trained a little
+    assert abs(test_elbo - (recon - kl)) < 0.02  # printed to 2 decimals
+    assert "images/s" in result.stdout
+
+
+# 2 steps of 500 digits; z_dim 3 skips the manifold figure.
+TINY = ["--epochs", "1", "--batch-size", "500", "--z-dim", "3", "--hidden-dims", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "extra, loss",
+    [
+        pytest.param(["--estimator", "score-baseline"], "score-baseline", id="score-baseline"),
+        pytest.param(["--estimator", "rloo", "--particles", "4"], "rloo-k4", id="rloo-4-particles"),
+    ],
+)
+def test_vae_trains_with_a_named_estimator_and_its_particles(extra, loss, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["vae", *TINY, *extra, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["loss"] == loss  # --particles reached the estimator
+    assert math.isfinite(metrics["test_elbo"]) and -100 < metrics["test_elbo"] < 0
+
+
+def test_overwrite_starts_over_in_a_used_output_dir(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["vae", *TINY, "--out", str(out)]) == 0
+    assert cli.main(["vae", *TINY, "--seed", "1", "--out", str(out)]) == 2  # a forgotten --resume
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["train"]["seed"] == 0
+    assert cli.main(["vae", *TINY, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["train"]["seed"] == 1
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 1

@@ -52,19 +52,49 @@ def test_training_on_digits_beats_a_measured_threshold(digits):
     assert len(result.history) == 30 and result.epochs == 30
 
 
+class _Crash(Exception):
+    pass
+
+
 def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(digits, tmp_path):
-    # checkpoint_every_steps=5 with 14 steps per epoch leaves the last checkpoint mid-epoch.
-    config = dict(batch_size=100, checkpoint_every_steps=5, seed=4)
-    _run(digits, TrainConfig(epochs=3, **config), tmp_path / "full.pt")
+    # 14 steps per epoch, a checkpoint every 5 steps; the run crashes in step 19 (epoch 2, step 5),
+    # so its last checkpoint is the one after step 15: epoch 2, step 1, mid-epoch.
+    config = TrainConfig(epochs=3, batch_size=100, checkpoint_every_steps=5, seed=4)
+    _run(digits, config, tmp_path / "full.pt")
     uninterrupted = _params()
-    _run(digits, TrainConfig(epochs=2, **config), tmp_path / "part.pt")
+
+    pyro.clear_param_store()
+    torch.manual_seed(123)
+    vae = VAE(64, z_dim=4, hidden_dims=(32,))
+    calls = {"count": 0}
+
+    def crashing_model(*args):
+        calls["count"] += 1
+        if calls["count"] == 19:
+            raise _Crash
+        return vae.model(*args)
+
+    with pytest.raises(_Crash):
+        fit(crashing_model, vae.guide, digits.train_images, config, checkpoint_path=tmp_path / "part.pt", progress=False)
+    saved = torch.load(tmp_path / "part.pt", weights_only=False)["run"]
+    assert (saved["epoch"], saved["step"]) == (1, 1)  # mid-epoch: 1 epoch done, 1 step into the next
+
     # Resume with a different initial network: everything must come from the checkpoint.
-    _, result = _run(digits, TrainConfig(epochs=3, **config), tmp_path / "part.pt", resume=True, init_seed=999)
+    _, result = _run(digits, config, tmp_path / "part.pt", resume=True, init_seed=999)
     resumed = _params()
     assert set(resumed) == set(uninterrupted)
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_fit_validates_the_data_once_not_every_step(digits):
+    vae = VAE(64, z_dim=4, hidden_dims=(32,))
+    seen = []
+    vae.validate = lambda x: seen.append(x.shape)  # the hook fit finds on vae.model's owner
+    result = fit(vae.model, vae.guide, digits.train_images, TrainConfig(epochs=2, batch_size=100), progress=False)
+    assert result.steps == 28
+    assert seen == [digits.train_images.shape]
 
 
 def test_kl_warmup_is_linear_then_one():
