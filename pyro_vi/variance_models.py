@@ -12,7 +12,9 @@ each unconstrained param at the params' current values (autograd through a close
                    q(x_i) = Bernoulli(sigmoid(logit)), one shared logit
     gmm            locs_k ~ N(0, 5^2), c_n ~ Cat(1/2, 1/2), x_n ~ N(locs_{c_n}, 1);
                    q(locs_k) = N(m_k, s_k^2), q(c_n) = Cat(softmax(logits_n)) (sampled assignments)
-    vae            a VAE on a batch of 64 binarized digits, at initialization (no reference)
+    vae            a VAE on the first 64 training images (binarized at 1/2 for a Bernoulli
+                   likelihood) of ``dataset`` (digits, MNIST, ...): the TinyVAE at initialization,
+                   or the VAE of a ``pyro-vi vae`` checkpoint at its trained weights (no reference)
 
 Beyond the ELBO: ``normal_normal_log_evidence`` (log p(x) of the conjugate model, which the IWAE
 bound equals for every k at the exact posterior) and ``pyro_test_iwae_gradient`` (the gradient
@@ -46,22 +48,40 @@ class VarianceProblem(NamedTuple):
     reference: Callable[[], dict[str, Tensor]] | None  # exact d(-ELBO)/d(unconstrained params)
 
 
-def make_problem(name: str, dim: int = 10, at_posterior: bool = False, seed: int = 0) -> VarianceProblem:
+def make_problem(
+    name: str,
+    dim: int = 10,
+    at_posterior: bool = False,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+) -> VarianceProblem:
     """The built-in problem ``name`` (see the module docstring), its params registered afresh.
 
     Args:
         dim: D of the ``gaussian`` toy.
         at_posterior: put the guide at the exact posterior (``gaussian``, ``normal-normal``).
         seed: seeds the toy data (and the VAE's initial weights).
+        checkpoint: ``vae`` only: a checkpoint written by ``pyro-vi vae``; its VAE config is read
+            from it and its weights loaded.
+        dataset, data_dir: ``vae`` only: the images (default: the checkpoint's dataset, else digits).
+
+    Raises:
+        ConfigError: unknown name, bad dim, VAE options on another model, a dataset that is not
+            the checkpoint's. CheckpointError: an unreadable checkpoint or one without a VAE config.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown variance model {name!r}; choose one of {', '.join(MODELS)}")
+    if name != "vae" and (checkpoint is not None or dataset is not None or data_dir is not None):
+        raise ConfigError(f"checkpoint, dataset and data_dir apply to the vae model only, not {name!r}")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ConfigError(f"dim must be a positive integer, got {dim!r}")
     generator = torch.Generator().manual_seed(seed)
     for param in [key for key in pyro.get_param_store().keys()]:
         del pyro.get_param_store()[param]
-    problem = _BUILDERS[name](generator, dim=dim, at_posterior=at_posterior)
+    options = {"checkpoint": checkpoint, "dataset": dataset, "data_dir": data_dir} if name == "vae" else {}
+    problem = _BUILDERS[name](generator, dim=dim, at_posterior=at_posterior, **options)
     problem.guide(*problem.args, **problem.kwargs)  # register the params at their initial values
     return problem
 
@@ -306,13 +326,46 @@ class TinyVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
-def _vae(generator, **_):
+def _vae(generator, checkpoint=None, dataset=None, data_dir=None, **_):
     from pyro_vi.data import binarize, load_dataset
 
     torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))
-    images = load_dataset("digits").train_images[:64]
-    vae = TinyVAE(pixels=images.shape[-1])
-    return VarianceProblem("vae", vae.model, vae.guide, (binarize(images, "threshold"),), {}, None)
+    if checkpoint is None:
+        images = load_dataset(dataset or "digits", data_dir).train_images[:64]
+        vae = TinyVAE(pixels=images.shape[-1])
+        return VarianceProblem("vae", vae.model, vae.guide, (binarize(images, "threshold"),), {}, None)
+    vae, config = _load_vae(checkpoint)
+    trained_on = config.get("dataset")
+    if dataset is not None and trained_on not in (None, dataset):
+        raise ConfigError(f"the checkpoint was trained on {trained_on}, not {dataset}; drop --dataset or pass another checkpoint")
+    images = load_dataset(dataset or trained_on or "digits", data_dir).train_images[:64]
+    if images.shape[-1] != vae.x_dim:
+        raise ConfigError(f"the checkpoint's VAE takes {vae.x_dim} pixels but the dataset has {images.shape[-1]}")
+    if vae.likelihood_name == "bernoulli":
+        images = binarize(images, "threshold")
+    return VarianceProblem("vae", vae.model, vae.guide, (images,), {}, None)
+
+
+def _load_vae(path):
+    """The VAE of a ``pyro-vi vae`` checkpoint with its trained params in the param store."""
+    from pyro_vi import checkpoint
+    from pyro_vi.errors import CheckpointError
+    from pyro_vi.models.vae import VAE
+
+    saved = checkpoint.load(path)
+    config = saved["config"].get("model", {})
+    try:
+        vae = VAE(config["x_dim"], config["z_dim"], config["hidden_dims"], config["likelihood"], config["x_scale"])
+    except KeyError as missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no VAE config ({missing} missing); pass one written by pyro-vi vae") from None
+    params = {name: value.detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
+    pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
+    try:
+        pyro.module("encoder", vae.encoder, update_module_params=True)
+        pyro.module("decoder", vae.decoder, update_module_params=True)
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its VAE config ({error})") from None
+    return vae, config
 
 
 _BUILDERS = {

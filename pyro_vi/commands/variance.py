@@ -20,6 +20,7 @@ def _positive_list(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.cli import parse_seed
+    from pyro_vi.data import DATASETS
     from pyro_vi.variance_models import MODELS
 
     parser.add_argument("--model", default="gaussian", choices=MODELS)
@@ -28,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=_positive_list, default=[1], help="comma-separated, e.g. 1,4,16")
     parser.add_argument("--dim", type=int, default=10, help="D of the gaussian toy")
     parser.add_argument("--at-posterior", action="store_true", help="put the guide at the exact posterior (gaussian, normal-normal)")
+    parser.add_argument("--checkpoint", default=None, help="vae: a checkpoint written by pyro-vi vae (default: a small VAE at init)")
+    parser.add_argument("--dataset", default=None, choices=DATASETS, help="vae: images to measure on (default: the checkpoint's, else digits)")
+    parser.add_argument("--data-dir", default=None, help="vae: folder with the MNIST-style IDX files")
     parser.add_argument("--seed", type=parse_seed, default=0)
     parser.add_argument("--out", default="runs/variance", help="output directory")
 
@@ -56,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     names = _validate(args)
-    problem = variance_models.make_problem(args.model, dim=args.dim, at_posterior=args.at_posterior, seed=args.seed)
+    problem = variance_models.make_problem(
+        args.model, dim=args.dim, at_posterior=args.at_posterior, seed=args.seed,
+        checkpoint=args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+    )
     for name in names:  # every estimator must apply before anything is written
         estimators.get_estimator(name, num_particles=max(args.particles)).check(problem.model, problem.guide, *problem.args)
     out = io.prepare_output_dir(args.out)
@@ -89,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
                     }
                 )
             print(f"{args.model} {name} k={num_particles}: total variance {result.total_variance:.4g}, SNR {result.snr:.3g} ({result.seconds:.2f} s)")
-    io.write_json(out / "variance.json", {"model": args.model, "replicates": args.replicates, "seed": args.seed, "summary": summary, "params": rows})
+    io.write_json(
+        out / "variance.json",
+        {"model": args.model, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "params": rows},
+    )
     io.atomic_write(out / "variance.csv", lambda f: f.write(_csv(rows)), mode="w")
     plots_variance.total_variance_by_estimator(summary, out / "total_variance.png")
     plots_variance.variance_vs_particles(summary, out / "variance_vs_particles.png")
