@@ -16,7 +16,7 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_vi import importance
+from pyro_vi import estimators, importance
 from pyro_vi.models import conjugate
 
 DTYPE = torch.float64
@@ -167,7 +167,8 @@ def test_elbo_of_the_exact_posterior_equals_log_evidence(make):
     pyro.param(f"{site}_loc", posterior.loc)
     pyro.param(f"{site}_scale_tril", posterior.scale_tril, constraint=constraints.lower_cholesky)
     elbo = -Trace_ELBO(num_particles=10, vectorize_particles=True).loss(model.model, model.full_rank_guide, *args)
-    assert elbo == pytest.approx(float(model.log_evidence(*args)), abs=1e-3)
+    # Float64: every log weight equals log p(x) up to round-off of sums of O(10)-nat terms.
+    assert elbo == pytest.approx(float(model.log_evidence(*args)), abs=1e-8)
 
 
 def test_elbo_of_the_exact_beta_posterior_equals_log_evidence():
@@ -176,7 +177,7 @@ def test_elbo_of_the_exact_beta_posterior_equals_log_evidence():
     pyro.param("probs_concentration1", posterior.concentration1)
     pyro.param("probs_concentration0", posterior.concentration0)
     elbo = -Trace_ELBO(num_particles=10, vectorize_particles=True).loss(model.model, model.mean_field_guide, data)
-    assert elbo == pytest.approx(float(model.log_evidence(data)), abs=1e-3)
+    assert elbo == pytest.approx(float(model.log_evidence(data)), abs=1e-8)  # exact up to float64 round-off
 
 
 @pytest.mark.slow
@@ -210,3 +211,78 @@ def test_diagonal_q_falls_short_by_the_analytic_kl(make):
     elbo, standard_error = float(weights.mean()), float(weights.std()) / math.sqrt(weights.numel())
     assert log_evidence - elbo == pytest.approx(analytic_gap, abs=4 * standard_error)
     assert elbo < log_evidence - 4 * standard_error
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast variants of the slow convergence tests above (validation off: it only checks supports and
+# costs ~10x per step on these tiny models).
+# ----------------------------------------------------------------------------------------------
+
+
+def _fit_stl(model, guide, args, num_steps: int = 300, learning_rate: float = 0.3):
+    """SVI with the sticking-the-landing estimator: when q is in the posterior's family, at q =
+    posterior every draw's log p(x, z) - log q(z) is the constant log p(x) and STL's gradient is
+    exactly zero, so the iterate converges with no noise floor (no stationary jitter)."""
+    optimizer = ClippedAdam({"lr": learning_rate, "lrd": 0.1 ** (1 / num_steps)})
+    svi = SVI(model, guide, optimizer, estimators.get_estimator("stl", num_particles=1))
+    with pyro.validation_enabled(False):
+        for _ in range(num_steps):
+            svi.step(*args)
+
+
+def test_stl_fitted_full_rank_guide_reaches_log_evidence_fast():
+    model, args = _normal_normal()
+    _fit_stl(model.model, model.full_rank_guide, args)
+    q = dist.MultivariateNormal(pyro.param("z_loc").detach(), scale_tril=pyro.param("z_scale_tril").detach())
+    # The gap is KL(q || posterior), exact (no Monte Carlo). STL's zero-variance optimum makes the
+    # remaining gap a pure optimization error, which shrinks geometrically (4e-6 after 300 steps);
+    # the issue's bound is 1e-3 nats.
+    gap = float(model.log_evidence(*args) - model.elbo(q, *args))
+    assert 0 <= gap < 1e-3
+
+
+def test_stl_fitted_beta_guide_matches_beta_posterior_fast():
+    model, (data,) = _beta_bernoulli()
+    _fit_stl(model.model, model.mean_field_guide, (data,))
+    posterior = model.posterior(data)
+    q = dist.Beta(pyro.param("probs_concentration1").detach(), pyro.param("probs_concentration0").detach())
+    kl = float(model.log_evidence(data) - model.elbo(q, data))  # = KL(q || posterior), exact
+    assert 0 <= kl < 1e-4
+    # To second order, KL(q || p) <= 1e-4 allows a mean shift of at most sqrt(2 KL) = 1.4% of a
+    # posterior sd (for any statistic f, |E_q f - E_p f| <= sqrt(2 KL Var_p f)) and a change of log
+    # sd of about sqrt(KL) = 1%; tolerances 2% of a sd and 1.5%.
+    posterior_sd = float(posterior.variance.sqrt())
+    assert float(q.mean) == pytest.approx(float(posterior.mean), abs=0.02 * posterior_sd)
+    assert float(q.variance.sqrt()) == pytest.approx(posterior_sd, rel=0.015)
+
+
+def test_fitted_mean_field_matches_optimal_diagonal_q_fast():
+    """Normal-Normal, diagonal q (not the posterior's family): Adam from the default start, then
+    the average of the iterates over T further steps (Polyak-Ruppert), compared with q*."""
+    model, args = _normal_normal()
+    num_particles, burn_in, num_averaged = 16, 150, 300
+    svi = SVI(model.model, model.mean_field_guide, pyro.optim.Adam({"lr": 0.05}),
+              Trace_ELBO(num_particles=num_particles, vectorize_particles=True))
+    locs, log_scales = [], []
+    with pyro.validation_enabled(False):
+        for step in range(burn_in + num_averaged):
+            svi.step(*args)
+            if step >= burn_in:
+                locs.append(pyro.param("z_loc").detach().clone())
+                log_scales.append(pyro.param("z_scale").detach().log())
+    loc, scale = model.optimal_mean_field(*args)
+    precision = model.posterior(*args).precision_matrix
+    # The averaged iterate of (preconditioned) SGD has error covariance H^-1 C H^-1 / (P T), with
+    # H the Hessian of -ELBO and C the covariance of one particle's gradient at q* (Polyak and
+    # Juditsky 1992). For a Gaussian posterior N(mu, Lambda^-1) and q* = N(m, diag s^2):
+    #   loc:       H = Lambda, one particle's gradient -Lambda (s * eps): H^-1 C H^-1 = diag(s^2);
+    #   log scale: H = 2 I, gradient 1 - u_j (Lambda u)_j with u = s * eps, whose variance is
+    #              2 + s_j^2 sum_{k != j} Lambda_jk^2 s_k^2 (the two blocks are uncorrelated).
+    # Tolerance: 4 standard errors per coordinate.
+    draws = num_particles * num_averaged
+    loc_standard_error = scale / math.sqrt(draws)
+    off_diagonal = precision - torch.diag_embed(precision.diagonal())
+    log_scale_variance = 2 + scale**2 * (off_diagonal**2 @ scale**2)
+    log_scale_standard_error = log_scale_variance.sqrt() / 2 / math.sqrt(draws)
+    assert torch.all((torch.stack(locs).mean(0) - loc).abs() < 4 * loc_standard_error)
+    assert torch.all((torch.stack(log_scales).mean(0) - scale.log()).abs() < 4 * log_scale_standard_error)
