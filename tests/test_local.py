@@ -129,3 +129,39 @@ def test_joint_training_moves_decoder_and_locals():
     assert not torch.equal(vae.decoder.body[0].weight.detach(), before)
     assert (pyro.param("local_loc").detach() != 0).all(-1).all()  # every row was in some batch
     assert len(result.history) == 2 and math.isfinite(result.history[-1]["train_elbo"])
+
+
+def test_hoffman_decoder_is_fixed_during_local_steps_and_moves_on_its_own_step():
+    """Hoffman-style SVI with a learning decoder: a hook records the decoder's and the locals'
+    values at every forward pass. Each minibatch makes K + 1 passes (K local steps, then the
+    decoder step's gradient); the decoder must be identical across a minibatch's K + 1 passes,
+    the batch's q_n must move between them, and across the decoder step (last pass of one
+    minibatch to the first of the next) the decoder moves by exactly one Adam step while no q_n does."""
+    vae, ppca = _linear_vae()
+    data = _data(ppca, 8)
+    guide = local.LocalGuide(num_data=8, z_dim=2)
+    num_local_steps, learning_rate = 3, 0.01
+    config = LocalTrainConfig(epochs=1, batch_size=4, learning_rate=learning_rate, local_learning_rate=0.05,
+                              local_steps=num_local_steps, num_particles=2, binarization="none")
+    passes = []  # (decoder weight, decoder bias, local loc) at each forward pass
+    vae.decoder.register_forward_pre_hook(lambda module, inputs: passes.append(
+        (module.body[0].weight.detach().clone(), module.body[0].bias.detach().clone(),
+         pyro.param("local_loc").detach().clone())))
+    result = fit_local(vae, guide, data, config)
+    assert result.steps == 2 and result.local_steps == 2 * num_local_steps
+    assert len(passes) == 2 * (num_local_steps + 1)
+    first, second = passes[: num_local_steps + 1], passes[num_local_steps + 1 :]
+    for batch in (first, second):
+        for weight, bias, _ in batch[1:]:
+            assert torch.equal(weight, batch[0][0]) and torch.equal(bias, batch[0][1])  # decoder fixed
+        for (_, _, before), (_, _, after) in zip(batch, batch[1:]):
+            assert not torch.equal(before, after)  # each local step moves the batch's q_n
+    # The decoder step between the minibatches: Adam's first step is -lr * sign(grad) per entry
+    # (every entry of a linear decoder has a nonzero gradient), and the locals stay put.
+    weight_step = second[0][0] - first[-1][0]
+    bias_step = second[0][1] - first[-1][1]
+    torch.testing.assert_close(weight_step.abs(), torch.full_like(weight_step, learning_rate), rtol=1e-4, atol=0)
+    torch.testing.assert_close(bias_step.abs(), torch.full_like(bias_step, learning_rate), rtol=1e-4, atol=0)
+    assert torch.equal(second[0][2], first[-1][2])
+    # After the last minibatch's decoder step, the decoder differs from its last recorded pass too.
+    assert not torch.equal(vae.decoder.body[0].weight.detach(), second[-1][0])
