@@ -21,7 +21,7 @@ import torch.multiprocessing
 
 from pyro_vi import cli, distributed, io
 from pyro_vi import checkpoint as checkpoints
-from pyro_vi.errors import ConfigError
+from pyro_vi.errors import ConfigError, OutputError
 from pyro_vi.models.vae import VAE
 from pyro_vi.train import TrainConfig, fit
 
@@ -299,4 +299,76 @@ def test_port_in_use_is_a_one_line_error(tmp_path, capsys, monkeypatch):
         status = cli.main(["vae", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")])
     stderr = capsys.readouterr().err
     assert status == 2 and stderr.count("\n") == 1 and "cannot join the process group" in stderr, stderr
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# OUT on rank 0's disk only (machines without a shared filesystem): rank 0 reads the checkpoint
+# and broadcasts it, so a resume on the other ranks needs no file of their own.
+
+
+def _own_disk_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    data_parallel = _join(rank, world_size, port)
+    try:
+        images, vae, guide = _problem()
+        path = Path(out_dir) / f"disk{rank}" / "checkpoint.pt"  # each rank's own OUT; only rank 0 writes
+        if rank == 0:
+            path.parent.mkdir()
+        modules = {"encoder": vae.encoder, "decoder": vae.decoder}
+        config = TrainConfig(epochs=1, batch_size=4, binarization="none")
+        fit(vae.model, guide, images, config, checkpoint_path=path, progress=False, data_parallel=data_parallel)
+        has_file = path.exists()
+        refused = None
+        try:  # a fresh run into rank 0's used OUT is refused on every rank, none left waiting
+            fit(vae.model, guide, images, config, checkpoint_path=path, progress=False, data_parallel=data_parallel)
+        except OutputError as error:
+            refused = str(error)
+        images, vae, guide = _problem()  # a fresh network: the resumed state must come from rank 0's file
+        config = TrainConfig(epochs=2, batch_size=4, binarization="none")
+        fit(vae.model, guide, images, config, modules={"encoder": vae.encoder, "decoder": vae.decoder},
+            checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
+        resumed = _params()
+        images, vae, guide = _problem()
+        fit(vae.model, guide, images, config, progress=False, data_parallel=data_parallel)
+        output = {"has_file": has_file, "refused": refused, "resumed": resumed, "uninterrupted": _params()}
+        torch.save(output, Path(out_dir) / f"disk-result{rank}.pt")
+    finally:
+        data_parallel.close()
+
+
+def test_resume_reads_rank_0_checkpoint_on_every_rank(tmp_path):
+    _spawn(_own_disk_worker, tmp_path)
+    results = [torch.load(tmp_path / f"disk-result{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
+    assert [result["has_file"] for result in results] == [True, False]  # rank 1 never had a checkpoint
+    assert all("already holds a checkpoint" in (result["refused"] or "") for result in results)
+    for name, value in results[0]["uninterrupted"].items():
+        for result in results:
+            assert torch.equal(result["resumed"][name], value), name
+
+
+# A bad input seen by one rank only stops every rank, and is reported once, by rank 0.
+
+
+def _bad_on_rank_1_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import contextlib
+    import io as text_io
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    batch_size = "100" if rank == 0 else "5000"  # more than the 1,497 digits, on rank 1 only
+    stderr = text_io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = cli.main(["vae", *TINY, "--epochs", "1", "--batch-size", batch_size, "--out", str(Path(out_dir) / "run")])
+    (Path(out_dir) / f"bad{rank}.json").write_text(json.dumps({"status": status, "stderr": stderr.getvalue()}))
+
+
+def test_bad_input_on_one_rank_stops_all_and_rank_0_reports_it(tmp_path):
+    _spawn(_bad_on_rank_1_worker, tmp_path)
+    rank0, rank1 = (json.loads((tmp_path / f"bad{rank}.json").read_text()) for rank in range(WORLD_SIZE))
+    assert rank0["status"] == rank1["status"] == 2
+    assert rank1["stderr"] == ""
+    assert rank0["stderr"].count("\n") == 1, rank0["stderr"]
+    assert rank0["stderr"].startswith("pyro-vi vae: error: on rank 1: batch size 5000 is larger than the 1497"), rank0["stderr"]
     assert not (tmp_path / "run").exists()

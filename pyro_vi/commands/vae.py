@@ -142,10 +142,10 @@ class _Setup(NamedTuple):
 
 
 def _check(args: argparse.Namespace, data_parallel) -> _Setup:
-    """Check everything the user passed, writing nothing (rank 0 alone creates OUT)."""
+    """Check everything the user passed, writing nothing."""
     import pyro
 
-    from pyro_vi import checkpoint, io
+    from pyro_vi import checkpoint
     from pyro_vi.data import load_dataset
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import OutputError
@@ -188,9 +188,28 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     if hasattr(loss, "check"):  # an estimator that does not apply to this guide fails here, before any output
         loss.check(vae.model, vae.guide, dataset.train_images[:2], None, dataset.train_images.shape[0])
         pyro.clear_param_store()
-    if is_main:
-        out = io.prepare_output_dir(out)
     return _Setup(device, config, dataset, loss, vae, model_config, out, checkpoint_path)
+
+
+def _agreed(check, data_parallel) -> tuple[Any, bool]:
+    """``(check(), failed)``, with a user error shared by all ranks of a data-parallel run.
+
+    Each rank checks its own inputs (its data, its device); one rank's error stops every rank
+    instead of leaving the others waiting in a collective. Rank 0 raises it (the CLI prints it);
+    the other ranks return ``failed=True`` without a word, so the user reads it once."""
+    from pyro_vi.errors import PyroVIError
+
+    if data_parallel is None:
+        return check(), False
+    value, error = None, None
+    try:
+        value = check()
+    except PyroVIError as caught:
+        error = caught
+    error = data_parallel.first_error(error)
+    if error is not None and data_parallel.is_main:
+        raise error
+    return value, error is not None
 
 
 def _train(args: argparse.Namespace, data_parallel) -> int:
@@ -199,23 +218,15 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     from pyro_vi.errors import PyroVIError
     from pyro_vi.train import fit
 
-    # 1. Check everything before writing anything. Each rank checks its own inputs (data, device);
-    #    one rank's error stops every rank, and rank 0 alone reports it.
+    # 1. Check everything before writing anything; then rank 0, which alone writes, creates OUT.
     is_main = data_parallel is None or data_parallel.is_main
-    setup, error = None, None
-    try:
-        setup = _check(args, data_parallel)
-    except PyroVIError as caught:
-        if data_parallel is None:
-            raise
-        error = caught
-    if data_parallel is not None:
-        error = data_parallel.first_error(error)
-    if error is not None:
-        if is_main:
-            raise error
+    setup, failed = _agreed(lambda: _check(args, data_parallel), data_parallel)
+    if failed:
         return 2
     device, config, dataset, loss, vae, model_config, out, checkpoint_path = setup
+    out, failed = _agreed(lambda: io.prepare_output_dir(out) if is_main else out, data_parallel)
+    if failed:
+        return 2
 
     # 2. Train. The test set is binarized once, with its own generator, the same on every run.
     test_images = binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
