@@ -42,7 +42,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 
 from pyro_vi.errors import ConfigError
 
-__all__ = ["CompiledLoss", "compile_loss", "surrogate_loss"]
+__all__ = ["CompiledLoss", "compile_loss", "recorded_loss", "surrogate_loss"]
 
 
 def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particles: int = 1) -> Tensor:
@@ -175,7 +175,114 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "the model or guide reads a tensor's value (data-dependent control flow, .item()), which a "
                 "recorded program cannot follow; run without --compile"
             ) from None
-    return CompiledLoss(graph, names, params)
+    return CompiledLoss(_simplify(graph), names, params)
+
+
+_aten = torch.ops.aten
+# x op c == x for these constants c: the recorded arithmetic of broadcasting and default arguments.
+_IDENTITIES = {_aten.mul.Tensor: 1, _aten.div.Tensor: 1, _aten.add.Tensor: 0, _aten.sub.Tensor: 0}
+
+
+def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop what the recording repeats for nothing on every call, leaving values unchanged:
+
+    * operations on constants only (``Normal(z, 1.0)``'s scale, squared and logged each step) are
+      computed once and kept as constants; never a random or in-place operation, or one whose
+      result an in-place operation would change;
+    * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0``, aliases and expands to the same shape are ``x``.
+    """
+    graph = graph_module.graph
+    constants: dict[torch.fx.Node, Tensor] = {}
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            constants[node] = getattr(graph_module, node.target)
+            continue
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        inputs = node.all_input_nodes
+        if inputs and all(n in constants for n in inputs) and _foldable(node):
+            with torch.no_grad():
+                value = node.target(
+                    *torch.fx.node.map_arg(node.args, constants.__getitem__),
+                    **torch.fx.node.map_arg(node.kwargs, constants.__getitem__),
+                )
+            if isinstance(value, Tensor):
+                name = f"_folded_{folded}"
+                folded += 1
+                setattr(graph_module, name, value)
+                with graph.inserting_before(node):
+                    constant = graph.get_attr(name)
+                constant.meta = dict(node.meta)
+                node.replace_all_uses_with(constant)
+                graph.erase_node(node)
+                constants[constant] = value
+                continue
+        source = _identity_source(node)
+        if source is not None:
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and (
+        target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
+    )
+
+
+def _foldable(node: torch.fx.Node) -> bool:
+    return not _mutates(node) and not any(_mutates(user) for user in node.users)
+
+
+def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The input ``node`` merely passes on (same shape and dtype), else ``None``."""
+    target, args = node.target, node.args
+    if not args or not isinstance(args[0], torch.fx.Node) or node.kwargs:
+        return None
+    source = args[0]
+    before, after = source.meta.get("val"), node.meta.get("val")
+    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
+        return None
+    if before.shape != after.shape or before.dtype != after.dtype or any(_mutates(user) for user in node.users):
+        return None
+    if target in _IDENTITIES and len(args) == 2 and not isinstance(args[1], torch.fx.Node):
+        return source if args[1] == _IDENTITIES[target] and not isinstance(args[1], bool) else None
+    if target in (_aten.alias.default, _aten.expand.default):
+        return source
+    return None
+
+
+def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> CompiledLoss:
+    """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
+
+    ``pyro_vi.fit`` calls this after its first (plain) step. The program is reused by a later call
+    with the same model, guide, argument shapes and non-tensor arguments while the param store
+    still holds the very tensors it was recorded with (a cleared store, a resumed checkpoint or new
+    parameters record it afresh), so calling ``fit`` epoch by epoch records once.
+    """
+    key = (_identity(model), _identity(guide), _signature(args))
+    cached = getattr(loss, "_pyro_vi_recorded", None)
+    store = pyro.get_param_store()
+    if cached is not None and cached[0] == key and all(store._params.get(n) is p for n, p in zip(cached[1].names, cached[1].params)):
+        return cached[1]
+    program = compile_loss(model, guide, args, loss)
+    loss._pyro_vi_recorded = (key, program)
+    return program
+
+
+def _identity(function) -> tuple[int, int]:
+    """Bound methods are made afresh at each attribute access: key them by object and function."""
+    return id(getattr(function, "__self__", None)), id(getattr(function, "__func__", function))
+
+
+def _signature(args) -> tuple:
+    return tuple(
+        (tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else ("value", type(a).__name__, repr(a)) for a in args
+    )
 
 
 def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:

@@ -222,7 +222,7 @@ def fit(
                     with pyro.validation_enabled(validate_steps and steps_taken == 0):
                         step_loss = _step(model, guide, loss, optimizer, step_args, reduce)
                     if config.compile:  # params exist now: record the step's program once
-                        compiled_loss = compiled.compile_loss(model, guide, step_args, loss)
+                        compiled_loss = compiled.recorded_loss(model, guide, step_args, loss)
                 if step_loss is None:
                     if config.on_nan == "raise":
                         bar.close()

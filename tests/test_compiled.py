@@ -12,14 +12,14 @@ from pyro_vi import compiled
 from pyro_vi.errors import ConfigError
 
 
-def normal_model(x):
+def normal_model(x, *unused):
     """z ~ N(0, I_2);  x_n | z ~ N(z, I_2)."""
     z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
     with pyro.plate("data", x.shape[0]):
         pyro.sample("obs", dist.Normal(z, 1.0).to_event(1), obs=x)
 
 
-def normal_guide(x):
+def normal_guide(x, *unused):
     loc = pyro.param("loc", lambda: x.new_zeros(2))
     scale = pyro.param("scale", lambda: x.new_ones(2), constraint=constraints.positive)
     pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -120,3 +120,17 @@ def test_compile_check_catches_a_program_that_disagrees():
     with pytest.raises(ConfigError, match="differs"):
         compiled._check(shifted, normal_model, normal_guide, (x,), Trace_ELBO())
     compiled._check(program, normal_model, normal_guide, (x,), Trace_ELBO())  # the true program passes
+
+
+def test_the_recorded_program_is_kept_on_the_loss_while_the_params_are_the_same():
+    x = torch.randn(6, 2) + 1.0
+    loss = Trace_ELBO()
+    config = pyro_vi.TrainConfig(epochs=3, batch_size=6, learning_rate=0.01, binarization="none", compile=True)
+    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    first = loss._pyro_vi_recorded[1]
+    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    assert loss._pyro_vi_recorded[1] is first  # the same store tensors: not recorded again
+    pyro.clear_param_store()  # new tensors: the old program would train stale ones
+    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    assert loss._pyro_vi_recorded[1] is not first
+    assert all(pyro.get_param_store()._params[n] is p for n, p in zip(loss._pyro_vi_recorded[1].names, loss._pyro_vi_recorded[1].params))
