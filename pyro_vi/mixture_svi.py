@@ -49,8 +49,12 @@ def run_svi(
     target_elbo: float | None = None,
     target_rtol: float = 0.005,
     record_steps: Sequence[int] = (),
+    initial_assignments: Tensor | None = None,
 ) -> SVIResult:
     """Adam on the ELBO from ``initial``, in a fresh param store.
+
+    ``initial_assignments`` ``(num_data, K)`` starts the mean-field q_n there instead of uniform
+    (``gmm.assignment_probabilities(data, initial)`` is the E-step: the best q_n for ``initial``).
 
     Stops after ``num_steps``, or as soon as the per-point ELBO is within ``target_rtol`` (relative)
     of ``target_elbo`` when that is given (how the benchmark times "SVI until as good as EM").
@@ -64,7 +68,7 @@ def run_svi(
     elif guide == "meanfield":
         if prior is None:
             raise ConfigError("the mean-field guide needs proper priors; pass a Prior (e.g. Prior.from_data)")
-        model, guide_fn = gmm.model, gmm.make_meanfield_guide(initial, data.shape[0])
+        model, guide_fn = gmm.model, gmm.make_meanfield_guide(initial, data.shape[0], initial_assignments)
         elbo = ESTIMATORS[estimator]()
     else:
         raise ConfigError(f"unknown guide {guide!r}; choose one of {', '.join(GUIDES)}")

@@ -54,3 +54,33 @@ def test_meanfield_tracegraph_reaches_the_em_solution_on_an_easy_problem():
     assert max(matched.loc_errors) < 0.5
     gap = em.log_likelihoods[-1] - mixture_eval.average_log_likelihood(data.train, svi.params)
     assert 0.0 <= gap < 0.3
+
+
+def test_meanfield_tracegraph_holds_the_em_solution_fast():
+    """Fast variant of the test above: the globals start at k-means and every q_n at its E-step
+    (the closed-form best q_n for those globals) instead of uniform; 50 TraceGraph_ELBO steps with
+    sampled assignments must stay at EM's solution. (Reaching it from uniform q_n is the slow test.)"""
+    data = mixture_data.synthetic(2, 2, 100, separation=8.0, seed=1, covariance="diag")
+    em = mixture_em.fit_em(data.train, 2, "diag", tol=1e-8, reg_covar=0.0)
+    initial = em.initial_params
+    svi = mixture_svi.run_svi(data.train, initial, "meanfield", prior=gmm.Prior.from_data(data.train, 2), num_steps=50,
+                              learning_rate=0.05, estimator="tracegraph",
+                              initial_assignments=gmm.assignment_probabilities(data.train, initial))
+    labels = svi.assignment_probabilities.argmax(-1)
+    assert mixture_eval.adjusted_rand_index(data.train_labels, labels) == pytest.approx(1.0)
+    # The margins of the slow test: a location's posterior std is ~0.1 with ~50 points per
+    # component (allow 5 stds), 0.3 nats/point of log-likelihood.
+    matched = mixture_eval.match_components(em.params, svi.params)
+    assert max(matched.loc_errors) < 0.5
+    gap = em.log_likelihoods[-1] - mixture_eval.average_log_likelihood(data.train, svi.params)
+    assert 0.0 <= gap < 0.3
+
+
+def test_svi_restarts_differ_and_the_best_is_kept():
+    data = mixture_data.synthetic(4, 2, 400, separation=2.5, seed=6)
+    result = mixture_svi.fit_svi(data.train, 4, "full", "map", "random", num_restarts=3, seed=0, num_steps=100,
+                                 learning_rate=0.1)
+    finals = result.restart_elbos
+    assert len(finals) == 3
+    assert max(finals) - min(finals) > 1e-3  # the random starts end in different optima
+    assert result.elbos[-1] == max(finals)  # and the returned fit is the best one

@@ -211,14 +211,18 @@ def make_map_guide(initial: MixtureParams) -> AutoDelta:
     return AutoDelta(poutine.block(model, expose=list(GLOBAL_SITES)), init_loc_fn=init_to_value(values=initial.as_sites()))
 
 
-def make_meanfield_guide(initial: MixtureParams, num_data: int) -> Callable[..., None]:
+def make_meanfield_guide(
+    initial: MixtureParams, num_data: int, initial_assignments: Tensor | None = None
+) -> Callable[..., None]:
     """q(pi) q(loc) q(scale) q(C) prod_n q_n(z_n), each factor with its own parameters.
 
     ``z`` is sampled from q_n, not enumerated: its gradient needs the score-function estimator.
-    The globals start near ``initial``; every q_n starts uniform.
+    The globals start near ``initial``; every q_n starts uniform, or at ``initial_assignments``
+    ``(num_data, K)`` probabilities when given (e.g. the E-step at ``initial``).
     """
     num_components, dim = initial.loc.shape
     expected_counts = num_data * initial.weights
+    initial_logits = None if initial_assignments is None else initial_assignments.clamp_min(1e-12).log()
 
     def guide(data: Tensor, num_components: int = num_components, covariance: str = "full", prior: Prior | None = None) -> None:
         if prior is None:
@@ -228,7 +232,8 @@ def make_meanfield_guide(initial: MixtureParams, num_data: int) -> Callable[...,
         loc_scale = pyro.param("loc_scale", 0.1 * initial.scale.clone(), constraint=constraints.positive)
         scale_loc = pyro.param("scale_loc", initial.scale.log())
         scale_scale = pyro.param("scale_scale", torch.full_like(initial.scale, 0.1), constraint=constraints.positive)
-        logits = pyro.param("assignment_logits", data.new_zeros(data.shape[0], num_components))
+        logits = pyro.param("assignment_logits", lambda: data.new_zeros(data.shape[0], num_components)
+                            if initial_logits is None else initial_logits.clone())
         pyro.sample("weights", dist.Dirichlet(concentration))
         with pyro.plate("components", num_components):
             pyro.sample("loc", dist.Normal(loc_loc, loc_scale).to_event(1))
