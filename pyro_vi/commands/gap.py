@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure = parser.add_argument_group("measurement")
     measure.add_argument("--num-points", type=int, default=1000, help="test images to evaluate (first N)")
     measure.add_argument("--iwae-k", type=int, default=5000, help="importance samples per image for log p(x)")
-    measure.add_argument("--refine-steps", type=_steps, default=[0, 1, 5, 20, 100], help="e.g. 0,1,5,20,100")
+    measure.add_argument("--refine-steps", type=_steps, default=[0, 1, 5, 20, 100],
+                         help="e.g. 0,1,5,20,100; step 0 (the encoder's q) is always measured")
     measure.add_argument("--meanfield-steps", type=int, default=500, help="steps of mean-field VI from the prior")
     measure.add_argument("--refine-learning-rate", type=float, default=1e-2)
     measure.add_argument("--elbo-samples", type=int, default=100, help="draws per image for each ELBO")
