@@ -1,4 +1,5 @@
-"""Run every benchmark in ``benchmarks/`` (each ``bench_*.py``, in its own process) and summarize.
+"""Run every benchmark in ``benchmarks/`` (each ``bench_*.py``, then each reproduction ``repro_*.py``,
+in its own process) and summarize.
 
     python benchmarks/run_all.py --quick    # a few minutes: a short version of everything
     python benchmarks/run_all.py            # the full runs behind RESULTS.md
@@ -21,8 +22,10 @@ FIRST = ("bench_vae_throughput.py", "bench_tiny_svi.py")  # the library's own sp
 
 
 def scripts(only: list[str] | None = None) -> list[Path]:
-    """``bench_*.py`` in run order: this issue's two first, then the others alphabetically."""
+    """``bench_*.py`` in run order (the library's own speed first, then the others alphabetically),
+    then the reproductions ``repro_*.py``."""
     found = sorted(HERE.glob("bench_*.py"), key=lambda path: (path.name not in FIRST, FIRST.index(path.name) if path.name in FIRST else 0, path.name))
+    found += sorted(HERE.glob("repro_*.py"))
     if only:
         found = [path for path in found if any(name in path.stem for name in only)]
     return found
