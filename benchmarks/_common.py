@@ -72,13 +72,13 @@ def optional_version(module_name: str) -> str | None:
 
 
 def commit() -> str:
-    """Short hash of HEAD, with ``+dirty`` when tracked files differ from it."""
+    """Short hash of HEAD, with ``+dirty`` when the code (not the results table) differs from it."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS_DIR, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "pyro_vi", "benchmarks"], cwd=BENCHMARKS_DIR.parent
+            ["git", "diff", "--quiet", "HEAD", "--", "pyro_vi", "benchmarks", ":!benchmarks/RESULTS.md"], cwd=BENCHMARKS_DIR.parent
         ).returncode
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -84,8 +84,12 @@ def main(args):
             file.write("\n## bench_gmm: EM vs scikit-learn vs SVI-MAP (K=5, D=2, full covariance)\n\n"
                        "| bench_gmm command | commit | machine | N | pyro_vi EM | scikit-learn | SVI-MAP to 0.5% of EM | "
                        "EM/sklearn time | SVI/EM time |\n|---|---|---|---|---|---|---|---|---|\n")
-    with open(table, "a") as file:
-        file.write(row)
+    lines = table.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("| bench_gmm command |")) + 2
+    while at < len(lines) and lines[at].startswith("|"):  # below the table's last row, not at the file's end
+        at += 1
+    lines.insert(at, row)
+    table.write_text("".join(lines))
     print(json.dumps(report, indent=2))
     return report
 

@@ -244,11 +244,14 @@ def validate_images(images: Tensor, likelihood: str | None = None, name: str = "
         raise DataError(f"{name} is empty (shape {tuple(images.shape)}); provide at least one datapoint")
     if not torch.is_floating_point(images):
         raise DataError(f"{name} must be floating point, got {images.dtype}; convert with .float()")
-    if not torch.isfinite(images).all():
+    # One pass without a temporary: a NaN/inf anywhere makes the sum non-finite (the exact count
+    # runs only then, as an overflowing sum of finite values would also get here).
+    if not torch.isfinite(images.sum()):
         bad = int((~torch.isfinite(images)).sum())
-        raise DataError(f"{name} contains {bad} NaN/inf values; remove or impute them")
+        if bad:
+            raise DataError(f"{name} contains {bad} NaN/inf values; remove or impute them")
     if likelihood in ("bernoulli", "continuous-bernoulli"):
-        low, high = float(images.min()), float(images.max())
+        low, high = (float(v) for v in torch.aminmax(images))
         if low < 0 or high > 1:
             raise DataError(
                 f"{name} has values in [{low:g}, {high:g}] but a {likelihood} likelihood needs [0, 1]; "

@@ -148,3 +148,14 @@ def test_empty_idx_files_say_empty(kind, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="are empty .*train-images-idx3-ubyte") as error:
         load_dataset("mnist", source, download=False)
     assert "\n" not in str(error.value)
+
+
+def test_validate_images_counts_nan_and_inf_but_accepts_large_finite_values():
+    images = torch.rand(50, 8)
+    images[3, 2], images[7, 0], images[9, 1] = float("nan"), float("inf"), float("-inf")
+    with pytest.raises(DataError, match="contains 3 NaN/inf values"):
+        validate_images(images)
+    huge = torch.full((4, 2), 3e38)  # finite, but their float32 sum overflows to inf
+    assert validate_images(huge) is huge
+    with pytest.raises(DataError, match=r"values in \[0, 3e\+38\]"):
+        validate_images(torch.cat([huge, torch.zeros(1, 2)]), likelihood="bernoulli")
