@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 
 from pyro_vi import io, mixture_data, mixture_em, mixture_eval, mixture_svi
 from pyro_vi.device import DEVICES, resolve_device
