@@ -24,6 +24,7 @@ pyro_vi <= 2x).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -272,13 +273,9 @@ def build_numpyro(case, x: Tensor, steps: int, seed: int):
     return chunk
 
 
-def build_pyro_vi_compiled(case, x: Tensor, steps: int, seed: int):
-    return build_pyro_vi(case, x, steps, seed, compile=True)
-
-
 BUILDERS = {
     "pyro_vi": build_pyro_vi,
-    "pyro_vi-compiled": build_pyro_vi_compiled,
+    "pyro_vi-compiled": functools.partial(build_pyro_vi, compile=True),
     "torch": build_torch,
     "pyro": build_pyro,
     "numpyro": build_numpyro,

@@ -24,6 +24,7 @@ contender builds and trains alone in a fresh process (beyond imports and data).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import resource
@@ -215,13 +216,9 @@ def build_numpyro(images: Tensor, args, batch_size: int):
     return epoch
 
 
-def build_pyro_vi_compiled(images: Tensor, args, batch_size: int):
-    return build_pyro_vi(images, args, batch_size, compile=True)
-
-
 BUILDERS = {
     "pyro_vi": build_pyro_vi,
-    "pyro_vi-compiled": build_pyro_vi_compiled,
+    "pyro_vi-compiled": functools.partial(build_pyro_vi, compile=True),
     "torch": build_torch,
     "pyro": build_pyro,
     "numpyro": build_numpyro,

@@ -296,11 +296,10 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
         grads = torch.autograd.grad(value, compiled.params, allow_unused=True)
     tolerance = 1e-4 * (1.0 + abs(float(plain.detach())))
     mismatch = not math.isclose(float(value.detach()), float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
-    for name, got, want in zip(compiled.names, grads, plain_grads):
-        got = torch.zeros_like(compiled.params[0]) if got is None else got
-        want = torch.zeros_like(got) if want is None else want
-        if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max()))):
-            mismatch = True
+    for param, got, want in zip(compiled.params, grads, plain_grads):
+        got = torch.zeros_like(param) if got is None else got  # a param the loss does not reach
+        want = torch.zeros_like(param) if want is None else want
+        mismatch |= not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max())))
     if mismatch:
         raise ConfigError(
             "the compiled ELBO differs from Trace_ELBO on the same batch and noise (the model's structure "

@@ -334,7 +334,9 @@ def _vae(generator, checkpoint=None, dataset=None, data_dir=None, **_):
         images = load_dataset(dataset or "digits", data_dir).train_images[:64]
         vae = TinyVAE(pixels=images.shape[-1])
         return VarianceProblem("vae", vae.model, vae.guide, (binarize(images, "threshold"),), {}, None)
-    vae, config = _load_vae(checkpoint)
+    from pyro_vi.models.vae import load_checkpoint
+
+    vae, config = load_checkpoint(checkpoint)
     trained_on = config.get("dataset")
     if dataset is not None and trained_on not in (None, dataset):
         raise ConfigError(f"the checkpoint was trained on {trained_on}, not {dataset}; drop --dataset or pass another checkpoint")
@@ -344,28 +346,6 @@ def _vae(generator, checkpoint=None, dataset=None, data_dir=None, **_):
     if vae.likelihood_name == "bernoulli":
         images = binarize(images, "threshold")
     return VarianceProblem("vae", vae.model, vae.guide, (images,), {}, None)
-
-
-def _load_vae(path):
-    """The VAE of a ``pyro-vi vae`` checkpoint with its trained params in the param store."""
-    from pyro_vi import checkpoint
-    from pyro_vi.errors import CheckpointError
-    from pyro_vi.models.vae import VAE
-
-    saved = checkpoint.load(path)
-    config = saved["config"].get("model", {})
-    try:
-        vae = VAE(config["x_dim"], config["z_dim"], config["hidden_dims"], config["likelihood"], config["x_scale"])
-    except KeyError as missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no VAE config ({missing} missing); pass one written by pyro-vi vae") from None
-    params = {name: value.detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
-    pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
-    try:
-        pyro.module("encoder", vae.encoder, update_module_params=True)
-        pyro.module("decoder", vae.decoder, update_module_params=True)
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its VAE config ({error})") from None
-    return vae, config
 
 
 _BUILDERS = {

@@ -38,13 +38,8 @@ def test_meanfield_guide_trains_with_score_function_estimators():
     assert math.isfinite(loss.item()) and logits.grad is not None and logits.grad.abs().sum() > 0
 
 
-@pytest.mark.slow  # TraceGraph_ELBO's provenance tracking: ~25-80 s
-def test_meanfield_tracegraph_reaches_the_em_solution_on_an_easy_problem():
-    # Two components 8 standard deviations apart, N = 100, q_n(z) starting uniform.
-    data = mixture_data.synthetic(2, 2, 100, separation=8.0, seed=1, covariance="diag")
-    em = mixture_em.fit_em(data.train, 2, "diag", tol=1e-8, reg_covar=0.0)
-    svi = mixture_svi.fit_svi(data.train, 2, "diag", "meanfield", prior=gmm.Prior.from_data(data.train, 2),
-                              num_steps=300, learning_rate=0.2, estimator="tracegraph")
+def _assert_at_the_em_solution(data, em, svi):
+    """The mean-field fit recovers EM's clustering, locations and log-likelihood."""
     labels = svi.assignment_probabilities.argmax(-1)
     assert mixture_eval.adjusted_rand_index(data.train_labels, labels) == pytest.approx(1.0)
     # Margins: the point estimate carries the weak prior and the last steps' score-function noise;
@@ -54,6 +49,16 @@ def test_meanfield_tracegraph_reaches_the_em_solution_on_an_easy_problem():
     assert max(matched.loc_errors) < 0.5
     gap = em.log_likelihoods[-1] - mixture_eval.average_log_likelihood(data.train, svi.params)
     assert 0.0 <= gap < 0.3
+
+
+@pytest.mark.slow  # TraceGraph_ELBO's provenance tracking: ~25-80 s
+def test_meanfield_tracegraph_reaches_the_em_solution_on_an_easy_problem():
+    # Two components 8 standard deviations apart, N = 100, q_n(z) starting uniform.
+    data = mixture_data.synthetic(2, 2, 100, separation=8.0, seed=1, covariance="diag")
+    em = mixture_em.fit_em(data.train, 2, "diag", tol=1e-8, reg_covar=0.0)
+    svi = mixture_svi.fit_svi(data.train, 2, "diag", "meanfield", prior=gmm.Prior.from_data(data.train, 2),
+                              num_steps=300, learning_rate=0.2, estimator="tracegraph")
+    _assert_at_the_em_solution(data, em, svi)
 
 
 def test_meanfield_tracegraph_holds_the_em_solution_fast():
@@ -66,14 +71,7 @@ def test_meanfield_tracegraph_holds_the_em_solution_fast():
     svi = mixture_svi.run_svi(data.train, initial, "meanfield", prior=gmm.Prior.from_data(data.train, 2), num_steps=50,
                               learning_rate=0.05, estimator="tracegraph",
                               initial_assignments=gmm.assignment_probabilities(data.train, initial))
-    labels = svi.assignment_probabilities.argmax(-1)
-    assert mixture_eval.adjusted_rand_index(data.train_labels, labels) == pytest.approx(1.0)
-    # The margins of the slow test: a location's posterior std is ~0.1 with ~50 points per
-    # component (allow 5 stds), 0.3 nats/point of log-likelihood.
-    matched = mixture_eval.match_components(em.params, svi.params)
-    assert max(matched.loc_errors) < 0.5
-    gap = em.log_likelihoods[-1] - mixture_eval.average_log_likelihood(data.train, svi.params)
-    assert 0.0 <= gap < 0.3
+    _assert_at_the_em_solution(data, em, svi)
 
 
 def test_svi_restarts_differ_and_the_best_is_kept():

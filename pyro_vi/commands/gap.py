@@ -79,28 +79,9 @@ def _validate(args) -> None:
 
 def load_vae(path: str | Path, device: torch.device):
     """The VAE saved in a ``pyro-vi vae`` checkpoint, its params in the param store; and its config."""
-    import pyro
+    from pyro_vi.models.vae import load_checkpoint
 
-    from pyro_vi import checkpoint
-    from pyro_vi.errors import CheckpointError
-    from pyro_vi.models.vae import VAE
-
-    saved = checkpoint.load(path)
-    config = saved["config"].get("model", {})
-    try:
-        vae = VAE(config["x_dim"], config["z_dim"], config["hidden_dims"], config["likelihood"], config["x_scale"])
-    except KeyError as missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no VAE config ({missing} missing); pass one written by pyro-vi vae") from None
-    vae = vae.to(device)
-    pyro.clear_param_store()
-    params = {name: value.to(device).detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
-    pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
-    try:
-        pyro.module("encoder", vae.encoder, update_module_params=True)
-        pyro.module("decoder", vae.decoder, update_module_params=True)
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its VAE config ({error}); it may be from another version") from None
-    return vae, config
+    return load_checkpoint(path, device)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,3 +172,31 @@ def _data_plate(x: Tensor, indices: Tensor | None, num_data: int | None) -> pyro
     if indices is None and num_data != batch:
         indices = torch.arange(batch, device=x.device)
     return pyro.plate("data", num_data, subsample=indices, device=x.device)
+
+
+def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple["VAE", dict]:
+    """The VAE saved in a ``pyro-vi vae`` checkpoint, with its params in a cleared param store
+    (the encoder and decoder bound to them), and the checkpoint's model config.
+
+    Raises:
+        CheckpointError: the file is not a usable checkpoint, or holds no (or another) VAE config.
+    """
+    from pyro_vi import checkpoint
+    from pyro_vi.errors import CheckpointError
+
+    saved = checkpoint.load(path)
+    config = saved["config"].get("model", {})
+    try:
+        vae = VAE(config["x_dim"], config["z_dim"], config["hidden_dims"], config["likelihood"], config["x_scale"])
+    except KeyError as missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no VAE config ({missing} missing); pass one written by pyro-vi vae") from None
+    vae = vae.to(device)
+    pyro.clear_param_store()
+    params = {name: value.to(device).detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
+    pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
+    try:
+        pyro.module("encoder", vae.encoder, update_module_params=True)
+        pyro.module("decoder", vae.decoder, update_module_params=True)
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match its VAE config ({error}); it may be from another version") from None
+    return vae, config
