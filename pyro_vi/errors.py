@@ -36,3 +36,10 @@ class TrainingDivergedError(PyroVIError, FloatingPointError):
 
 class OutputError(PyroVIError, OSError):
     """The output location cannot be written."""
+
+
+class TrainingInterrupted(PyroVIError, KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training; the checkpoint (if any) was written first.
+
+    A ``KeyboardInterrupt``, so a script stops (exit status 130) instead of carrying on with a
+    half-trained model."""
