@@ -1,15 +1,18 @@
 """The ``pyro-vi`` command: one subcommand per job, each in ``pyro_vi/commands/<name>.py``.
 
 A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-User errors (``PyroVIError``) are printed as one line on stderr with exit status 2, no traceback.
+User errors (``PyroVIError``) are printed as one line on stderr with exit status 2, no traceback;
+so is any other exception (its type named, with a hint); an interrupt exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from pyro_vi import _interrupt
 from pyro_vi.errors import PyroVIError
 
 # subcommand name -> module; add a line here when adding a command.
@@ -54,15 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand. Whatever reaches here is one line on stderr: exit status 2 for errors,
+    130 for Ctrl-C/SIGTERM-style interrupts; never a traceback (``PYRO_VI_TRACEBACK=1`` shows it)."""
+    _interrupt.restore_default()  # Ctrl-C raises KeyboardInterrupt again from here on
+    command = "pyro-vi"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"pyro-vi {args.command}"
         return int(args._run(args) or 0)
-    except PyroVIError as error:
-        print(f"pyro-vi {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"pyro-vi {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # TrainingInterrupted too: it carries its own message
+        detail = _one_line(interrupt) if isinstance(interrupt, PyroVIError) and str(interrupt) else "interrupted"
+        print(f"{command}: {detail}", file=sys.stderr)
         return 130
+    except PyroVIError as error:
+        print(f"{command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - the promise is one line, whatever went wrong
+        if os.environ.get("PYRO_VI_TRACEBACK"):
+            raise
+        print(f"{command}: error: {_unexpected(error)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _unexpected(error: Exception) -> str:
+    """An exception that is not a ``PyroVIError``: its type and message, and what to try."""
+    message = _one_line(error) or "(no message)"
+    if isinstance(error, MemoryError) or "out of memory" in message.lower():
+        hint = "lower the sizes (--batch-size, --hidden-dims, --particles, ...) or use a larger machine"
+    elif isinstance(error, OSError):
+        hint = "check the paths, free disk space and permissions"
+    else:
+        hint = "this looks like a bug in pyro_vi; rerun with PYRO_VI_TRACEBACK=1 and report the traceback"
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"unexpected {type(error).__name__}: {message}; {hint}"
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ version intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyro_vi.errors import OutputError
 
@@ -20,18 +21,128 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check it is a writable directory.
 
     Raises:
-        OutputError: if ``path`` is a file or cannot be written.
+        OutputError: if ``path`` is empty, a file, too long, or cannot be created or written.
     """
+    if str(path).strip() == "":
+        raise OutputError("the output directory is empty (--out ''); pass a directory, e.g. --out runs/mine")
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output path {str(path)!r} is a file, not a directory; pass a directory with --out")
     try:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"output path {str(path)!r} is a file, not a directory; pass a directory with --out")
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create output directory {str(path)!r} ({error.strerror}); choose another --out") from None
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(f"cannot create output directory {_short(path)!r} ({error.strerror or error}); choose another --out") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {str(path)!r} is not writable; choose another --out")
     return path
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Check, before any work, that ``atomic_write(path, ...)`` can succeed: the parent is an
+    existing writable directory, ``path`` is not a directory, and the name is not too long. Creates
+    and removes one temporary file next to ``path``; writes nothing else.
+
+    Raises:
+        OutputError: one line naming the path and what is wrong.
+    """
+    path = Path(path)
+    if str(path).strip() == "":
+        raise OutputError("the output path is empty; pass a file path")
+    parent = path.parent
+    try:
+        if path.is_dir():
+            raise OutputError(f"{_short(path)!r} is a directory; remove it or choose another path")
+        if not parent.is_dir():
+            raise OutputError(f"the directory of {_short(path)!r} does not exist or is not a directory; create it or choose another path")
+        descriptor, temporary = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(descriptor)
+        os.unlink(temporary)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"cannot write {_short(path)!r} ({error.strerror or error}); choose another path") from None
+
+
+def _short(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:60] + "..." + text[-57:]
+
+
+@contextlib.contextmanager
+def lock_output(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an advisory lock on an output directory (``fcntl.flock`` on ``directory/.lock``) for
+    the duration of a run; a second run into the same directory is refused. The lock file is
+    removed on exit; the lock is released by the kernel if the process dies.
+
+    Raises:
+        OutputError: another process holds the lock, or the lock file cannot be created.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    lock_path = directory / ".lock"
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"cannot create the lock file {_short(lock_path)!r} ({error.strerror}); choose another --out") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise OutputError(
+                f"another pyro-vi run is writing to {_short(directory)!r} (it holds {lock_path.name}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        except OSError:  # a filesystem without flock: run unlocked rather than not at all
+            os.close(descriptor)
+            yield directory
+            return
+        try:  # the previous holder may have removed the file we opened: lock the current one
+            same = os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)
+    try:
+        yield directory
+    finally:
+        try:
+            os.unlink(lock_path)  # while still holding it: see the inode check above
+        except OSError:
+            pass
+        os.close(descriptor)
+
+
+OWNER_FILE = ".pyro-vi-command"
+
+
+def claim_output(directory: str | os.PathLike, command: str, overwrite: bool = False) -> None:
+    """Refuse to write over another command's outputs: ``directory`` may hold files only of an
+    earlier run of ``command`` (recorded in ``directory/.pyro-vi-command``) unless ``overwrite``.
+    Then record ``command`` as the directory's owner.
+
+    Raises:
+        OutputError: the directory holds outputs of another command (or of an unknown one).
+    """
+    directory = Path(directory)
+    owner_path = directory / OWNER_FILE
+    try:
+        owner = owner_path.read_text().strip() if owner_path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        owner = None
+    others = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    if others and owner != command and not overwrite:
+        made_by = f"pyro-vi {owner}" if owner else "another run"
+        raise OutputError(
+            f"{_short(directory)!r} already holds outputs of {made_by} ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose another --out, or pass --overwrite to replace them"
+        )
+    if owner != command:
+        atomic_write(owner_path, lambda file: file.write(command + "\n"), mode="w")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -68,15 +179,34 @@ def _umask() -> int:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented JSON, atomically.
+
+    Raises:
+        OutputError: the write failed (disk full, permissions); an earlier file is intact.
+    """
     text = json.dumps(data, indent=2, sort_keys=False, default=_to_builtin) + "\n"
-    atomic_write(path, lambda file: file.write(text), mode="w")
+    _write_or_explain(path, lambda file: file.write(text), "w")
 
 
 def save_figure(figure, path: str | os.PathLike, **kwargs) -> None:
-    """Save a matplotlib figure atomically (format from the suffix)."""
+    """Save a matplotlib figure atomically (format from the suffix).
+
+    Raises:
+        OutputError: the write failed (disk full, permissions); an earlier file is intact.
+    """
     path = Path(path)
-    atomic_write(path, lambda file: figure.savefig(file, format=path.suffix.lstrip("."), **kwargs))
+    _write_or_explain(path, lambda file: figure.savefig(file, format=path.suffix.lstrip("."), **kwargs), "wb")
+
+
+def _write_or_explain(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> None:
+    try:
+        atomic_write(path, write, mode)
+    except OSError as error:  # PIL and matplotlib raise the writer's OSError (ENOSPC) as is
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(
+            f"could not write {_short(Path(path))!r} ({error.strerror or error}); free some space or choose another --out"
+        ) from None
 
 
 def _to_builtin(value: Any) -> Any:

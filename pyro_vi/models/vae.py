@@ -18,6 +18,8 @@ annealing without touching the estimator.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import pyro
@@ -27,6 +29,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
+from pyro_vi import preflight
 from pyro_vi.data import validate_images
 from pyro_vi.errors import ConfigError, DataError
 
@@ -88,11 +91,18 @@ class VAE(nn.Module):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
+            raise ConfigError(f"hidden_dims must be a sequence of positive integers such as (400,), got {hidden_dims!r}")
+        hidden_dims = tuple(hidden_dims)
         for name, value in (("x_dim", x_dim), ("z_dim", z_dim), *(("hidden size", h) for h in hidden_dims)):
-            if int(value) != value or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
-        if x_scale is not None and not x_scale > 0:
-            raise ConfigError(f"x_scale must be positive, got {x_scale}")
+            if not _is_positive_integer(value):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if x_scale is not None and not (isinstance(x_scale, numbers.Real) and 0 < x_scale < math.inf):
+            raise ConfigError(f"x_scale must be positive and finite, got {x_scale!r}")
+        preflight.check_allocation(
+            4.0 * (preflight.mlp_floats([x_dim, *hidden_dims, 2 * z_dim]) + preflight.mlp_floats([z_dim, *hidden_dims[::-1], x_dim])),
+            f"a VAE with x_dim {x_dim}, z_dim {z_dim} and hidden sizes {tuple(hidden_dims)} (its parameters and Adam state)",
+        )
         self.x_dim, self.z_dim, self.hidden_dims = int(x_dim), int(z_dim), tuple(int(h) for h in hidden_dims)
         self.likelihood_name, self.x_scale = likelihood, x_scale
         self.encoder = Encoder(self.x_dim, self.hidden_dims, self.z_dim)
@@ -165,6 +175,12 @@ class VAE(nn.Module):
         return dist.Normal(loc, torch.exp(0.5 * log_variance)).to_event(1)
 
 
+def _is_positive_integer(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and int(value) == value and value > 0
+
+
 def _data_plate(x: Tensor, indices: Tensor | None, num_data: int | None) -> pyro.plate:
     """``pyro.plate("data")`` over the minibatch, scaled to ``num_data`` points."""
     batch = x.shape[0]
@@ -190,7 +206,13 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple["VAE", di
         vae = VAE(config["x_dim"], config["z_dim"], config["hidden_dims"], config["likelihood"], config["x_scale"])
     except KeyError as missing:
         raise CheckpointError(f"checkpoint {str(path)!r} has no VAE config ({missing} missing); pass one written by pyro-vi vae") from None
+    except ConfigError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an unusable VAE config ({error})") from None
     vae = vae.to(device)
+    expected = {**checkpoint.module_params("encoder", vae.encoder), **checkpoint.module_params("decoder", vae.decoder)}
+    if vae.likelihood_name == "gaussian" and vae.x_scale is None:
+        expected["x_scale"] = ((), torch.float32)
+    checkpoint.check_params(saved, expected, path, optional=("x_scale",))
     pyro.clear_param_store()
     params = {name: value.to(device).detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
     pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
