@@ -36,12 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     source = parser.add_argument_group("model (a checkpoint, or train one from scratch)")
     source.add_argument("--checkpoint", default=None, help="checkpoint.pt written by pyro-vi vae; omit to train")
-    source.add_argument("--epochs", type=int, default=20, help="training epochs when no --checkpoint")
-    source.add_argument("--z-dim", type=int, default=10)
-    source.add_argument("--hidden-dims", type=_hidden_dims, default=(256,))
-    source.add_argument("--batch-size", type=int, default=128)
-    source.add_argument("--learning-rate", type=float, default=1e-3)
-    source.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL term in training (>1 forces collapse)")
+    # Training options default to None so that one given with --checkpoint (which fixes them) is refused.
+    source.add_argument("--epochs", type=int, default=None, help="training epochs when no --checkpoint (default 20)")
+    source.add_argument("--z-dim", type=int, default=None, help="default 10")
+    source.add_argument("--hidden-dims", type=_hidden_dims, default=None, help="default 256")
+    source.add_argument("--batch-size", type=int, default=None, help="default 128")
+    source.add_argument("--learning-rate", type=float, default=None, help="default 0.001")
+    source.add_argument("--kl-weight", type=float, default=None,
+                        help="weight of the KL term in training (>1 forces collapse; default 1)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=None, choices=DATASETS, help="default: the checkpoint's, else digits")
     data.add_argument("--data-dir", default=None)
@@ -60,12 +62,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--seed", type=parse_seed, default=0)
     run.add_argument("--out", default="runs/gap", help="output directory")
+    run.add_argument("--overwrite", action="store_true", help="replace the outputs of another command in OUT")
     run.add_argument("--no-progress", action="store_true")
 
 
+# What trains the VAE here; a --checkpoint fixes all of them.
+_TRAINING_DEFAULTS = {"epochs": 20, "z_dim": 10, "hidden_dims": (256,), "batch_size": 128, "learning_rate": 1e-3, "kl_weight": 1.0}
+
+
 def _validate(args) -> None:
+    import math
+
     from pyro_vi.errors import ConfigError
 
+    given = [name for name in _TRAINING_DEFAULTS if getattr(args, name) is not None]
+    if args.checkpoint is not None and given:
+        option = "--" + given[0].replace("_", "-")
+        raise ConfigError(
+            f"{option} applies only when training here; the --checkpoint fixes the model and its training, so drop {option}"
+        )
+    for name, default in _TRAINING_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     for name in ("num_points", "iwae_k", "chunk_size", "elbo_samples", "refine_samples", "epochs", "batch_size"):
         value = getattr(args, name)
         if value <= 0:
@@ -73,8 +91,8 @@ def _validate(args) -> None:
     if args.meanfield_steps < 0:
         raise ConfigError(f"--meanfield-steps must be >= 0, got {args.meanfield_steps}")
     for name in ("refine_learning_rate", "learning_rate", "kl_weight"):
-        if not getattr(args, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        if not 0 < getattr(args, name) < math.inf:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(args, name)}")
 
 
 def load_vae(path: str | Path, device: torch.device):
@@ -87,14 +105,13 @@ def load_vae(path: str | Path, device: torch.device):
 def run(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyro_vi import evaluate, io, plots_gap
-    from pyro_vi.data import binarize, load_dataset, validate_images
+    from pyro_vi import io
+    from pyro_vi.data import load_dataset, validate_images
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import ConfigError
     from pyro_vi.models.vae import VAE
-    from pyro_vi.train import TrainConfig, fit
 
-    # 1. Check everything before writing anything.
+    # 1. Check everything before writing anything; then hold OUT for the run.
     _validate(args)
     device = resolve_device(args.device)
     pyro.set_rng_seed(args.seed)
@@ -113,12 +130,23 @@ def run(args: argparse.Namespace) -> int:
     if args.num_points > dataset.test_images.shape[0]:
         raise ConfigError(f"--num-points {args.num_points} exceeds the {dataset.test_images.shape[0]} test images of {dataset_name}; lower it")
     validate_images(dataset.test_images, "bernoulli", name=f"{dataset_name} test images")
+    if args.checkpoint is None:
+        vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims).to(device)  # sizes checked against memory
     out = io.prepare_output_dir(args.out)
+    with io.lock_output(out):
+        io.claim_output(out, "gap", args.overwrite)
+        return _train_and_measure(args, vae, dataset, dataset_name, device, out)
+
+
+def _train_and_measure(args, vae, dataset, dataset_name, device, out) -> int:
+    from pyro_vi import evaluate, io, plots_gap
+    from pyro_vi.data import binarize
+    from pyro_vi.errors import TrainingInterrupted
+    from pyro_vi.train import TrainConfig, fit
 
     # 2. The model: loaded, or trained here.
     start = time.perf_counter()
     if args.checkpoint is None:
-        vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims).to(device)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              binarization=args.binarization, seed=args.seed)
         kl_weight = args.kl_weight
@@ -129,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         def guide(x, indices, num_data, _):
             return vae.guide(x, indices, num_data, kl_weight)
 
-        fit(model, guide, dataset.train_images, config, progress=not args.no_progress)
+        result = fit(model, guide, dataset.train_images, config, progress=not args.no_progress)
+        if getattr(result, "interrupted", False):  # measuring a half-trained VAE would be a wrong result
+            raise TrainingInterrupted(f"interrupted during training (epoch {result.epochs + 1} of {args.epochs}); nothing written")
     train_seconds = time.perf_counter() - start
 
     # 3. Measure on a fixed binarization of the first num_points test images.
