@@ -343,11 +343,14 @@ def _validate_rng(rng: dict) -> None:
         raise _Invalid(f"rng 'torch' is not a CPU generator state ({str(error).splitlines()[0]})") from None
     python, numpy = _require(rng, "python", dict, "rng "), _require(rng, "numpy", dict, "rng ")
     try:
-        if not torch.is_tensor(python.get("internal")) or not torch.is_tensor(numpy.get("keys")):
-            raise TypeError("its words are not a tensor")
+        for name, words, size in (("python", python.get("internal"), 625), ("numpy", numpy.get("keys"), 624)):
+            if not torch.is_tensor(words) or words.dtype != torch.int64 or tuple(words.shape) != (size,):
+                raise ValueError(f"{name} words are not {size} int64 numbers")
+            if bool(((words < 0) | (words > 2**32 - 1)).any()):
+                raise ValueError(f"{name} words are not 32-bit")
         random.Random().setstate(_python_state(python))
         np.random.RandomState().set_state(_numpy_state(numpy))
-    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, IndexError) as error:
         raise _Invalid(f"rng Python/NumPy state is unusable ({error})") from None
     cuda = rng.get("cuda", [])
     if not isinstance(cuda, list) or not all(torch.is_tensor(s) and s.dtype == torch.uint8 for s in cuda):
