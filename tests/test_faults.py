@@ -35,15 +35,20 @@ def _saved(out: Path) -> dict:
     return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
 
 
+def _position(run: dict) -> tuple[int, int]:
+    """(epochs done, steps into the next) of a checkpoint's run state (the engine counts steps)."""
+    return divmod(run["step"], STEPS_PER_EPOCH)
+
+
 def _assert_same_run(out: Path, reference: Path) -> None:
     finished, expected = _saved(out), _saved(reference)
-    assert finished["run"]["epoch"] == expected["run"]["epoch"] == EPOCHS
+    assert finished["run"]["step"] == expected["run"]["step"] == EPOCHS * STEPS_PER_EPOCH
     params, expected_params = finished["param_store"]["params"], expected["param_store"]["params"]
     assert params.keys() == expected_params.keys()
     for name in params:
         assert torch.equal(params[name], expected_params[name]), f"{name} differs from the uninterrupted run"
     for key in ("train_elbo", "test_elbo"):
-        assert [r[key] for r in finished["run"]["history"]] == [r[key] for r in expected["run"]["history"]]
+        assert [r[key] for r in finished["run"]["state"]["history"]] == [r[key] for r in expected["run"]["state"]["history"]]
     assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
 
 
@@ -64,7 +69,7 @@ def _wait_for_checkpoint(out: Path, epoch: int, step: int, process=None, timeout
             raise AssertionError(f"the run ended (status {process.returncode}) before it was stopped: {process.stderr.read()}")
         try:
             run = _saved(out)["run"]
-            if (run["epoch"], run["step"]) >= (epoch, step):
+            if _position(run) >= (epoch, step):
                 return run
         except (FileNotFoundError, EOFError, RuntimeError):
             pass  # not written yet
@@ -92,8 +97,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
             process.kill()
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
     killed = _saved(out)["run"]
-    assert killed["epoch"] < EPOCHS and 0 < killed["step"] < STEPS_PER_EPOCH, "the kill should land mid-epoch"
-    assert (killed["epoch"], killed["step"]) >= (at_kill["epoch"], at_kill["step"])
+    killed_epoch, killed_step = _position(killed)
+    assert killed_epoch < EPOCHS and 0 < killed_step < STEPS_PER_EPOCH, "the kill should land mid-epoch"
+    assert killed["step"] >= at_kill["step"]
 
     pyro.clear_param_store()
     assert cli.main([*RUN, *EVERY_STEP, "--out", str(out), "--resume"]) == 0
@@ -120,7 +126,8 @@ def test_interrupt_saves_a_checkpoint_exits_130_and_resumes_exactly(signal_numbe
     assert status == 130
     assert "checkpoint saved" in capsys.readouterr().out
     stopped = _saved(out)["run"]
-    assert stopped["epoch"] == 1 and 5 <= stopped["step"] < STEPS_PER_EPOCH
+    stopped_epoch, stopped_step = _position(stopped)
+    assert stopped_epoch == 1 and 5 <= stopped_step < STEPS_PER_EPOCH
     assert not (out / "metrics.json").exists()  # a stopped run does not report
     assert signal.getsignal(signal_number) == handler_before  # the previous handler is back
     if not resume:
@@ -157,10 +164,10 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(value, tmp_path):
     path = tmp_path / "checkpoint.pt"
     vae = VAE(16, z_dim=2, hidden_dims=(8,))
     config = TrainConfig(epochs=2, batch_size=10, checkpoint_every_steps=1, binarization="threshold")
-    with pytest.raises(TrainingDivergedError, match="epoch 2, step 2.*last good checkpoint .* is intact"):
+    with pytest.raises(TrainingDivergedError, match="epoch 2, step 2.*checkpoint .* holds an earlier good step"):
         fit(_poisoned_model(vae, 8, value), vae.guide, _images(), config, checkpoint_path=path, progress=False)
     saved = checkpoint.load(path)
-    assert (saved["run"]["epoch"], saved["run"]["step"]) == (1, 1)  # the 7th step, the last good one
+    assert saved["run"]["step"] == 7  # 1 epoch of 6 steps and 1 step: the 7th step, the last good one
     for name, value_now in pyro.get_param_store().items():  # nothing was updated by the bad step
         assert torch.equal(saved["param_store"]["params"][name], value_now.detach()), name
     assert not list(tmp_path.glob(".*.tmp"))
@@ -230,5 +237,5 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         fit(vae.model, vae.guide, _images(), config, checkpoint_path=path, progress=False)
     monkeypatch.undo()
     saved = checkpoint.load(path)  # complete and readable
-    assert (saved["run"]["epoch"], saved["run"]["step"]) == (0, 4)
+    assert saved["run"]["step"] == 4
     assert not list(tmp_path.glob(".*.tmp")), "the half-written temporary must be removed"

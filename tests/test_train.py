@@ -77,7 +77,8 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(digits, tmp_path):
     with pytest.raises(_Crash):
         fit(crashing_model, vae.guide, digits.train_images, config, checkpoint_path=tmp_path / "part.pt", progress=False)
     saved = torch.load(tmp_path / "part.pt", weights_only=False)["run"]
-    assert (saved["epoch"], saved["step"]) == (1, 1)  # mid-epoch: 1 epoch done, 1 step into the next
+    assert saved["step"] == 15  # mid-epoch: 1 epoch (14 steps) done, 1 step into the next
+    assert [h["epoch"] for h in saved["state"]["history"]] == [1]
 
     # Resume with a different initial network: everything must come from the checkpoint.
     _, result = _run(digits, config, tmp_path / "part.pt", resume=True, init_seed=999)

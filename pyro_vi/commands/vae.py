@@ -226,7 +226,7 @@ def _agreed(check, data_parallel) -> tuple[Any, bool]:
 def _train(args: argparse.Namespace, data_parallel) -> int:
     from pyro_vi import evaluate, io, plots
     from pyro_vi.data import binarize
-    from pyro_vi.errors import PyroVIError
+    from pyro_vi.errors import PyroVIError, TrainingInterrupted
     from pyro_vi.train import fit
 
     # 1. Check everything before writing anything; then rank 0, which alone writes, creates OUT.
@@ -263,15 +263,16 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
             progress=not args.no_progress and is_main,
             data_parallel=data_parallel,
         )
+    except TrainingInterrupted as interrupted:
+        if is_main:
+            print(f"interrupted at step {interrupted.step}; checkpoint saved to {checkpoint_path}; rerun with --resume")
+        return 130
     except PyroVIError:
         if is_main:
             raise
         return 2  # a user error inside fit reaches rank 0 too (losses all-reduced, checkpoints broadcast): it reports
     if not is_main:
-        return 130 if result.interrupted else 0
-    if result.interrupted:
-        print(f"interrupted after {result.epochs} epochs; checkpoint saved to {checkpoint_path}; rerun with --resume")
-        return 130
+        return 0
 
     # 3. Report.
     last = result.history[-1]
