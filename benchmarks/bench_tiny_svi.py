@@ -212,7 +212,7 @@ def build_pyro_vi(case, x: Tensor, steps: int, seed: int, compile: bool = False)
     def chunk() -> float:
         with slot.active():
             start = _common.timer()
-            pyro_vi.fit(case.model, case.guide, x, config, loss=loss, optimizer=optimizer, progress=False)
+            pyro_vi.fit_images(case.model, case.guide, x, config, loss=loss, optimizer=optimizer, progress=False)
             return _common.timer() - start
 
     return chunk

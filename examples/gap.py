@@ -28,7 +28,7 @@ def main(args):
     # 1. Amortized: an encoder predicts every q(z | x).
     vae = pyro_vi.VAE(dataset.pixels, z_dim=args.z_dim, hidden_dims=(args.hidden_dim,)).to(device)
     config = pyro_vi.TrainConfig(epochs=args.epochs, batch_size=100, learning_rate=3e-3, seed=args.seed)
-    pyro_vi.fit(vae.model, vae.guide, dataset.train_images, config, progress=False)
+    pyro_vi.fit_images(vae.model, vae.guide, dataset.train_images, config, progress=False)
 
     # 2. The gaps on test images (refinement starts from the encoder; mean-field from the prior).
     gaps = pyro_vi.evaluate.gaps(vae, test_images, iwae_k=args.iwae_k, refine_steps=(0, 1, 5, 20, 100),

@@ -37,7 +37,7 @@ def main(args):
         seed=args.seed,
     )
     loss = TraceMeanField_ELBO() if args.analytic_kl else Trace_ELBO()
-    result = pyro_vi.fit(vae.model, vae.guide, dataset.train_images, config, loss=loss, evaluate=evaluate, progress=False)
+    result = pyro_vi.fit_images(vae.model, vae.guide, dataset.train_images, config, loss=loss, evaluate=evaluate, progress=False)
 
     print(f"{'epoch':>5} {'train ELBO':>11} {'test ELBO':>10} {'recon':>9} {'KL':>7}")
     for record in result.history:

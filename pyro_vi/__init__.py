@@ -12,7 +12,10 @@ from pyro_vi.models.gmm import MixtureParams, Prior
 from pyro_vi.mixture_em import fit_em
 from pyro_vi.mixture_svi import fit_svi
 from pyro_vi.models.vae import VAE
-from pyro_vi.train import FitResult, TrainConfig, fit
+from pyro_vi import engine
+from pyro_vi.engine import EpochSubsample, PerStep, fit
+from pyro_vi.train import FitResult, TrainConfig
+from pyro_vi.train import fit as fit_images
 from pyro_vi import importance, local_training
 from pyro_vi.models import conjugate, local
 from pyro_vi.models.local import LocalGuide, refine
@@ -47,6 +50,10 @@ __all__ = [
     "checkpoint",
     "evaluate",
     "fit",
+    "fit_images",
+    "engine",
+    "EpochSubsample",
+    "PerStep",
     "plots",
     "train",
     "vae",

@@ -70,7 +70,7 @@ def test_fit_with_compile_gives_the_plain_run():
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = pyro_vi.VAE(images.shape[1], z_dim=2, hidden_dims=(16,))
-        result = pyro_vi.fit(vae.model, vae.guide, images, pyro_vi.train.dataclasses.replace(config, compile=flag), progress=False)
+        result = pyro_vi.fit_images(vae.model, vae.guide, images, pyro_vi.train.dataclasses.replace(config, compile=flag), progress=False)
         finals[flag] = ({k: v.detach().clone() for k, v in pyro.get_param_store().items()}, result.history)
     (plain, plain_history), (fast, fast_history) = finals[False], finals[True]
     assert plain.keys() == fast.keys()
@@ -126,11 +126,11 @@ def test_the_recorded_program_is_kept_on_the_loss_while_the_params_are_the_same(
     x = torch.randn(6, 2) + 1.0
     loss = Trace_ELBO()
     config = pyro_vi.TrainConfig(epochs=3, batch_size=6, learning_rate=0.01, binarization="none", compile=True)
-    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
     first = loss._pyro_vi_recorded[1]
-    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
     assert loss._pyro_vi_recorded[1] is first  # the same store tensors: not recorded again
     pyro.clear_param_store()  # new tensors: the old program would train stale ones
-    pyro_vi.fit(normal_model, normal_guide, x, config, loss=loss, progress=False)
+    pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
     assert loss._pyro_vi_recorded[1] is not first
     assert all(pyro.get_param_store()._params[n] is p for n, p in zip(loss._pyro_vi_recorded[1].names, loss._pyro_vi_recorded[1].params))

@@ -86,7 +86,7 @@ def test_fit_equals_plain_svi():
     pyro.clear_param_store()
     vae = _vae()
     config = pyro_vi.TrainConfig(epochs=1, batch_size=BATCH, learning_rate=0.01, binarization="none", seed=0)
-    result = pyro_vi.fit(vae.model, vae.guide, images, config, optimizer=optim.Adam({"lr": 0.01, "foreach": True}), progress=False)
+    result = pyro_vi.fit_images(vae.model, vae.guide, images, config, optimizer=optim.Adam({"lr": 0.01, "foreach": True}), progress=False)
     fast = _params()
 
     expected_elbo = -sum(plain_losses) / steps / NUM_DATA
@@ -99,7 +99,7 @@ def test_fit_restores_validation_and_validates_first_step():
     images = _images()
     vae = _vae()
     config = pyro_vi.TrainConfig(epochs=1, batch_size=BATCH, binarization="none")
-    pyro_vi.fit(vae.model, vae.guide, images, config, progress=False)
+    pyro_vi.fit_images(vae.model, vae.guide, images, config, progress=False)
     assert pyro.infer.is_validation_enabled()  # conftest turns it on; fit gives it back
 
     def bad_model(x, indices, num_data, kl_weight):
@@ -108,7 +108,7 @@ def test_fit_restores_validation_and_validates_first_step():
 
     pyro.clear_param_store()
     with pytest.warns(UserWarning, match="extra"):  # Pyro's model/guide check, on step one
-        pyro_vi.fit(bad_model, vae.guide, images, config, progress=False)
+        pyro_vi.fit_images(bad_model, vae.guide, images, config, progress=False)
 
 
 @pytest.mark.parametrize("direction", ["pyro-to-fast", "fast-to-pyro", "pyro-to-fused"])
@@ -158,7 +158,7 @@ def test_resume_is_exact_with_the_default_optimizer(tmp_path):
     config = pyro_vi.TrainConfig(epochs=2, batch_size=BATCH, binarization="dynamic", seed=3)
     vae = _vae()
     modules = {"encoder": vae.encoder, "decoder": vae.decoder}
-    straight = pyro_vi.fit(vae.model, vae.guide, images, config, progress=False)
+    straight = pyro_vi.fit_images(vae.model, vae.guide, images, config, progress=False)
     expected = _params()
 
     pyro.clear_param_store()
@@ -166,11 +166,11 @@ def test_resume_is_exact_with_the_default_optimizer(tmp_path):
     modules = {"encoder": vae.encoder, "decoder": vae.decoder}
     path = tmp_path / "checkpoint.pt"
     first = pyro_vi.TrainConfig(epochs=1, batch_size=BATCH, binarization="dynamic", seed=3)
-    pyro_vi.fit(vae.model, vae.guide, images, first, checkpoint_path=path, modules=modules, progress=False)
+    pyro_vi.fit_images(vae.model, vae.guide, images, first, checkpoint_path=path, modules=modules, progress=False)
     pyro.clear_param_store()
     vae = _vae()
     modules = {"encoder": vae.encoder, "decoder": vae.decoder}
-    resumed = pyro_vi.fit(
+    resumed = pyro_vi.fit_images(
         vae.model, vae.guide, images, config, checkpoint_path=path, resume=True, modules=modules, progress=False
     )
     assert [h["train_elbo"] for h in resumed.history] == [h["train_elbo"] for h in straight.history]
