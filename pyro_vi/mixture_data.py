@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,8 +68,8 @@ def synthetic(
     dtype=torch.float64,
 ) -> MixtureData:
     """A random mixture (``synthetic_params``) and ``num_data`` train + ``num_test`` test draws."""
-    if separation <= 0:
-        raise ConfigError(f"--separation must be positive, got {separation}")
+    if not 0 < separation < math.inf:
+        raise ConfigError(f"--separation must be positive and finite, got {separation}")
     generator = torch.Generator().manual_seed(seed)
     params = synthetic_params(num_components, dim, separation, covariance, generator, dtype)
     train, train_labels = sample_mixture(params, num_data, generator)
@@ -95,9 +96,16 @@ def load_file(
             with open(path) as file:
                 first = file.readline()
             skip = 0 if _is_numeric_row(first) else 1
-            table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-    except (ValueError, OSError) as error:
-        raise DataError(f"cannot read {str(path)!r} as a numeric table ({error}); use a comma-separated CSV or .npy") from None
+            with warnings.catch_warnings():  # an empty file: our one line below, not NumPy's warning
+                warnings.simplefilter("ignore")
+                table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as error:
+        raise DataError(f"cannot read {str(path)!r} as a numeric table ({_first_line(error)}); use a comma-separated CSV or .npy") from None
+    if not isinstance(table, np.ndarray) or table.dtype.kind not in "biuf":
+        kind = "complex numbers" if isinstance(table, np.ndarray) and table.dtype.kind == "c" else f"values of dtype {getattr(table, 'dtype', type(table).__name__)}"
+        raise DataError(f"{str(path)!r} holds {kind}, not real numbers; save a real-valued (num_data, dim) table")
+    if table.size == 0:
+        raise DataError(f"{str(path)!r} holds no data rows; need a (num_data, dim) table with at least 2 rows")
     table = np.asarray(table, dtype=np.float64)
     if table.ndim != 2 or table.shape[0] < 2 or table.shape[1] < 1:
         raise DataError(f"{str(path)!r} has shape {table.shape}; need a (num_data, dim) table with at least 2 rows")
@@ -123,6 +131,11 @@ def load_file(
         None if labels is None else labels[test_rows],
         None,
     )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _is_numeric_row(line: str) -> bool:

@@ -17,12 +17,13 @@ theta_{t-1} (giving the average log-likelihood L(theta_{t-1})) then the M-step; 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from pyro_vi.errors import ConfigError
+from pyro_vi.errors import ConfigError, DataError, PyroVIError
 from pyro_vi.models import gmm
 from pyro_vi.models.gmm import MixtureParams
 
@@ -72,7 +73,13 @@ def kmeans(data: Tensor, num_components: int, generator: torch.Generator, num_it
     squared_distance = (data - data[first]).square().sum(-1)
     for _ in range(1, num_components):
         # D^2 sampling: a point is chosen with probability proportional to its distance to the nearest center.
-        probabilities = (squared_distance / squared_distance.sum()).cpu()
+        total = squared_distance.sum()
+        if not total > 0 or not torch.isfinite(total):  # every point on a center, or distances overflow
+            raise DataError(
+                f"k-means++ cannot pick {num_components} distinct centers: the data have fewer distinct rows, "
+                "or values so large their squared distances overflow; lower --num-components or rescale the data"
+            )
+        probabilities = (squared_distance / total).cpu()
         index = torch.multinomial(probabilities, 1, generator=generator).item()
         centers.append(data[index])
         squared_distance = torch.minimum(squared_distance, (data - data[index]).square().sum(-1))
@@ -101,7 +108,7 @@ def initialize(
     if method == "kmeans++":
         labels = kmeans(data, num_components, generator)
         one_hot = torch.nn.functional.one_hot(labels, num_components).to(data.dtype)
-        return m_step(data, one_hot, covariance, reg_covar)
+        return _m_step_or_explain(data, one_hot, covariance, reg_covar, 0)
     if method == "random":
         rows = torch.randperm(data.shape[0], generator=generator)[:num_components].to(data.device)
         weights = data.new_full((num_components,), 1.0 / num_components)
@@ -133,7 +140,7 @@ def run_em(
     for iteration in range(1, max_iter + 1):
         log_likelihood, log_responsibilities = e_step(data, params)  # L(theta_{t-1})
         log_likelihoods.append(log_likelihood.item())
-        params = m_step(data, log_responsibilities.exp(), covariance, reg_covar)  # theta_t
+        params = _m_step_or_explain(data, log_responsibilities.exp(), covariance, reg_covar, iteration)  # theta_t
         if iteration in record_iterations:
             snapshots[iteration] = params
         if len(log_likelihoods) > 1 and abs(log_likelihoods[-1] - log_likelihoods[-2]) < tol:
@@ -141,6 +148,19 @@ def run_em(
             break
     log_likelihoods.append(e_step(data, params)[0].item())  # L(theta_final)
     return EMResult(params, log_likelihoods, iteration, converged, snapshots, initial, [log_likelihoods[-1]])
+
+
+def _m_step_or_explain(data: Tensor, responsibilities: Tensor, covariance: str, reg_covar: float, iteration: int) -> MixtureParams:
+    try:
+        params = m_step(data, responsibilities, covariance, reg_covar)
+    except (torch.linalg.LinAlgError, ValueError) as error:  # Cholesky of a singular covariance
+        raise DataError(
+            f"{f'EM iteration {iteration}' if iteration else 'the initial M-step'}: a component's covariance is singular ({type(error).__name__}); "
+            f"raise --reg-covar (now {reg_covar:g}; 1e-6 is usual) or lower --num-components"
+        ) from None
+    if not all(bool(torch.isfinite(t).all()) for t in (params.weights, params.loc, params.scale_tril)):
+        raise DataError(f"{f'EM iteration {iteration}' if iteration else 'the initial M-step'} produced NaN/inf parameters; rescale the data or raise --reg-covar")
+    return params
 
 
 def fit_em(
@@ -175,7 +195,10 @@ def fit_em(
 def warm_up(data: Tensor, num_components: int, covariance: str = "full") -> None:
     """A two-iteration fit on a few points, so that timings that follow exclude the one-off cost of
     Pyro's first trace and torch's first kernels (about a second)."""
-    fit_em(data[: 20 * num_components], num_components, covariance, max_iter=2)
+    try:
+        fit_em(data[: 20 * num_components], num_components, covariance, max_iter=2)
+    except PyroVIError:  # the first rows alone may be degenerate (repeated rows); the real fit decides
+        pass
 
 
 def validate_options(data: Tensor, num_components: int, covariance: str, num_restarts: int = 1) -> None:
@@ -190,3 +213,19 @@ def validate_options(data: Tensor, num_components: int, covariance: str, num_res
         raise ConfigError("full covariance needs at least 2 dimensions; use --covariance diag for 1-D data")
     if num_restarts < 1:
         raise ConfigError(f"--num-restarts must be at least 1, got {num_restarts}")
+    check_scale(data)
+    distinct = torch.unique(data, dim=0).shape[0]
+    if distinct < num_components:
+        raise DataError(
+            f"the data have {distinct} distinct row{'s' if distinct != 1 else ''}, fewer than the {num_components} "
+            "components; lower --num-components"
+        )
+
+
+def check_scale(data: Tensor, name: str = "the data") -> None:
+    """Raise DataError if ``data`` are so large that squared distances and covariances overflow
+    (above the cube root of the dtype's largest number: about 5.6e102 in float64)."""
+    bound = torch.finfo(data.dtype).max ** (1.0 / 3.0) if data.is_floating_point() else math.inf
+    largest = float(data.abs().max()) if data.numel() else 0.0
+    if not largest <= bound:
+        raise DataError(f"{name} reach {largest:.3g}, beyond {bound:.3g} where squared distances overflow; rescale them (e.g. standardize each column)")

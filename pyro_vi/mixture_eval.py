@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_vi.errors import DataError
 from pyro_vi.models import gmm
 from pyro_vi.models.gmm import MixtureParams
 
@@ -79,6 +81,7 @@ def fit_sklearn(
     ``init_params="random_from_data"`` only makes the initialization sklearn computes and then
     overrides cheap; with all three ``*_init`` given it is not used.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     covariance = initial.covariance_type
@@ -99,7 +102,12 @@ def fit_sklearn(
         init_params="random_from_data",
     )
     start = time.perf_counter()
-    mixture.fit(x)
+    try:
+        with warnings.catch_warnings():  # not converging within max_iter is reported in the metrics
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mixture.fit(x)
+    except ValueError as error:  # e.g. "ill-defined empirical covariance" with reg_covar=0
+        raise DataError(f"scikit-learn's fit failed ({str(error).splitlines()[0][:200]}); raise --reg-covar") from None
     seconds = time.perf_counter() - start
     covariances = torch.as_tensor(mixture.covariances_, dtype=data.dtype, device=data.device)
     params = MixtureParams.from_covariance(

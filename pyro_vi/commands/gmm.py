@@ -8,12 +8,15 @@ SVI ELBO per point against iteration, on one axis).
 from __future__ import annotations
 
 import argparse
+import math
 import time
+import warnings
 
+import torch
 
-from pyro_vi import io, mixture_data, mixture_em, mixture_eval, mixture_svi
+from pyro_vi import io, mixture_data, mixture_em, mixture_eval, mixture_svi, preflight
 from pyro_vi.device import DEVICES, resolve_device
-from pyro_vi.errors import ConfigError
+from pyro_vi.errors import ConfigError, PyroVIError, TrainingDivergedError
 from pyro_vi.models import gmm
 
 HELP = "Gaussian mixture by EM or SVI (MAP or mean-field), compared with scikit-learn."
@@ -49,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     parser.add_argument("--out", default="runs/gmm", help="output directory (default runs/gmm)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of another command in OUT")
 
 
 def _validate(args: argparse.Namespace) -> list[int]:
@@ -61,8 +65,16 @@ def _validate(args: argparse.Namespace) -> list[int]:
     for name, value in {"--tol": args.tol, "--learning-rate": args.learning_rate, "--separation": args.separation}.items():
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+        if not value < math.inf:
+            raise ConfigError(f"{name} must be finite, got {value}")
     if not args.reg_covar >= 0:
         raise ConfigError(f"--reg-covar must be non-negative, got {args.reg_covar}")
+    if not args.reg_covar < math.inf:
+        raise ConfigError(f"--reg-covar must be finite, got {args.reg_covar}")
+    if args.data == "synthetic":  # train, a quarter as many test points, and the (N, K) responsibilities, in float64
+        preflight.check_allocation(1.25 * args.num_data * (args.dim + args.num_components * (args.dim + 3)),
+                                   f"--num-data {args.num_data} with --dim {args.dim} and -k {args.num_components}",
+                                   bytes_per_float=8)
     try:
         iterations = sorted({int(text) for text in args.plot_iterations.split(",") if text.strip()})
     except ValueError:
@@ -74,7 +86,9 @@ def _validate(args: argparse.Namespace) -> list[int]:
 
 def _load(args: argparse.Namespace) -> mixture_data.MixtureData:
     if args.data == "synthetic":
-        return mixture_data.synthetic(args.num_components, args.dim, args.num_data, args.separation, args.seed, args.covariance)
+        data = mixture_data.synthetic(args.num_components, args.dim, args.num_data, args.separation, args.seed, args.covariance)
+        mixture_em.check_scale(data.train, f"synthetic data with --separation {args.separation:g}")
+        return data
     if args.data == "digits":
         return mixture_data.digits_pca(args.pca_dim)
     return mixture_data.load_file(args.data, args.label_column, args.test_fraction, args.seed)
@@ -87,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     train, test = data.train.to(device), data.test.to(device)
     mixture_em.validate_options(train, args.num_components, args.covariance, args.num_restarts)
     out = io.prepare_output_dir(args.out)
+    with io.lock_output(out):
+        io.claim_output(out, "gmm", args.overwrite)
+        return _fit_and_report(args, data, train, test, device, plot_iterations, out)
 
+
+def _fit_and_report(args, data, train, test, device, plot_iterations, out) -> int:
     em_options = dict(tol=args.tol, max_iter=args.max_iter, reg_covar=args.reg_covar)
     # Warm up Pyro's handlers and torch's kernels on a few points so "seconds" times the fit itself.
     mixture_em.warm_up(train, args.num_components, args.covariance)
@@ -97,12 +116,17 @@ def run(args: argparse.Namespace) -> int:
     em_seconds = time.perf_counter() - start
     prior = gmm.Prior.from_data(train, args.num_components) if args.method == "svi-meanfield" else None
     start = time.perf_counter()
-    if args.method == "em":  # the SVI curve of the convergence figure, from EM's own start
-        svi_result = mixture_svi.run_svi(train, em_result.initial_params, "map", None, args.num_steps, args.learning_rate)
-    else:
-        svi_result = mixture_svi.fit_svi(
-            train, args.num_components, args.covariance, args.method.removeprefix("svi-"), args.init, args.num_restarts,
-            args.seed, prior, args.num_steps, args.learning_rate, args.estimator, args.reg_covar, [0, *plot_iterations])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # divergence is reported in one line
+            svi_result = _svi(args, train, em_result, prior, plot_iterations)
+    except (ValueError, torch.linalg.LinAlgError) as error:  # Pyro's validation of NaN parameters, or a singular covariance
+        if isinstance(error, PyroVIError):
+            raise
+        raise TrainingDivergedError(
+            f"SVI diverged: its parameters became NaN/inf or singular ({type(error).__name__}); "
+            f"lower --learning-rate (now {args.learning_rate:g}) or raise --reg-covar"
+        ) from None
     svi_seconds = time.perf_counter() - start
     sklearn_fit = mixture_eval.fit_sklearn(train, em_result.initial_params, **em_options)
 
@@ -176,6 +200,14 @@ def run(args: argparse.Namespace) -> int:
           f"test {metrics['test_loglik'] if metrics['test_loglik'] is None else round(metrics['test_loglik'], 4)}, "
           f"ARI {metrics['ari']}, {iterations} iterations in {seconds:.2f}s; wrote {out}")
     return 0
+
+
+def _svi(args, train, em_result, prior, plot_iterations):
+    if args.method == "em":  # the SVI curve of the convergence figure, from EM's own start
+        return mixture_svi.run_svi(train, em_result.initial_params, "map", None, args.num_steps, args.learning_rate)
+    return mixture_svi.fit_svi(
+        train, args.num_components, args.covariance, args.method.removeprefix("svi-"), args.init, args.num_restarts,
+        args.seed, prior, args.num_steps, args.learning_rate, args.estimator, args.reg_covar, [0, *plot_iterations])
 
 
 def _ari(labels, probabilities) -> float | None:
