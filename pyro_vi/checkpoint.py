@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -241,10 +242,11 @@ def _read(path: str | os.PathLike | None, expected_config: dict | None) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a hostile file can raise anything from the unpickler
-        if "weights only load failed" in str(error).lower() or "weights_only" in str(error):
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if unsafe:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} holds Python objects, not only tensors and numbers (a file of an older "
-                "pyro_vi, or a crafted one); it was not loaded because reading it could run code"
+                f"checkpoint {str(path)!r} holds Python objects ({unsafe.group(1)}), not only tensors and numbers "
+                "(a file of an older pyro_vi, or a crafted one); it was not loaded because reading it could run code"
             ) from None
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt ({type(error).__name__}); "
