@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pyro_vi.errors import ConfigError, DataError, DataNotFoundError
+from pyro_vi.errors import ConfigError, DataError, DataNotFoundError, OutputError
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 BINARIZATIONS = ("dynamic", "threshold", "none")
@@ -78,7 +78,12 @@ def load_dataset(
     Raises:
         ConfigError: unknown dataset name.
         DataNotFoundError: MNIST-style files are neither local nor downloadable.
+        DeviceError: ``device`` is CUDA and CUDA is not available.
+        OutputError: ``$PYRO_VI_CACHE`` cannot hold the staged files.
     """
+    from pyro_vi.device import resolve_device
+
+    device = resolve_device(device)  # before any loading: an unavailable device is one line
     if name == "digits":
         dataset = _load_digits()
     elif name in _TORCHVISION_CLASS:
@@ -138,18 +143,33 @@ def _stage_for_torchvision(name: str, source: Path) -> Path:
     key = str(source.resolve()).strip("/").replace("/", "_")
     root = cache / key
     raw = root / class_name / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. PYRO_VI_CACHE names a regular file: not the IDX files' fault
+        raise OutputError(
+            f"cannot use the cache directory {str(cache)!r} for {name} ({error.strerror or error}); "
+            "set PYRO_VI_CACHE to a writable directory, or unset it"
+        ) from None
     for file in _IDX_FILES:
         target = raw / file
         if target.exists():
             continue
         temporary = raw / f".{file}.{os.getpid()}.tmp"  # per process: torchrun ranks may stage at once
-        if (source / file).exists():
-            shutil.copyfile(source / file, temporary)
-        else:
-            with gzip.open(source / f"{file}.gz", "rb") as compressed, open(temporary, "wb") as out:
-                shutil.copyfileobj(compressed, out)
-        os.replace(temporary, target)
+        try:
+            if (source / file).exists():
+                shutil.copyfile(source / file, temporary)
+            else:
+                with gzip.open(source / f"{file}.gz", "rb") as compressed, open(temporary, "wb") as out:
+                    shutil.copyfileobj(compressed, out)
+            os.replace(temporary, target)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            if isinstance(error, (gzip.BadGzipFile, EOFError)) or error.errno is None:
+                raise
+            raise OutputError(
+                f"cannot stage {file} in the cache {str(raw)!r} ({error.strerror or error}); "
+                "free some space, or set PYRO_VI_CACHE to another writable directory"
+            ) from None
     return root
 
 
@@ -181,6 +201,8 @@ def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
                     train = dataset_class(root, train=True, download=False)
                     test = dataset_class(root, train=False, download=False)
                     return _from_torchvision(name, train, test)
+                except OutputError:  # the cache, not the files
+                    raise
                 except (ValueError, RuntimeError, OSError, IndexError, EOFError) as error:
                     if root is not None and root != found.parent.parent:  # drop the cached copies so a fixed source is re-read
                         shutil.rmtree(root, ignore_errors=True)

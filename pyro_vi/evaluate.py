@@ -11,11 +11,28 @@ is a Monte Carlo average over ``num_samples`` draws of z. A VAE whose KL is ~0 h
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.distributions import kl_divergence
+
+from pyro_vi.errors import ConfigError, DataError
+
+
+def _check_counts(**counts: int) -> None:
+    """Each count a positive integer (``num_samples=0`` would average nothing: NaN)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_images(images) -> None:
+    if not torch.is_tensor(images) or images.dim() != 2 or images.shape[0] == 0:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise DataError(f"images must be a non-empty (num_images, pixels) tensor, got {shape}")
 
 
 class ElboTerms(NamedTuple):
@@ -29,6 +46,8 @@ class ElboTerms(NamedTuple):
 @torch.no_grad()
 def elbo_terms(vae, images: Tensor, batch_size: int = 1000, num_samples: int = 1) -> ElboTerms:
     """ELBO, reconstruction and analytic KL of ``vae`` on ``images``, averaged per image."""
+    _check_counts(batch_size=batch_size, num_samples=num_samples)
+    _check_images(images)
     recon_total, kl_total = 0.0, 0.0
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
@@ -60,7 +79,12 @@ def iwae_log_likelihood(
     """log p(x) per image (nats) by importance sampling with the encoder as proposal: L_k, k = ``num_samples``.
 
     Memory is O(chunk_size x batch_size x pixels); time O(num_samples x num_images).
+
+    Raises:
+        ConfigError: a count that is not a positive integer.  DataError: no images.
     """
+    _check_counts(num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size)
+    _check_images(images)
     from pyro_vi import importance
 
     estimates = []
@@ -82,6 +106,8 @@ class ActiveUnits(NamedTuple):
 @torch.no_grad()
 def active_units(vae, images: Tensor, threshold: float = 0.01, batch_size: int = 1000) -> ActiveUnits:
     """Burda et al. (2016): unit j is active if Var_x(E_q(z|x)[z_j]) > threshold (0.01)."""
+    _check_counts(batch_size=batch_size)
+    _check_images(images)
     means = torch.cat([vae.posterior(images[s : s + batch_size]).mean for s in range(0, images.shape[0], batch_size)])
     variances = means.var(0)
     return ActiveUnits(int((variances > threshold).sum()), variances, threshold)
@@ -134,6 +160,15 @@ def gaps(
     """
     from pyro_vi.models import local
 
+    _check_counts(iwae_k=iwae_k, elbo_samples=elbo_samples, refine_samples=refine_samples, batch_size=batch_size,
+                  chunk_size=chunk_size)
+    _check_images(images)
+    if isinstance(meanfield_steps, bool) or not isinstance(meanfield_steps, numbers.Integral) or meanfield_steps < 0:
+        raise ConfigError(f"meanfield_steps must be an integer >= 0, got {meanfield_steps!r}")
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in refine_steps):
+        raise ConfigError(f"refine_steps must be integers >= 0, got {refine_steps!r}")
+    if not (isinstance(learning_rate, numbers.Real) and 0 < learning_rate < math.inf):
+        raise ConfigError(f"learning_rate must be positive and finite, got {learning_rate!r}")
     refine_steps = sorted({0} | {int(s) for s in refine_steps})  # refined[0] is the encoder's q
     log_px, refined, meanfield = [], [], []
     for start in range(0, images.shape[0], batch_size):
