@@ -199,6 +199,43 @@ class GradientEstimator(ELBO):
                 f"estimator {self.name!r} is pathwise but guide sites {', '.join(continuous_without_rsample)} "
                 "cannot rsample (it takes no score-function terms); use score or rloo"
             )
+        model_only = [
+            s for s in _sample_sites(model_trace) if s["name"] not in guide_trace.nodes and not s["is_observed"]
+        ]
+        enumerated = [s["name"] for s in model_only if s["infer"].get("enumerate")]
+        if self.name != "enum" and enumerated:
+            raise ConfigError(
+                f"estimator {self.name!r}: model site {enumerated[0]!r} is marked for enumeration and has no guide "
+                "site; only enum sums it out (the others would draw it from the prior, another objective); use enum"
+            )
+        if self.name != "enum" and model_only:
+            raise ConfigError(
+                f"estimator {self.name!r}: model site {model_only[0]['name']!r} has no guide site (it would be drawn "
+                "from the prior, another objective); add it to the guide, or mark it with config_enumerate and use enum"
+            )
+        if self.name in ("iwae", "dreg") and self.num_particles > 1:
+            outside = _outside_subsampled_plates(guide_trace, model_trace)
+            if outside:
+                site, plate = outside
+                raise ConfigError(
+                    f"estimator {self.name!r} with {self.num_particles} particles: latent site {site!r} lies outside "
+                    f"the subsampled plate {plate!r}, so the minibatch bound estimates no full-data bound; pass the "
+                    "whole data set, use 1 particle (the ELBO) or use reparam"
+                )
+        if self.name == "dreg":
+            point_masses = [s["name"] for s in latent if isinstance(_base(s["fn"]), dist.Delta)]
+            auxiliary = [s for s in latent if s["infer"].get("is_auxiliary")]
+            if point_masses and not auxiliary:
+                raise ConfigError(
+                    f"estimator 'dreg': guide site {point_masses[0]!r} is a point mass (Delta), which has no score "
+                    "term to reparameterize; use iwae (the same bound, exact gradient there)"
+                )
+            scales = {_scale_key(s["scale"]) for s in latent}
+            if self.num_particles > 1 and len(scales) > 1:
+                raise ConfigError(
+                    "estimator 'dreg' needs one scale (poutine.scale times subsampling) on every guide site, "
+                    f"got {len(scales)} different ones; use iwae"
+                )
         if self.name == "enum" and not (discrete or model_only_discrete):
             raise ConfigError("estimator 'enum' needs discrete latent sites but this model has only continuous ones; use reparam")
         if self.name == "gumbel":
@@ -224,8 +261,16 @@ class GradientEstimator(ELBO):
             self._checked.add(key)
         model, guide = self.wrap(model, guide)
         if self.name in ("score-graph", "score-baseline", "score-nn-baseline"):
-            elbo, surrogate_loss = self._pyro_elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
-            return -elbo, surrogate_loss
+            elbo, surrogate_loss = 0.0, 0.0
+            for model_trace, guide_trace in self._pyro_elbo._get_traces(model, guide, args, kwargs):
+                # TraceGraph_ELBO accumulates in place from the first model site: put the observed
+                # sites first, whose log-probs depend on every draw, so that under vmap the
+                # accumulator is batched even when the first latent is a point mass.
+                nodes = model_trace.nodes
+                model_trace.nodes = type(nodes)(sorted(nodes.items(), key=lambda item: not item[1].get("is_observed", False)))
+                particle_elbo, particle_surrogate = self._pyro_elbo._loss_and_surrogate_loss_particle(model_trace, guide_trace)
+                elbo, surrogate_loss = elbo + particle_elbo, surrogate_loss + particle_surrogate
+            return -elbo / self.num_particles, surrogate_loss / self.num_particles
         if self._pyro_elbo is not None:  # enum
             loss = self._pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
             return loss.detach(), loss
@@ -281,7 +326,7 @@ def _particle(name: str, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
         _, score_function, entropy_term = site["score_parts"]
         if not is_identically_zero(entropy_term):
             surrogate = surrogate - entropy_term.sum()
-            if name == "stl":
+            if name == "stl" and not isinstance(_base(site["fn"]), dist.Delta):
                 # Sticking the landing: add back d/dphi log q_phi(z) at fixed z, which cancels the
                 # direct (score) part of -log q and leaves only the path through z.
                 log_q_fixed_z = scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"]).sum()
@@ -290,9 +335,21 @@ def _particle(name: str, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
             if name == "score-naive":  # whole log-ratio times the score, no Rao-Blackwellization
                 surrogate = surrogate + elbo.detach() * score_function.sum()
             else:  # Trace_ELBO: each site's score times the log-ratio of the plates it lives in
-                log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
+                log_r = _log_ratio(model_trace, guide_trace) if log_r is None else log_r
                 surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function).sum()
     return elbo, surrogate
+
+
+def _log_ratio(model_trace, guide_trace) -> MultiFrameTensor:
+    """Detached log p - log q per plate, as Trace_ELBO's ``_compute_log_r``, plus -log q of the
+    guide sites the model lacks (an AutoGuide's auxiliary latent): without them the score of such
+    a site would miss its entropy term."""
+    log_r = _compute_log_r(model_trace, guide_trace)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and name not in model_trace.nodes:
+            stack = frozenset(site["cond_indep_stack"])
+            log_r.add((stack, -site["log_prob"].detach()))
+    return log_r
 
 
 def _analytic_kl_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
@@ -311,28 +368,35 @@ def _analytic_kl_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
         except NotImplementedError:
             elbo = elbo + site["log_prob_sum"] - guide_site["log_prob_sum"]
             continue
-        elbo = elbo - scale_and_mask(kl, site["scale"], site["mask"]).sum()
+        elbo = elbo - scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+    # Guide sites the model does not have (an AutoGuide's auxiliary latent, whose Delta sites carry
+    # only a Jacobian): their -log q is the entropy term of the ELBO, as in TraceMeanField_ELBO.
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+            elbo = elbo - guide_site["log_prob_sum"]
     return elbo, elbo
 
 
-def _score(guide_trace) -> Tensor:
-    return sum(
-        site["score_parts"].score_function.sum()
-        for site in guide_trace.nodes.values()
-        if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
-    )
-
-
 def _leave_one_out(particles) -> tuple[Tensor, Tensor]:
-    """rloo: each particle's log-ratio baselined by the mean of the other k - 1."""
+    """rloo: each site's score times its Rao-Blackwellized log-ratio (the plates it lives in, as in
+    Trace_ELBO), baselined by the mean of the other k - 1 particles' log-ratios at the same plate
+    elements: inside the data plate each datapoint is baselined by the others' draws for that
+    datapoint. The baseline of particle i depends on the other particles only, so it adds no bias."""
     num_particles = len(particles)
-    log_p = torch.stack([_log_joint(m) for m, _ in particles])
-    elbos = log_p - torch.stack([_log_joint(g) for _, g in particles])  # (k,)
-    baselines = (elbos.sum() - elbos) / (num_particles - 1)
-    scores = torch.stack([torch.as_tensor(_score(g)) for _, g in particles])
-    entropy = torch.stack([torch.as_tensor(_entropy_terms(g)) for _, g in particles])
-    surrogate = log_p - entropy + (elbos - baselines).detach() * scores
-    return -elbos.mean(), -surrogate.mean()
+    elbos = torch.stack([torch.as_tensor(_log_joint(m) - _log_joint(g)) for m, g in particles])  # (k,)
+    log_rs = [_log_ratio(m, g) for m, g in particles]
+    surrogates = []
+    for i, (model_trace, guide_trace) in enumerate(particles):
+        surrogate = _log_joint(model_trace) - _entropy_terms(guide_trace)
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or is_identically_zero(site["score_parts"].score_function):
+                continue
+            stack = site["cond_indep_stack"]
+            costs = [torch.as_tensor(log_r.sum_to(stack)) for log_r in log_rs]
+            baseline = (sum(costs) - costs[i]) / (num_particles - 1)
+            surrogate = surrogate + ((costs[i] - baseline) * site["score_parts"].score_function).sum()
+        surrogates.append(torch.as_tensor(surrogate))
+    return -elbos.mean(), -torch.stack(surrogates).mean()
 
 
 def _entropy_terms(guide_trace) -> Tensor:
@@ -344,34 +408,91 @@ def _entropy_terms(guide_trace) -> Tensor:
 
 
 def _importance_weighted(particles, doubly_reparameterized: bool, model, args, kwargs) -> tuple[Tensor, Tensor]:
-    """iwae and dreg: value -(sum_n logsumexp_i log w_ni - log k), surrogate per Tucker et al. (2019).
+    """iwae and dreg: value -s * sum_n (logsumexp_i log w_ni - log k), surrogate per Tucker et al. (2019).
 
     ``n`` runs over the plates every site lives in (e.g. ``data`` in a VAE), so the bound is the
-    sum of per-datapoint bounds; with no such plate it is the bound of the whole joint. Log-probs
-    enter unscaled (masks kept) and the subsampling scale of those plates multiplies the result.
+    sum of per-datapoint bounds; with no such plate it is the bound of the whole joint. ``s`` is the
+    subsampling scale N/|B| of those plates: it multiplies each datapoint's bound, never a weight
+    (a weight raised to N/|B| inside the logsumexp would make the particle weights one-hot). Every
+    other scale -- ``poutine.scale`` (a KL weight beta) -- multiplies its site's log density inside
+    the weight: log w = log p(x | z) + beta (log p(z) - log q(z)), so at k = 1 the bound is the
+    scaled ELBO that reparam estimates. ``check`` refuses k > 1 when a latent site lies outside a
+    subsampled plate (see ``_outside_subsampled_plates``).
     """
     num_particles = len(particles)
     frames = _common_frames([trace for particle in particles for trace in particle])
-    scale = 1.0
+    subsample_scale = 1.0
     for frame in frames:
         if frame.full_size is not None:
-            scale = scale * frame.full_size / frame.size
-    log_weights = torch.stack([_sum_to(m, frames) - _sum_to(g, frames) for m, g in particles])  # (k, *plates)
-    bound = scale * (torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
+            subsample_scale = subsample_scale * frame.full_size / frame.size
+    log_weights = torch.stack(
+        [_sum_to(m, frames, subsample_scale) - _sum_to(g, frames, subsample_scale) for m, g in particles]
+    )  # (k, *plates)
+    bound = subsample_scale * (torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
     if not doubly_reparameterized:
         return -bound, -bound
-    # Guide parameters phi: sum_i w_i^2 d log w_i / dz_i dz_i / dphi with log q's parameters detached
-    # (the stl term); model parameters theta: sum_i w_i d log p(x, z_i) / dtheta, as in iwae.
+    # Guide parameters phi: with c the guide sites' scale inside the weight (1, or a KL weight),
+    # d bound / d phi = sum_i w_i (1 - c + c w_i) d log w_i / dz_i dz_i / dphi (normalized w_i):
+    # the score term -c w_i d log q / dphi is reparameterized by E[w_i d log q / dphi] =
+    # E[w_i (1 - w_i) d log w_i / dz_i dz_i / dphi]; c = 1 gives DReG's w_i^2. Model parameters
+    # theta: sum_i w_i d log p(x, z_i) / dtheta at fixed z_i, as in iwae.
+    guide_scale = _relative_guide_scale(particles[0][1], subsample_scale)
     normalized = torch.softmax(log_weights.detach(), 0)
+    coefficient = (1 - guide_scale) * normalized + guide_scale * normalized**2
     surrogate = 0.0
     for i, (model_trace, guide_trace) in enumerate(particles):
-        stl = log_weights[i] + _sum_to(guide_trace, frames, fixed_value=True)
-        # log p at the detached samples carries d/dtheta only, so the w_i^2 term reaches phi alone.
-        values = {site["name"]: site["value"].detach() for site in _sample_sites(guide_trace)}
-        detached_trace = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
-        log_p_fixed_z = _sum_to(_with_log_prob(detached_trace), frames)
-        surrogate = surrogate + normalized[i] * log_p_fixed_z + normalized[i] ** 2 * (stl - log_p_fixed_z)
-    return -bound, -scale * surrogate.sum()
+        # log w at the sample plus c log q_phi(z) at the detached sample: only the path through z
+        # reaches phi (sticking the landing).
+        path = log_weights[i] + guide_scale * _sum_to(guide_trace, frames, subsample_scale, fixed_value=True, scaled=False)
+        # log p at the detached samples carries d/dtheta only, so the path term reaches phi alone.
+        log_p_fixed_z = _sum_to(_replayed_at_detached_values(model, model_trace, args, kwargs), frames, subsample_scale)
+        surrogate = surrogate + normalized[i] * log_p_fixed_z + coefficient[i] * (path - log_p_fixed_z)
+    return -bound, -subsample_scale * surrogate.sum()
+
+
+def _replayed_at_detached_values(model, model_trace, args, kwargs):
+    """The model run again at the trace's sample values, detached (subsample indices kept)."""
+    detached = poutine.Trace()
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            detached.add_node(name, **{**site, "value": site["value"].detach()})
+    trace = poutine.trace(poutine.replay(model, trace=detached)).get_trace(*args, **kwargs)
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    return trace
+
+
+def _relative_guide_scale(guide_trace, subsample_scale: float) -> float:
+    """The one scale the guide's sites carry besides the subsampling scale (check() refuses dreg
+    when they differ)."""
+    scales = {_scale_key(site["scale"]) for site in _sample_sites(guide_trace)}
+    if len(scales) != 1 or isinstance(next(iter(scales)), tuple):
+        return 1.0  # k = 1 (the weight is one, any c gives the same gradient) or refused by check()
+    return scales.pop() / subsample_scale
+
+
+def _outside_subsampled_plates(guide_trace, model_trace) -> tuple[str, str] | None:
+    """(latent site, plate) for the first latent site outside a subsampled plate, else None."""
+    subsampled = {
+        frame.name
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.full_size is not None and frame.full_size != frame.size
+    }
+    for site in _sample_sites(guide_trace):
+        missing = subsampled - {frame.name for frame in site["cond_indep_stack"]}
+        if missing:
+            return site["name"], sorted(missing)[0]
+    return None
+
+
+def _scale_key(scale):
+    """A hashable form of a site's scale (a number or a tensor)."""
+    if isinstance(scale, Tensor):
+        return tuple(scale.detach().reshape(-1).tolist()) if scale.numel() > 1 else float(scale)
+    return float(scale)
 
 
 def _common_frames(traces) -> frozenset:
@@ -385,18 +506,20 @@ def _common_frames(traces) -> frozenset:
     return frozenset.intersection(*stacks) if stacks else frozenset()
 
 
-def _sum_to(trace, frames, fixed_value: bool = False) -> Tensor:
-    """Sum of a trace's unscaled (masked) log-probs down to ``frames``; with ``fixed_value`` the
-    log-probs of its latent sites at detached values (the sticking-the-landing term)."""
+def _sum_to(trace, frames, subsample_scale: float, fixed_value: bool = False, scaled: bool = True) -> Tensor:
+    """Sum of a trace's masked log-probs down to ``frames``, each times its site's scale divided by
+    ``subsample_scale`` (unscaled with ``scaled=False``); with ``fixed_value`` the log-probs of its
+    latent sites at detached values (the sticking-the-landing term)."""
     terms = MultiFrameTensor()
     for site in trace.nodes.values():
-        if site["type"] != "sample" or (fixed_value and site["is_observed"]):
-            continue
+        if site["type"] != "sample" or (fixed_value and (site["is_observed"] or isinstance(_base(site["fn"]), dist.Delta))):
+            continue  # a Delta's value and Jacobian depend on phi only through its parents: no direct term
         if fixed_value:
             log_prob = site["fn"].log_prob(site["value"].detach())
         else:
             log_prob = site.get("unscaled_log_prob", site["log_prob"])
-        log_prob = scale_and_mask(log_prob, 1.0, site["mask"])
+        scale = site["scale"] / subsample_scale if scaled else 1.0
+        log_prob = scale_and_mask(log_prob, scale, site["mask"])
         stack = frozenset(frame for frame in site["cond_indep_stack"] if frame.vectorized)
         terms.add((stack, log_prob))
     total = terms.sum_to(frames)
@@ -464,7 +587,9 @@ class _ScoreFunction(Messenger):
         self.baseline = baseline
 
     def _pyro_sample(self, msg):
-        if not _is_latent(msg):
+        if not _is_latent(msg) or isinstance(_base(msg["fn"]), dist.Delta):
+            # A point mass (MAP, or an AutoGuide's transform of its auxiliary latent) has no score
+            # function (log q does not depend on its parameter): its value enters pathwise, exactly.
             return
         _turn_off_rsample(msg["fn"])
         if self.baseline == "average" and self.estimator.frozen:
@@ -505,8 +630,15 @@ def _baseline_features(fn) -> Tensor:
     if isinstance(base, dist.Categorical):  # its mean is undefined: use the probabilities
         probs = base.probs.detach()
         return probs.expand(batch_shape + probs.shape[-1:]).reshape(batch_shape + (-1,))
-    mean = fn.mean.detach().reshape(batch_shape + (-1,))
-    stddev = fn.variance.detach().clamp(min=0).sqrt().reshape(batch_shape + (-1,))
+    try:
+        mean, variance = fn.mean, fn.variance
+    except NotImplementedError:  # e.g. a TransformedDistribution: describe it by its base's moments
+        inner = getattr(base, "base_dist", None)
+        if inner is not None and inner.batch_shape == batch_shape:
+            return _baseline_features(inner)
+        return torch.ones(batch_shape + (1,))  # no moments at all: the baseline is a learned constant
+    mean = mean.detach().reshape(batch_shape + (-1,))
+    stddev = variance.detach().clamp(min=0).sqrt().reshape(batch_shape + (-1,))
     return torch.cat([mean, stddev], -1)
 
 

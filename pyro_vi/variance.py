@@ -21,6 +21,7 @@ import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import pyro
+import pyro.ops.special
 import pyro.optim
 import torch
 from pyro import poutine
@@ -475,22 +476,66 @@ def _store_restore(snapshot) -> None:
 
 @contextlib.contextmanager
 def _out_of_place_noise():
-    """Swap torch.distributions' in-place ``_standard_normal`` for ``torch.randn`` (vmap draws
-    different noise per replicate only out of place); restored afterwards."""
+    """Make the samplers and log-sum-exps of torch and Pyro vmap-friendly for the block; restored after.
+
+    - torch.distributions' in-place ``_standard_normal`` becomes ``torch.randn`` (vmap draws
+      different noise per replicate only out of place);
+    - Dirichlet (and so Beta) ``rsample`` draws normalized independent standard gammas: the same
+      distribution, differentiated through torch's own gamma derivative, where torch's sampler is
+      an autograd.Function without ``setup_context``, which vmap refuses;
+    - Pyro's ``safe_log`` (in TraceEnum_ELBO's log-space einsum) gets a ``setup_context`` twin.
+    """
 
     def standard_normal(shape, dtype, device):
         return torch.randn(shape, dtype=dtype, device=device)
 
     patched = []
+    safe_log = pyro.ops.special.safe_log
     for name, module in list(sys.modules.items()):
         if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
-            patched.append((module, module._standard_normal))
+            patched.append((module, "_standard_normal", module._standard_normal))
             module._standard_normal = standard_normal
+        if name.startswith("pyro.") and getattr(module, "safe_log", None) is safe_log:
+            patched.append((module, "safe_log", module.safe_log))
+            module.safe_log = _safe_log
+    dirichlet = torch.distributions.Dirichlet
+    patched.append((dirichlet, "rsample", dirichlet.rsample))
+    dirichlet.rsample = _dirichlet_rsample
     try:
         yield
     finally:
-        for module, original in patched:
-            module._standard_normal = original
+        for owner, attribute, original in reversed(patched):
+            setattr(owner, attribute, original)
+
+
+def _dirichlet_rsample(self, sample_shape=torch.Size()):
+    shape = self._extended_shape(sample_shape)
+    gammas = torch._standard_gamma(self.concentration.expand(shape))
+    gammas = gammas.clamp(min=torch.finfo(gammas.dtype).tiny)
+    return gammas / gammas.sum(-1, keepdim=True)
+
+
+class _SafeLog(torch.autograd.Function):
+    """``pyro.ops.special.safe_log`` (log with the gradient's 1/x clamped at 1/eps) for functorch."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.log()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / x.clamp(min=torch.finfo(x.dtype).eps)
+
+
+def _safe_log(x):
+    return _SafeLog.apply(x)
 
 
 def _rng_state():
