@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from pyro_vi import VAE, TrainConfig, binarize, evaluate, fit, get_estimator, gradient_variance, load_dataset  # noqa: E402
+from pyro_vi import VAE, TrainConfig, binarize, evaluate, get_estimator, gradient_variance, load_dataset  # noqa: E402
+from pyro_vi.train import fit  # noqa: E402
 
 ESTIMATORS = ("reparam", "score", "score-baseline", "stl")
 BASELINE_WARMUP_DRAWS = 50

@@ -25,6 +25,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import Tensor
 
+from pyro_vi import engine, optim
 from pyro_vi.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.errors import ConfigError, TrainingDivergedError
 from pyro_vi.models.local import LocalGuide
@@ -74,7 +75,12 @@ def fit_local(
     config: LocalTrainConfig = LocalTrainConfig(),
     evaluate: Callable[[int], dict] | None = None,
 ) -> LocalFitResult:
-    """Fit ``vae``'s decoder together with one Gaussian q_n per training point.
+    """Fit ``vae``'s decoder (and its learned ``x_scale``, if any) with one Gaussian q_n per point.
+
+    Runs on the engine (``pyro_vi.engine.fit``): one engine step is one gradient of the minibatch's
+    ELBO. Joint SVI takes one step per minibatch, moving globals and the batch's q_n together;
+    Hoffman-style SVI takes K + 1 steps per minibatch on the same binarized batch: K moving the
+    batch's q_n only, then one moving the globals only.
 
     Args:
         vae: the VAE (its encoder is not used).
@@ -89,48 +95,76 @@ def fit_local(
     if guide.num_data != num_data:
         raise ConfigError(f"the local guide has {guide.num_data} q's for {num_data} training points; build it with num_data={num_data}")
     pyro.set_rng_seed(config.seed)
-    device = train_images.device
     loc, scale = guide.params(train_images)
-    local_optimizers = [_LazyRowAdam(p.unconstrained(), config.local_learning_rate) for p in (loc, scale)]
-    pyro.module("decoder", vae.decoder)
-    decoder_optimizer = torch.optim.Adam(vae.decoder.parameters(), lr=config.learning_rate)
-    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
-    steps_per_epoch = num_data // config.batch_size
-    history, steps, local_steps, start = [], 0, 0, time.perf_counter()
+    local_params = (loc.unconstrained(), scale.unconstrained())
+    passes = config.local_steps + 1  # engine steps per minibatch
+    batches = engine.EpochSubsample(num_data, config.batch_size, config.seed, train_images.device)
+    cache: dict = {"batch": None, "x": None}
 
-    def loss_and_grads(x, indices) -> float:
-        for p in (*vae.decoder.parameters(), loc.unconstrained(), scale.unconstrained()):
-            p.grad = None
-        loss = elbo.differentiable_loss(vae.model, guide, x, indices, num_data)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError("the loss became NaN/inf; lower --learning-rate or --local-learning-rate")
-        loss.backward()
-        return float(loss.detach())
+    def indices(step: int) -> Tensor:
+        return batches(step // passes)
 
-    for epoch in range(config.epochs):
-        permutation = torch.randperm(num_data, device=device)
-        epoch_loss = 0.0
-        for step in range(steps_per_epoch):
-            indices = permutation[step * config.batch_size : (step + 1) * config.batch_size]
-            x = binarize(train_images[indices], config.binarization)
-            for _ in range(config.local_steps):  # Hoffman: the batch's q_n, decoder fixed
-                loss_and_grads(x, indices)
-                for optimizer in local_optimizers:
-                    optimizer.step(indices)
-                local_steps += 1
-            epoch_loss += loss_and_grads(x, indices)
-            decoder_optimizer.step()
-            if config.local_steps == 0:  # joint: the same gradient moves the q_n too
-                for optimizer in local_optimizers:
-                    optimizer.step(indices)
-                local_steps += 1
-            steps += 1
-        record = {"epoch": epoch + 1, "train_elbo": -epoch_loss / steps_per_epoch / num_data,
-                  "seconds": time.perf_counter() - start}
-        if evaluate is not None:
-            record.update(evaluate(epoch + 1))
-        history.append(record)
-    return LocalFitResult(history, steps, local_steps, time.perf_counter() - start)
+    def images(step: int) -> Tensor:  # binarized once per minibatch: its K + 1 passes see the same x
+        if cache["batch"] != step // passes:
+            cache["batch"], cache["x"] = step // passes, binarize(train_images[indices(step)], config.binarization)
+        return cache["x"]
+
+    def model(x, batch_indices, num_data):
+        pyro.module("decoder", vae.decoder)
+        return vae.model(x, batch_indices, num_data)
+
+    optimizer = _LocalAndGlobal(local_params, config, passes, indices)
+    steps_per_epoch = batches.steps_per_epoch * passes
+    history, epoch_loss, start = [], [0.0], time.perf_counter()
+
+    def after_step(step: int, loss: float | None) -> None:
+        if step % passes == 0:  # the minibatch's last pass: the globals' step
+            epoch_loss[0] += loss
+        if step % steps_per_epoch == 0:
+            epoch = step // steps_per_epoch
+            record = {"epoch": epoch, "train_elbo": -epoch_loss[0] / batches.steps_per_epoch / num_data,
+                      "seconds": time.perf_counter() - start}
+            if evaluate is not None:
+                record.update(evaluate(epoch))
+            history.append(record)
+            epoch_loss[0] = 0.0
+
+    try:
+        engine.fit(
+            model, guide, engine.PerStep(images), engine.PerStep(indices), num_data,
+            num_steps=config.epochs * steps_per_epoch,
+            loss=Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1),
+            optim=optimizer, callback=after_step, progress=False,
+        )
+    except TrainingDivergedError:
+        raise TrainingDivergedError("the loss or a gradient became NaN/inf; lower the learning rate or the local learning rate") from None
+    minibatches = config.epochs * batches.steps_per_epoch
+    return LocalFitResult(history, minibatches, minibatches * max(1, config.local_steps), time.perf_counter() - start)
+
+
+class _LocalAndGlobal:
+    """The optimizer of ``fit_local``: lazy row Adam on the q_n of the step's minibatch, Adam
+    (``pyro_vi.optim.Adam``) on every other param (the decoder, a learned ``x_scale``).
+
+    Engine step ``t`` is pass ``t % passes`` of its minibatch: with ``passes == 1`` (joint) both
+    move; otherwise passes ``0 .. passes - 2`` move the q_n only and the last moves the globals only.
+    """
+
+    def __init__(self, local_params, config: LocalTrainConfig, passes: int, indices: Callable[[int], Tensor]):
+        self.local = [_LazyRowAdam(p, config.local_learning_rate) for p in local_params]
+        self.local_ids = {id(p) for p in local_params}
+        self.globals = optim.Adam({"lr": config.learning_rate})
+        self.passes, self.indices, self.step = passes, indices, 0
+
+    def __call__(self, params) -> None:
+        phase = self.step % self.passes
+        rows = self.indices(self.step)
+        if self.passes == 1 or phase < self.passes - 1:
+            for optimizer in self.local:
+                optimizer.step(rows)
+        if phase == self.passes - 1:
+            self.globals([p for p in params if id(p) not in self.local_ids])
+        self.step += 1
 
 
 class _LazyRowAdam:

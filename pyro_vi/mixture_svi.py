@@ -11,14 +11,15 @@ Two guides from ``pyro_vi.models.gmm``:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from torch import Tensor
 
-from pyro_vi import mixture_em
+from pyro_vi import engine, mixture_em
 from pyro_vi.errors import ConfigError
 from pyro_vi.models import gmm
 from pyro_vi.models.gmm import MixtureParams, Prior
@@ -72,16 +73,21 @@ def run_svi(
         elbo = ESTIMATORS[estimator]()
     else:
         raise ConfigError(f"unknown guide {guide!r}; choose one of {', '.join(GUIDES)}")
-    svi = SVI(model, guide_fn, pyro.optim.Adam({"lr": learning_rate}), elbo)
     num_data = data.shape[0]
     snapshots = {0: initial} if 0 in record_steps else {}
-    elbos, step = [], 0
-    for step in range(1, num_steps + 1):
-        elbos.append(-svi.step(data, num_components, covariance, prior) / num_data)
+
+    def after_step(step: int, loss: float | None) -> bool:
         if step in record_steps:
             snapshots[step] = _point_estimate(guide, guide_fn, covariance)
-        if target_elbo is not None and abs(elbos[-1] - target_elbo) <= target_rtol * abs(target_elbo):
-            break
+        elbo = -loss / num_data if loss is not None else math.nan
+        return target_elbo is not None and abs(elbo - target_elbo) <= target_rtol * abs(target_elbo)
+
+    result = engine.fit(
+        model, guide_fn, data, num_components, covariance, prior,
+        num_steps=num_steps, loss=elbo, optim=pyro.optim.Adam({"lr": learning_rate}),
+        callback=after_step, progress=False,
+    )
+    elbos, step = [-loss / num_data for loss in result.losses], result.steps
     params = _point_estimate(guide, guide_fn, covariance)
     if guide == "map":
         probabilities = gmm.assignment_probabilities(data, params)

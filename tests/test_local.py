@@ -174,3 +174,20 @@ def test_hoffman_decoder_is_fixed_during_local_steps_and_moves_on_its_own_step()
     assert torch.equal(second[0][2], first[-1][2])
     # After the last minibatch's decoder step, the decoder differs from its last recorded pass too.
     assert not torch.equal(vae.decoder.body[0].weight.detach(), second[-1][0])
+
+
+def test_fit_local_trains_a_learned_gaussian_x_scale_and_refine_leaves_no_stale_gradient():
+    """Issue 12, item 8: the decoder's learned likelihood scale (a Pyro param, ``x_scale=None``)
+    is a global of the model like the decoder; fit_local must train it (before, it stayed at its
+    initial 1.0), and refinement, which optimizes only (loc, scale), must leave no .grad on it."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = VAE(6, 2, hidden_dims=(), likelihood="gaussian", x_scale=None)
+    data = 0.1 * torch.randn(20, 6)  # data with sd 0.1: the best scale is far below 1.0
+    guide = local.LocalGuide(num_data=20, z_dim=2)
+    config = LocalTrainConfig(epochs=5, batch_size=10, learning_rate=0.05, binarization="none")
+    fit_local(vae, guide, data, config)
+    x_scale = pyro.param("x_scale")
+    assert float(x_scale.detach()) < 0.8  # moved down from 1.0 towards the data's scale (5 x 2 steps of Adam at 0.05)
+    local.refine(vae, data[:4], torch.zeros(4, 2), torch.ones(4, 2), steps=(0, 3))
+    assert x_scale.unconstrained().grad is None

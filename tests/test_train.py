@@ -4,7 +4,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_vi import TrainConfig, TrainingDivergedError, VAE, evaluate, fit, load_dataset
+from pyro_vi import TrainConfig, TrainingDivergedError, VAE, evaluate, load_dataset
+from pyro_vi.train import fit
 from pyro_vi.data import binarize
 
 
@@ -145,10 +146,40 @@ def test_skip_mode_counts_skipped_steps(digits):
     result = fit(model, vae.guide, digits.train_images, config, progress=False)
     # The batches fit drew: its seed, then one permutation of the data, cut into full batches.
     num_data = digits.train_images.shape[0]
-    torch.manual_seed(config.seed)
-    batches = torch.randperm(num_data)[: num_data // 100 * 100].view(-1, 100)
+    # The batches fit draws: epoch e's order is randperm from a generator seeded seed * 1_000_003 + e.
+    order = torch.randperm(num_data, generator=torch.Generator().manual_seed(config.seed * 1_000_003))
+    batches = order[: num_data // 100 * 100].view(-1, 100)
     expected = int(torch.isin(batches, poisoned_rows).any(-1).sum())
     assert 1 <= expected <= 3
     assert result.skipped_steps == expected
     assert result.steps == batches.shape[0]
     assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
+
+
+def test_skipped_steps_count_per_epoch_and_survive_resume(digits, tmp_path):
+    """Issue 12, item 8: with on_nan="skip", an epoch's train_elbo is the mean over *its* good steps
+    (before: the sum divided by the steps minus the skips of the whole run, so epoch 2 came out at
+    about twice its value), and the run's skip count survives a resume (before: reset to 0)."""
+    vae = VAE(64, z_dim=4, hidden_dims=(32,))
+    calls = {"count": 0}
+
+    def first_three_steps_poisoned(x, indices, num_data, kl_weight=1.0):
+        calls["count"] += 1
+        if calls["count"] <= 3:
+            x = x * float("nan")
+        return vae.model(x, indices, num_data, kl_weight)
+
+    path = tmp_path / "run.pt"
+    first = fit(first_three_steps_poisoned, vae.guide, digits.train_images, TrainConfig(epochs=1, batch_size=100, on_nan="skip"),
+                checkpoint_path=path, progress=False)
+    assert first.skipped_steps == 3 and first.history[0]["skipped_steps"] == 3
+    resumed = fit(vae.model, vae.guide, digits.train_images, TrainConfig(epochs=2, batch_size=100, on_nan="skip"),
+                  checkpoint_path=path, resume=True, progress=False)
+    assert resumed.skipped_steps == 3  # the run's count, not this call's
+    losses = torch.load(path, weights_only=False)["run"]["losses"]
+    steps_per_epoch = digits.train_images.shape[0] // 100
+    epoch_two = torch.tensor(losses[steps_per_epoch:], dtype=torch.float64)
+    assert torch.isfinite(epoch_two).all() and len(epoch_two) == steps_per_epoch
+    expected = -float(epoch_two.mean()) / digits.train_images.shape[0]
+    assert resumed.history[1]["train_elbo"] == pytest.approx(expected, rel=1e-12)  # the old bug doubled it
+    assert resumed.history[1]["skipped_steps"] == 0

@@ -142,9 +142,9 @@ def refine(
         recorded, taken = [], 0
         for target in steps:
             while taken < target:
-                optimizer.zero_grad()
                 loss = -elbo_per_datapoint(vae, x, loc, log_scale.exp(), num_samples=num_samples).sum()
-                loss.backward()
+                # Gradients of (loc, log scale) only: a learned x_scale (a Pyro param) keeps no stale .grad.
+                loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
                 optimizer.step()
                 taken += 1
             with torch.no_grad():
