@@ -145,6 +145,39 @@ def claim_output(directory: str | os.PathLike, command: str, overwrite: bool = F
         atomic_write(owner_path, lambda file: file.write(command + "\n"), mode="w")
 
 
+@contextlib.contextmanager
+def run_output(path: str | os.PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
+    """The output directory of one run of ``command``: created if needed (``prepare_output_dir``),
+    locked for the run (``lock_output``), refused if it holds another command's outputs
+    (``claim_output``). If the run fails and the directory did not exist before, it is removed
+    again when it holds nothing but this module's hidden files.
+
+    Raises:
+        OutputError: see ``prepare_output_dir``, ``lock_output`` and ``claim_output``.
+    """
+    existed = Path(path).exists() if str(path).strip() else False
+    out = prepare_output_dir(path)
+    locked = False
+    try:
+        with lock_output(out):
+            locked = True
+            claim_output(out, command, overwrite)
+            yield out
+    except BaseException:
+        if locked and not existed:
+            _remove_if_empty(out)
+        raise
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        if all(p.name in (OWNER_FILE, ".lock") for p in directory.iterdir()):
+            (directory / OWNER_FILE).unlink(missing_ok=True)
+            directory.rmdir()
+    except OSError:
+        pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(file)`` on a temporary file, fsync it and rename it onto ``path``."""
     path = Path(path)

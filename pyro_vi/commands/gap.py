@@ -132,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
     validate_images(dataset.test_images, "bernoulli", name=f"{dataset_name} test images")
     if args.checkpoint is None:
         vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims).to(device)  # sizes checked against memory
-    out = io.prepare_output_dir(args.out)
-    with io.lock_output(out):
-        io.claim_output(out, "gap", args.overwrite)
+    with io.run_output(args.out, "gap", args.overwrite) as out:
         return _train_and_measure(args, vae, dataset, dataset_name, device, out)
 
 

@@ -100,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
     data = _load(args)
     train, test = data.train.to(device), data.test.to(device)
     mixture_em.validate_options(train, args.num_components, args.covariance, args.num_restarts)
-    out = io.prepare_output_dir(args.out)
-    with io.lock_output(out):
-        io.claim_output(out, "gmm", args.overwrite)
+    with io.run_output(args.out, "gmm", args.overwrite) as out:
         return _fit_and_report(args, data, train, test, device, plot_iterations, out)
 
 
