@@ -243,7 +243,7 @@ def fit(
 
     def save() -> None:
         if checkpoint is not None and is_main:
-            checkpoints.save(checkpoint, saved_config, {**run._asdict(), "state": dict(state or {})}, optim)
+            checkpoints.save(checkpoint, saved_config, {**run.as_dict(), "state": dict(state or {})}, optim)
 
     scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
     plateau = scheduled and optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -265,9 +265,13 @@ def fit(
                     step_loss = _apply(optim, recorded.params, float(value.detach()), reduce)
                 else:
                     first = run.step == first_step
-                    restorer = _Restore(pending, active=first and resume)
-                    with pyro.validation_enabled(validate and first), restorer:
-                        step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first, restorer)
+                    if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
+                        restorer = _Restore(pending, active=resume)
+                        with pyro.validation_enabled(validate), restorer:
+                            step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first, restorer)
+                    else:  # later steps: the NaN/inf check covers what can change from step to step
+                        with pyro.validation_enabled(False):
+                            step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first)
                     if first and pending:
                         raise CheckpointError(
                             f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
@@ -288,8 +292,9 @@ def fit(
                         )
                         diverged.step = run.step + 1
                         raise diverged
-                    run = run._replace(skipped=run.skipped + 1)
-                run = run._replace(step=run.step + 1, losses=run.losses + [math.nan if step_loss is None else step_loss])
+                    run.skipped += 1
+                run.step += 1
+                run.losses.append(math.nan if step_loss is None else step_loss)
                 if scheduled and run.step % scheduler_every == 0:
                     recent = [x for x in run.losses[-scheduler_every:] if not math.isnan(x)]
                     optim.step(sum(recent) / len(recent)) if plateau and recent else (None if plateau else optim.step())
@@ -319,14 +324,22 @@ def fit(
     seconds = time.perf_counter() - start
     taken = run.step - first_step
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
-    return FitResult(params, run.losses, run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
+    return FitResult(params, list(run.losses), run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
                      run.skipped, stopped_early)
 
 
-class _Run(NamedTuple):
-    step: int  # steps completed
-    losses: list  # loss of every step (NaN: skipped)
-    skipped: int
+class _Run:
+    """The engine's own run state (mutated in place: the per-step cost stays constant)."""
+
+    __slots__ = ("step", "losses", "skipped")
+
+    def __init__(self, step: int, losses: list, skipped: int):
+        self.step = step  # steps completed
+        self.losses = losses  # loss of every step (NaN: skipped)
+        self.skipped = skipped
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "losses": list(self.losses), "skipped": self.skipped}
 
 
 def _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume) -> None:

@@ -1,0 +1,142 @@
+"""pyro_vi.fit against Pyro's own loop (``for step: svi.step(...)``) on tutorial models: the engine's
+per-step cost (NaN/inf check, checkpoint bookkeeping, PerStep arguments, callback) side by side.
+
+Models, as Pyro's tutorials write them: the coin of "SVI Part I" (Beta guide), Bayesian regression
+with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNormal``. Both
+contenders use ``pyro.optim.Adam`` and ``Trace_ELBO`` and take ``--steps`` steps per timed chunk,
+each with its own param store; rounds alternate (benchmarks/_common.py). Reported: steps per second
+(medians) and the ratio of pyro_vi's step time to SVI's (target: <= 1.0).
+
+    python benchmarks/bench_engine.py            # full
+    python benchmarks/bench_engine.py --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+import torch  # noqa: E402
+from pyro.infer import SVI, Trace_ELBO  # noqa: E402
+from pyro.infer.autoguide import AutoNormal  # noqa: E402
+from pyro.nn import PyroModule, PyroSample  # noqa: E402
+from torch.distributions import constraints  # noqa: E402
+
+import pyro_vi  # noqa: E402
+
+
+def coin():
+    data = torch.cat([torch.ones(6), torch.zeros(4)])
+
+    def model(data):
+        fairness = pyro.sample("latent_fairness", dist.Beta(10.0, 10.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Bernoulli(fairness), obs=data)
+
+    def guide(data):
+        alpha_q = pyro.param("alpha_q", torch.tensor(15.0), constraint=constraints.positive)
+        beta_q = pyro.param("beta_q", torch.tensor(15.0), constraint=constraints.positive)
+        pyro.sample("latent_fairness", dist.Beta(alpha_q, beta_q))
+
+    return model, lambda: guide, (data,)
+
+
+def regression():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=generator)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 9.0 + 0.5 * torch.randn(50, generator=generator)
+
+    class BayesianRegression(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = PyroModule[torch.nn.Linear](3, 1)
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+        def forward(self, x, y=None):
+            mean = self.linear(x).squeeze(-1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(mean, 0.5), obs=y)
+
+    model = BayesianRegression()
+    return model, lambda: AutoNormal(model), (x, y)
+
+
+def eight_schools():
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def model(sigma, y=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("schools", len(sigma)):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
+
+    return model, lambda: AutoNormal(model), (sigma, y)
+
+
+MODELS = {"coin": coin, "regression-autonormal": regression, "eight-schools": eight_schools}
+
+
+def contenders(name: str, steps: int) -> dict:
+    model, make_guide, args = MODELS[name]()
+    slots = {"pyro-svi": _common.ParamStoreSlot(), "pyro_vi.fit": _common.ParamStoreSlot()}
+    guides = {}
+    for key, slot in slots.items():
+        with slot.active():
+            guides[key] = make_guide()
+            pyro.set_rng_seed(0)
+            Trace_ELBO().loss(model, guides[key], *args)  # create the params
+    optimizers = {key: pyro.optim.Adam({"lr": 0.01}) for key in slots}
+    svi = SVI(model, guides["pyro-svi"], optimizers["pyro-svi"], Trace_ELBO())
+
+    def pyro_svi() -> float:
+        with slots["pyro-svi"].active():
+            start = _common.timer()
+            for _ in range(steps):
+                svi.step(*args)
+            return _common.timer() - start
+
+    def pyro_vi_fit() -> float:
+        with slots["pyro_vi.fit"].active():
+            start = _common.timer()
+            pyro_vi.fit(model, guides["pyro_vi.fit"], *args, num_steps=steps, loss=Trace_ELBO(),
+                        optim=optimizers["pyro_vi.fit"], progress=False)
+            return _common.timer() - start
+
+    return {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit}
+
+
+def main(args) -> int:
+    _common.setup_threads(args.threads)
+    steps, rounds = (20, 3) if args.quick else (200, 9)
+    results, numbers, ratios = {}, [], []
+    for name in args.models.split(","):
+        times = _common.interleaved(contenders(name, steps), rounds=rounds)
+        rate = {key: steps / _common.median(values) for key, values in times.items()}
+        ratio = rate["pyro-svi"] / rate["pyro_vi.fit"]  # pyro_vi's step time / SVI's
+        results[name] = {"steps_per_second": rate, "step_time_ratio_vs_svi": ratio}
+        numbers.append(f"{name}: pyro_vi {rate['pyro_vi.fit']:.0f}, SVI {rate['pyro-svi']:.0f} steps/s")
+        ratios.append(f"{name}: {ratio:.2f}x SVI's step time")
+        print(f"{name:24s} pyro_vi.fit {rate['pyro_vi.fit']:8.0f} steps/s   SVI.step {rate['pyro-svi']:8.0f} steps/s   "
+              f"pyro_vi step time = {ratio:.2f}x SVI's")
+    _common.write_json("bench_engine" + ("_quick" if args.quick else ""),
+                       {"machine": _common.machine(), "steps": steps, "rounds": rounds, "results": results}, args.out_dir)
+    if not args.no_table:
+        _common.append_results_row("engine vs SVI.step (tutorial models)", "; ".join(numbers), "; ".join(ratios), args.results_table)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common.add_common_arguments(parser)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--threads", type=int, default=None)
+    sys.exit(main(parser.parse_args()))
