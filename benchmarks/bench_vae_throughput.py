@@ -4,8 +4,8 @@ Four contenders train the same VAE (784-400-50 by default, Softplus MLPs, Bernou
 one-sample Trace_ELBO estimator with the minibatch scaled to the full data, Adam with lr 1e-3) on
 the same binarized images, drawn by index from a device-resident tensor:
 
-* ``pyro_vi``   ``pyro_vi.fit`` with its defaults (the loop users of this library get);
-* ``pyro_vi-compiled``  ``pyro_vi.fit`` with ``TrainConfig(compile=True)``: the step's Trace_ELBO
+* ``pyro_vi``   ``pyro_vi.fit_images`` (the engine with the VAE's data path) with its defaults (the loop users of this library get);
+* ``pyro_vi-compiled``  ``pyro_vi.fit_images`` with ``TrainConfig(compile=True)``: the step's Trace_ELBO
                 recorded once as a tensor program (``pyro_vi.compiled``) and replayed;
 * ``torch``     a hand-written PyTorch loop of the identical network, objective, batch and
                 optimizer: the ceiling for any library built on PyTorch;
@@ -101,7 +101,7 @@ def build_pyro_vi(images: Tensor, args, batch_size: int, compile: bool = False):
     def epoch() -> float:
         with store.active():
             start = _common.timer()
-            pyro_vi.fit(vae.model, vae.guide, images, config, loss=loss, optimizer=optimizer, progress=False)
+            pyro_vi.fit_images(vae.model, vae.guide, images, config, loss=loss, optimizer=optimizer, progress=False)
             return _common.timer() - start
 
     return epoch
