@@ -22,6 +22,8 @@ COMMANDS = {
     "bench": "pyro_vi.commands.bench",
     "gmm": "pyro_vi.commands.gmm",
     "gap": "pyro_vi.commands.gap",
+    "fit": "pyro_vi.commands.fit",
+    "compare": "pyro_vi.commands.compare",
 }
 
 

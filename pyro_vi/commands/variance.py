@@ -1,4 +1,7 @@
-"""``pyro-vi variance``: gradient variance, SNR and bias of estimators on a built-in model."""
+"""``pyro-vi variance``: gradient variance, SNR and bias of estimators on a built-in model
+(``--model NAME``) or on the user's own (``pyro-vi variance FILE.py:MODEL GUIDE --data DATA``), at the
+initial params or at a checkpoint (``--checkpoint``: of ``pyro-vi vae`` for the VAE, of
+``pyro-vi fit`` for a user's model)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import csv
 import io as _io
 import math
 
-HELP = "measure gradient variance / SNR / bias of estimators on a built-in model"
+HELP = "measure gradient variance / SNR / bias of estimators on a built-in model or your own (FILE.py:MODEL GUIDE)"
 
 
 def _positive_list(text: str) -> list[int]:
@@ -23,13 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.data import DATASETS
     from pyro_vi.variance_models import MODELS
 
-    parser.add_argument("--model", default="gaussian", choices=MODELS)
+    from pyro_vi.device import DEVICES
+    from pyro_vi.user_model import AUTO_GUIDES
+
+    parser.add_argument("user_model", nargs="?", metavar="FILE.py:MODEL", help="your model function (instead of --model)")
+    parser.add_argument("user_guide", nargs="?", metavar="GUIDE",
+                        help=f"your guide, FILE.py:NAME or one of {', '.join(AUTO_GUIDES)}")
+    parser.add_argument("--data", default=None, help="your model: .npz (keyword arguments) or .npy/.csv/.pt (one tensor)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="your model: where the data go (default cpu)")
+    parser.add_argument("--model", default=None, choices=MODELS, help="a built-in model (default gaussian)")
     parser.add_argument("--estimators", default="reparam,score", help="comma-separated names, e.g. reparam,score,rloo,stl")
     parser.add_argument("--replicates", type=int, default=1000, help="independent gradient estimates per estimator")
     parser.add_argument("--particles", type=_positive_list, default=[1], help="comma-separated, e.g. 1,4,16")
-    parser.add_argument("--dim", type=int, default=10, help="D of the gaussian toy")
+    parser.add_argument("--dim", type=int, default=None, help="D of the gaussian toy (default 10)")
     parser.add_argument("--at-posterior", action="store_true", help="put the guide at the exact posterior (gaussian, normal-normal)")
-    parser.add_argument("--checkpoint", default=None, help="vae: a checkpoint written by pyro-vi vae (default: a small VAE at init)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="vae: a checkpoint of pyro-vi vae (default: a small VAE at init); your model: OUT/checkpoint.pt "
+                             "of pyro-vi fit (default: the initial params)")
     parser.add_argument("--dataset", default=None, choices=DATASETS, help="vae: images to measure on (default: the checkpoint's, else digits)")
     parser.add_argument("--data-dir", default=None, help="vae: folder with the MNIST-style IDX files")
     parser.add_argument("--seed", type=parse_seed, default=0)
@@ -53,31 +66,68 @@ def _validate(args) -> list[str]:
     return names
 
 
+def _check_form(args) -> None:
+    """Either a built-in ``--model`` with its options, or FILE.py:MODEL GUIDE with ``--data``."""
+    from pyro_vi.errors import ConfigError
+
+    if args.user_model is None:
+        if args.data is not None:
+            raise ConfigError("--data is for your own model: pyro-vi variance FILE.py:MODEL GUIDE --data DATA")
+        return
+    if args.user_guide is None:
+        raise ConfigError(f"give the guide after the model: pyro-vi variance {args.user_model} GUIDE (FILE.py:NAME or auto-normal, ...)")
+    built_in = {"--model": args.model, "--dim": args.dim, "--at-posterior": args.at_posterior or None,
+                "--dataset": args.dataset, "--data-dir": args.data_dir}
+    given = [option for option, value in built_in.items() if value is not None]
+    if given:
+        verb = 'applies' if len(given) == 1 else 'apply'
+        raise ConfigError(f"{', '.join(given)} {verb} to the built-in models, not to {args.user_model}; drop them")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vi import estimators, io, plots_variance, variance, variance_models
+    from pyro_vi import estimators, variance_models
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    _check_form(args)
     names = _validate(args)
-    problem = variance_models.make_problem(
-        args.model, dim=args.dim, at_posterior=args.at_posterior, seed=args.seed,
-        checkpoint=args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
-    )
+    if args.user_model is not None:
+        from pyro_vi import user_model
+        from pyro_vi.device import resolve_device
+
+        data = user_model.load_data(args.data, resolve_device(args.device))
+        pair = user_model.build(args.user_model, args.user_guide, data, seed=args.seed)
+        if args.checkpoint is not None:
+            user_model.restore_params(args.checkpoint)
+        label, model, guide, model_args, reference = args.user_model, pair.model, pair.guide, pair.args, None
+    else:
+        args.model = args.model or "gaussian"
+        problem = variance_models.make_problem(
+            args.model, dim=10 if args.dim is None else args.dim, at_posterior=args.at_posterior, seed=args.seed,
+            checkpoint=args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+        )
+        label, model, guide, model_args = args.model, problem.model, problem.guide, problem.args
+        reference = problem.reference() if problem.reference is not None else None
     for name in names:  # every estimator must apply before anything is written
-        estimators.get_estimator(name, num_particles=max(args.particles)).check(problem.model, problem.guide, *problem.args)
+        estimators.get_estimator(name, num_particles=max(args.particles)).check(model, guide, *model_args)
+    return _measure(args, names, label, model, guide, model_args, reference)
+
+
+def _measure(args, names, label, model, guide, model_args, reference) -> int:
+    from pyro_vi import io, plots_variance, variance
+
     out = io.prepare_output_dir(args.out)
-    reference = problem.reference() if problem.reference is not None else None
     rows, summary = [], []
     for name in names:
         for num_particles in args.particles:
             result = variance.gradient_variance(
-                problem.model, problem.guide, *problem.args, estimator=name, num_replicates=args.replicates,
+                model, guide, *model_args, estimator=name, num_replicates=args.replicates,
                 num_particles=num_particles, seed=args.seed, reference=reference,
             )
             summary.append(
                 {
-                    "model": args.model, "estimator": name, "num_particles": num_particles,
+                    "model": label, "estimator": name, "num_particles": num_particles,
                     "total_variance": result.total_variance, "snr": _finite(result.snr),
                     "seconds": result.seconds, "vectorized": result.vectorized,
                 }
@@ -86,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 bias = None if result.bias is None else result.bias[param]
                 rows.append(
                     {
-                        "model": args.model, "estimator": name, "num_particles": num_particles, "param": param,
+                        "model": label, "estimator": name, "num_particles": num_particles, "param": param,
                         "mean": result.mean[param].reshape(-1).tolist(),
                         "variance": result.variance[param].reshape(-1).tolist(),
                         "snr": _finite(result.snr_per_param[param]),
@@ -95,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
                         "seconds": result.seconds,
                     }
                 )
-            print(f"{args.model} {name} k={num_particles}: total variance {result.total_variance:.4g}, SNR {result.snr:.3g} ({result.seconds:.2f} s)")
+            print(f"{label} {name} k={num_particles}: total variance {result.total_variance:.4g}, SNR {result.snr:.3g} ({result.seconds:.2f} s)")
     io.write_json(
         out / "variance.json",
-        {"model": args.model, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "params": rows},
+        {"model": label, "guide": args.user_guide, "data": args.data, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "params": rows},
     )
     io.atomic_write(out / "variance.csv", lambda f: f.write(_csv(rows)), mode="w")
     plots_variance.total_variance_by_estimator(summary, out / "total_variance.png")

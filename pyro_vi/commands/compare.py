@@ -1,0 +1,216 @@
+"""``pyro-vi compare FILE.py:MODEL GUIDE --data DATA --estimators reparam,score-baseline,rloo``.
+
+Benchmark gradient estimators on the user's own model: one SVI run per estimator, each from the same
+start (the file imported afresh, the param store cleared, the same seed, the first run's initial
+params copied in) with the same optimizer, steps and particles. Along each run, at a few steps
+(``--variance-points``, step 0 included), ``pyro_vi.gradient_variance`` measures the variance of the
+gradient the estimator feeds the optimizer (its time is not counted as training time). At the end
+the ELBO of every run is estimated with one common estimator (``Trace_ELBO``, ``--elbo-samples``
+evaluations). An estimator that cannot run on the model (its ``check`` refuses) is skipped with one
+line. Writes OUT/compare.json (one row per estimator) and OUT/compare.png (ELBO against steps and
+against seconds, gradient variance against steps), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+HELP = "train your own model once per gradient estimator from the same start; ELBO, time and gradient variance side by side"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.commands import fit
+
+    fit.add_model_arguments(parser, "runs/compare")
+    parser.add_argument("--estimators", default="reparam,score-baseline,rloo",
+                        help="comma-separated pyro_vi estimators (default reparam,score-baseline,rloo)")
+    parser.add_argument("--particles", type=int, default=2,
+                        help="particles per step for every estimator (default 2: rloo needs two)")
+    parser.add_argument("--replicates", type=int, default=200, help="gradient draws per variance measurement (default 200)")
+    parser.add_argument("--variance-points", type=int, default=5,
+                        help="steps at which the variance is measured, evenly spaced from 0 to --num-steps (default 5)")
+
+
+def _validate(args: argparse.Namespace) -> list[str]:
+    from pyro_vi.commands import fit
+    from pyro_vi.errors import ConfigError
+    from pyro_vi.estimators import ESTIMATORS
+
+    fit.validate_common(args)
+    names = list(dict.fromkeys(name.strip() for name in args.estimators.split(",") if name.strip()))
+    unknown = [name for name in names if name not in ESTIMATORS]
+    if not names or unknown:
+        raise ConfigError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+    if args.replicates < 2:
+        raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
+    if args.variance_points < 1:
+        raise ConfigError(f"--variance-points must be at least 1, got {args.variance_points}")
+    return names
+
+
+def variance_steps(num_steps: int, num_points: int) -> list[int]:
+    """``num_points`` steps evenly spaced from 0 to ``num_steps`` (0 alone for one point)."""
+    if num_points == 1:
+        return [0]
+    return sorted({round(i * num_steps / (num_points - 1)) for i in range(num_points)})
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyro_vi import io, user_model
+    from pyro_vi.device import resolve_device
+    from pyro_vi.errors import ConfigError
+
+    names = _validate(args)
+    device = resolve_device(args.device)
+    data = user_model.load_data(args.data, device)
+    pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # the file and data work
+    initial = _unconstrained_params()
+    steps = variance_steps(args.num_steps, args.variance_points)
+
+    rows, skipped = [], []
+    for name in names:
+        row = _run_one(args, name, data, initial, steps)
+        if isinstance(row, str):
+            print(f"compare: skipping {name}: {row}", file=sys.stderr)
+            skipped.append({"estimator": name, "reason": row})
+        else:
+            rows.append(row)
+    if not rows:
+        raise ConfigError(f"no estimator can run on {args.model} with {args.guide}: "
+                          + "; ".join(f"{s['estimator']}: {s['reason']}" for s in skipped))
+
+    report = {
+        "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
+        "num_steps": args.num_steps, "particles": args.particles, "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate, "seed": args.seed, "device": str(device), "replicates": args.replicates,
+        "elbo_samples": args.elbo_samples, "elbo_estimator": "trace", "variance_steps": steps,
+        "initial_params": sorted(initial), "latent_sites": sorted(user_model.latent_sites(pair.model_trace)),
+        "estimators": rows, "skipped": skipped,
+    }
+    figure = _figure(rows, args)
+    out = io.prepare_output_dir(args.out)
+    with io.lock_output(out):
+        io.claim_output(out, "compare", args.overwrite)
+        io.save_figure(figure, out / "compare.png", dpi=100)
+        io.write_json(out / "compare.json", report)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    print(_table(rows, steps))
+    print(f"wrote {out}/compare.json and compare.png")
+    return 0
+
+
+def _unconstrained_params() -> dict:
+    import pyro
+
+    store = pyro.get_param_store()
+    return {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
+
+
+def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict | str:
+    """Train with estimator ``name`` from ``initial``; the row for compare.json, or why it was skipped."""
+    import pyro
+    import torch
+    from pyro.infer import Trace_ELBO
+
+    from pyro_vi import engine, estimators, user_model, variance
+    from pyro_vi.commands import fit
+    from pyro_vi.errors import ConfigError, PyroVIError
+
+    pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # afresh: modules at their initial values
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for param, value in initial.items():
+            if param in store and store.get_param(param).unconstrained().shape == value.shape:
+                store.get_param(param).unconstrained().copy_(value)
+    try:
+        estimator = estimators.get_estimator(name, num_particles=args.particles)
+        estimator.check(pair.model, pair.guide, *pair.args)
+    except ConfigError as refusal:
+        return " ".join(str(refusal).split())
+
+    measured, measure_seconds = [], [0.0]  # seconds spent measuring, taken off the training clock
+
+    def measure(step: int) -> None:
+        start = time.perf_counter()
+        result = variance.gradient_variance(pair.model, pair.guide, *pair.args, estimator=estimator,
+                                            num_replicates=args.replicates, seed=args.seed + step)
+        measured.append({"step": step, "total_variance": result.total_variance,
+                         "snr": result.snr if result.snr == result.snr else None,
+                         "seconds": result.seconds, "vectorized": result.vectorized})
+        measure_seconds[0] += time.perf_counter() - start
+
+    times = []
+    due = set(steps)
+    try:
+        if 0 in due:
+            measure(0)
+        measure_seconds[0] = 0.0  # only measurements made during training are taken off its clock
+        start = time.perf_counter()
+
+        def callback(step: int, _loss) -> None:
+            times.append(time.perf_counter() - start - measure_seconds[0])
+            if step in due:
+                measure(step)
+
+        result = engine.fit(pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=estimator,
+                            optim=fit.make_optimizer(args.optimizer, args.learning_rate), seed=args.seed,
+                            callback=callback, progress=not args.no_progress)
+        elbo, elbo_error = user_model.estimate_elbo(Trace_ELBO(), pair, args.elbo_samples)
+    except (PyroVIError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's model raised during training
+        raise user_model.ModelError(f"training with {name} failed: {user_model.describe_failure(error, pair.files)}") from None
+    seconds = times[-1] if times else 0.0
+    return {
+        "estimator": name, "num_particles": args.particles,
+        "final_elbo": elbo, "final_elbo_standard_error": elbo_error,
+        "seconds": seconds, "steps_per_second": len(times) / seconds if seconds > 0 else None,
+        "variance_seconds": sum(m["seconds"] for m in measured),
+        "variance": measured,
+        "mean_total_variance": sum(m["total_variance"] for m in measured) / len(measured) if measured else None,
+        "losses": result.losses, "times": times,
+    }
+
+
+def _table(rows: list[dict], steps: list[int]) -> str:
+    lines = [f"{'estimator':<18}{'final ELBO':>20}{'seconds':>10}{'steps/s':>10}   gradient variance at steps "
+             + ", ".join(map(str, steps))]
+    for row in rows:
+        elbo = f"{row['final_elbo']:.4g} +- {row['final_elbo_standard_error']:.2g}"
+        rate = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
+        variances = ", ".join(f"{m['total_variance']:.3g}" for m in row["variance"])
+        lines.append(f"{row['estimator']:<18}{elbo:>20}{row['seconds']:>10.2f}{rate:>10}   {variances}")
+    return "\n".join(lines)
+
+
+def _figure(rows: list[dict], args):
+    """ELBO (-loss, running mean) against steps and against seconds; total gradient variance against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for row in rows:
+        elbo = -np.asarray(row["losses"], dtype=float)
+        window = max(1, len(elbo) // 50)
+        smooth = np.convolve(elbo, np.ones(window) / window, mode="valid")
+        steps = np.arange(window, len(elbo) + 1)
+        seconds = np.asarray(row["times"], dtype=float)[window - 1:]
+        axes[0].plot(steps, smooth, label=row["estimator"])
+        axes[1].plot(seconds, smooth, label=row["estimator"])
+        points = row["variance"]
+        axes[2].plot([m["step"] for m in points], [m["total_variance"] for m in points], marker="o", label=row["estimator"])
+    axes[0].set(xlabel="step", ylabel="training objective (-loss, running mean)", title="ELBO against steps")
+    axes[1].set(xlabel="seconds (training only)", ylabel="training objective (-loss, running mean)", title="ELBO against time")
+    axes[2].set(xlabel="step", ylabel="total gradient variance", yscale="log",
+                title=f"gradient variance ({args.replicates} draws, k={args.particles})")
+    for axis in axes:
+        axis.legend()
+    figure.tight_layout()
+    return figure

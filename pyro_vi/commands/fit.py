@@ -1,0 +1,327 @@
+"""``pyro-vi fit FILE.py:MODEL FILE.py:GUIDE --data DATA``: SVI on the user's own model and guide.
+
+GUIDE may be an auto guide built on the model (``auto-normal``, ``auto-diagonal-normal``, ``auto-mvn``,
+``auto-lowrank-mvn``, ``auto-delta``). Training is ``pyro_vi.fit`` (checkpoints, exact ``--resume``,
+NaN check, Ctrl-C exits 130 after the checkpoint). Writes into OUT, which is locked while it runs:
+
+    metrics.json    loss per step, final ELBO (and its Monte Carlo SE), steps per second, seconds, ...
+    params.pt       the fitted params, constrained ({name: tensor}; torch.load(weights_only=True))
+    loss.png        the loss per step
+    posterior.csv   site,index,mean,sd,q5,q50,q95 of every latent site (Predictive with the guide)
+    checkpoint.pt   written by the engine (every --checkpoint-every steps, at the end, on Ctrl-C)
+
+Everything but the checkpoint is written after training, each file atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import math
+import os
+import time
+from pathlib import Path
+
+HELP = "fit your own Pyro model and guide (FILE.py:NAME, or an auto guide) to a data file with SVI"
+
+# --loss names -> pyro.infer ELBO classes.
+LOSSES = {
+    "trace": "Trace_ELBO",
+    "tracegraph": "TraceGraph_ELBO",
+    "traceenum": "TraceEnum_ELBO",
+    "tracemeanfield": "TraceMeanField_ELBO",
+    "renyi": "RenyiELBO",
+    "jit-trace": "JitTrace_ELBO",
+    "jit-tracegraph": "JitTraceGraph_ELBO",
+    "jit-traceenum": "JitTraceEnum_ELBO",
+    "jit-tracemeanfield": "JitTraceMeanField_ELBO",
+}
+# Losses whose value is -ELBO (the others' final ELBO is estimated with Trace_ELBO).
+_ELBO_VALUED = {"trace", "tracegraph", "traceenum", "tracemeanfield", "jit-trace", "jit-tracegraph", "jit-traceenum",
+                "jit-tracemeanfield"}
+# --optimizer names -> pyro.optim classes ("adam" is pyro_vi.optim.Adam: Pyro's update, one fused step).
+OPTIMIZERS = {
+    "adam": "Adam",
+    "clipped-adam": "ClippedAdam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The model, guide, data and training options ``fit`` and ``compare`` share."""
+    from pyro_vi.cli import parse_seed
+    from pyro_vi.device import DEVICES
+    from pyro_vi.user_model import AUTO_GUIDES
+
+    parser.add_argument("model", metavar="FILE.py:MODEL", help="the model function, e.g. my_model.py:model")
+    parser.add_argument("guide", metavar="GUIDE",
+                        help=f"the guide function FILE.py:NAME, or an auto guide: {', '.join(AUTO_GUIDES)}")
+    parser.add_argument("--data", default=None,
+                        help=".npz (arrays by name, passed as keyword arguments) or .npy/.csv/.pt (one tensor, passed positionally)")
+    parser.add_argument("--num-steps", type=int, default=1000, help="SVI steps (default 1000)")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="default 0.01")
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam", help="default adam")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the data go (default auto)")
+    parser.add_argument("--elbo-samples", type=int, default=100,
+                        help="evaluations averaged for the final ELBO and its standard error (default 100)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs (and checkpoint) already in OUT")
+    parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyro_vi.estimators import ESTIMATORS
+
+    add_model_arguments(parser, "runs/fit")
+    objective = parser.add_mutually_exclusive_group()
+    objective.add_argument("--loss", choices=tuple(LOSSES), default=None, help="a Pyro ELBO (default trace)")
+    objective.add_argument("--estimator", choices=ESTIMATORS, default=None, help="a pyro_vi gradient estimator instead")
+    parser.add_argument("--particles", type=int, default=1, help="particles per step (default 1)")
+    parser.add_argument("--vectorize-particles", action="store_true",
+                        help="Pyro losses: draw the particles in one vectorized pass (the model must broadcast)")
+    parser.add_argument("--max-plate-nesting", type=int, default=None, help="traceenum: plates nested in the model (default: found)")
+    parser.add_argument("--renyi-alpha", type=float, default=0.0, help="renyi: the alpha of the bound (default 0, not 1)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every this many steps (default 0: at the end)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, exactly")
+    parser.add_argument("--posterior-samples", type=int, default=1000, help="draws for posterior.csv (default 1000)")
+
+
+def validate_common(args: argparse.Namespace) -> None:
+    from pyro_vi.errors import ConfigError
+
+    for option, value in (("--num-steps", args.num_steps), ("--elbo-samples", args.elbo_samples),
+                          ("--particles", getattr(args, "particles", 1))):
+        if value < 1:
+            raise ConfigError(f"{option} must be at least 1, got {value}")
+    if not 0 < args.learning_rate < float("inf"):
+        raise ConfigError(f"--learning-rate must be a positive number, got {args.learning_rate}")
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import pyro.optim
+
+    from pyro_vi import optim
+
+    if name == "adam":
+        return optim.Adam({"lr": learning_rate})
+    return getattr(pyro.optim, OPTIMIZERS[name])({"lr": learning_rate})
+
+
+def make_loss(args: argparse.Namespace):
+    """(loss object, name): the Pyro ELBO of ``--loss`` or the pyro_vi estimator of ``--estimator``."""
+    import pyro.infer
+
+    from pyro_vi import estimators
+    from pyro_vi.errors import ConfigError
+
+    if args.estimator is not None:
+        if args.vectorize_particles:
+            raise ConfigError("--vectorize-particles applies to Pyro losses (--loss); pyro_vi estimators draw particles their own way")
+        return estimators.get_estimator(args.estimator, num_particles=args.particles), args.estimator
+    name = args.loss or "trace"
+    options = {"num_particles": args.particles, "vectorize_particles": args.vectorize_particles}
+    if args.max_plate_nesting is not None:
+        if args.max_plate_nesting < 0:
+            raise ConfigError(f"--max-plate-nesting must be >= 0, got {args.max_plate_nesting}")
+        options["max_plate_nesting"] = args.max_plate_nesting
+    if name == "renyi":
+        if args.renyi_alpha == 1:
+            raise ConfigError("--renyi-alpha 1 is the ELBO itself; use --loss trace, or another alpha")
+        options["alpha"] = args.renyi_alpha
+    if name.startswith("jit-"):
+        options["ignore_jit_warnings"] = True
+    return getattr(pyro.infer, LOSSES[name])(**options), name
+
+
+def elbo_evaluator(loss, name: str):
+    """The loss whose value is -ELBO: the training loss where it is one, else ``Trace_ELBO``."""
+    import pyro.infer
+
+    from pyro_vi.estimators import GradientEstimator
+
+    if isinstance(loss, GradientEstimator):
+        return loss if loss.name not in ("iwae", "dreg", "gumbel") else pyro.infer.Trace_ELBO()
+    return loss if name in _ELBO_VALUED else pyro.infer.Trace_ELBO()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vi import io, preflight, user_model
+    from pyro_vi.device import resolve_device
+    from pyro_vi.errors import CheckpointError, ConfigError, OutputError
+
+    # 1. Check everything before OUT is touched: options, data, model and guide (called once).
+    validate_common(args)
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0 (0: only at the end), got {args.checkpoint_every}")
+    if args.posterior_samples < 2:
+        raise ConfigError(f"--posterior-samples must be at least 2 (an sd needs two draws), got {args.posterior_samples}")
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues OUT's run and --overwrite starts it over; pass one of them")
+    if args.resume and not checkpoint.is_file():
+        raise CheckpointError(f"no checkpoint to resume at {str(checkpoint)!r}; run once without --resume first")
+    if not args.resume and not args.overwrite and checkpoint.exists():
+        raise OutputError(f"{str(checkpoint)!r} holds an earlier run; pass --resume to continue it, --overwrite to "
+                          "start over, or choose another --out")
+    device = resolve_device(args.device)
+    data = user_model.load_data(args.data, device)
+    loss, loss_name = make_loss(args)
+    optim = make_optimizer(args.optimizer, args.learning_rate)
+    pair = user_model.build(args.model, args.guide, data, seed=args.seed)
+    guide_trace, model_trace = pair.guide_trace, pair.model_trace
+    sites = user_model.latent_sites(model_trace)
+    if hasattr(loss, "check"):  # a pyro_vi estimator refuses guides it cannot differentiate
+        loss.check(pair.model, pair.guide, *pair.args)
+    num_latent = sum(math.prod(shape) for shape in sites.values())
+    preflight.check_allocation(2.0 * args.posterior_samples * num_latent, f"--posterior-samples {args.posterior_samples}")
+
+    out = io.prepare_output_dir(args.out)
+    with io.lock_output(out):
+        io.claim_output(out, "fit", args.overwrite or args.resume)
+        config = {
+            "model": {"model": _spec_name(args.model), "guide": _spec_name(args.guide), "data": data.describe()},
+            "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,
+                      "learning_rate": args.learning_rate, "seed": args.seed},
+        }
+        result = _train(args, pair, loss, optim, checkpoint, config)
+
+        # 2. What the fit found, computed before anything is written.
+        elbo, elbo_error = _final_elbo(loss, loss_name, pair, args.elbo_samples)
+        summary = _posterior(pair, sites, args.posterior_samples)
+        guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"]
+        metrics = {
+            "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
+            "loss": loss_name, "optimizer": args.optimizer, "learning_rate": args.learning_rate,
+            "particles": args.particles, "num_steps": args.num_steps, "steps": result.steps,
+            "steps_this_call": result.steps_this_call, "resumed": args.resume,
+            "final_elbo": elbo, "final_elbo_standard_error": elbo_error, "elbo_samples": args.elbo_samples,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "seconds": result.seconds, "steps_per_second": result.steps_per_second,
+            "skipped_steps": result.skipped_steps, "seed": args.seed, "device": str(device),
+            "latent_sites": {name: list(shape) for name, shape in sites.items()},
+            "sites_not_in_guide": [name for name in sites if name not in guide_sites],
+            "posterior_samples": args.posterior_samples,
+            "params": {name: list(value.shape) for name, value in result.params.items()},
+            "losses": result.losses,
+        }
+        params = {name: value.detach().to("cpu").clone() for name, value in result.params.items()}
+        buffer = _io.BytesIO()
+        torch.save(params, buffer)
+        figure = _loss_figure(result.losses, loss_name)
+
+        # 3. Write: every file atomically, metrics.json last.
+        io.atomic_write(out / "params.pt", lambda file: file.write(buffer.getbuffer()))
+        io.atomic_write(out / "posterior.csv", lambda file: file.write(_csv(summary)), mode="w")
+        io.save_figure(figure, out / "loss.png", dpi=100)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        io.write_json(out / "metrics.json", metrics)
+    print(f"{args.model} with {args.guide}: {result.steps} steps ({result.steps_this_call} now, "
+          f"{result.steps_per_second:.0f} steps/s, {result.seconds:.1f} s); final ELBO {elbo:.4g} +- {elbo_error:.2g}")
+    for row in summary[:12]:
+        index = f"[{row.index}]" if row.index else ""
+        print(f"  {row.site}{index}: mean {row.mean:.4g}, sd {row.sd:.3g}, 90% interval [{row.q5:.4g}, {row.q95:.4g}]")
+    if len(summary) > 12:
+        print(f"  ... {len(summary) - 12} more rows in posterior.csv")
+    print(f"wrote {out}/metrics.json, params.pt, loss.png, posterior.csv, checkpoint.pt")
+    return 0
+
+
+def _spec_name(spec: str) -> str:
+    """``FILE.py:NAME`` without the directory (a moved file still resumes)."""
+    path, separator, name = spec.rpartition(":")
+    return f"{Path(path).name}:{name}" if separator else spec
+
+
+def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
+    """``pyro_vi.fit`` with the checkpoint in OUT; a model raising mid-run is one line naming the step."""
+    from pyro_vi import engine, user_model
+    from pyro_vi.errors import PyroVIError, TrainingInterrupted
+
+    completed = [0]
+
+    def count(step: int, _loss) -> None:
+        completed[0] = step
+
+    try:
+        return engine.fit(
+            pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
+            callback=count, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except TrainingInterrupted as interrupted:
+        raise TrainingInterrupted(f"interrupted at step {interrupted.step} of {args.num_steps}; checkpoint saved to "
+                                  f"{str(checkpoint)!r}; rerun with --resume to continue") from None
+    except (PyroVIError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's model raised mid-run
+        if os.environ.get("PYRO_VI_TRACEBACK"):
+            raise
+        saved = ""
+        if checkpoint.is_file():
+            saved = f"; {str(checkpoint)!r} holds the last checkpoint: fix the model and rerun with --resume"
+        raise user_model.ModelError(f"training failed at step {completed[0] + 1}: {pair.model_spec} or {pair.guide_spec} "
+                                    f"raised {user_model.describe_failure(error, pair.files)}{saved}") from None
+
+
+def _final_elbo(loss, loss_name: str, pair, num_samples: int) -> tuple[float, float]:
+    from pyro_vi import user_model
+
+    evaluator = elbo_evaluator(loss, loss_name)
+    try:
+        return user_model.estimate_elbo(evaluator, pair, num_samples)
+    except Exception as error:  # noqa: BLE001
+        raise user_model.ModelError(f"estimating the final ELBO failed: {user_model.describe_failure(error, pair.files)}") from None
+
+
+def _posterior(pair, sites: list[str], num_samples: int):
+    from pyro_vi import user_model
+
+    try:
+        return user_model.posterior_summary(pair, sites, num_samples)
+    except Exception as error:  # noqa: BLE001
+        raise user_model.ModelError(f"summarizing the posterior (Predictive with the guide) failed: "
+                                    f"{user_model.describe_failure(error, pair.files)}") from None
+
+
+def _csv(rows) -> str:
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["site", "index", "mean", "sd", "q5", "q50", "q95"])
+    for row in rows:
+        writer.writerow([row.site, row.index, *(repr(value) for value in (row.mean, row.sd, row.q5, row.q50, row.q95))])
+    return buffer.getvalue()
+
+
+def _loss_figure(losses: list[float], loss_name: str):
+    """The loss of every step, with a running mean over a fiftieth of the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    values = np.asarray(losses, dtype=float)
+    steps = np.arange(1, len(values) + 1)
+    axis.plot(steps, values, lw=0.5, alpha=0.4, label="loss per step")
+    window = max(1, len(values) // 50)
+    if window > 1:
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1:], smooth, lw=1.5, label=f"running mean ({window} steps)")
+    axis.set_xlabel("step")
+    axis.set_ylabel(f"loss ({loss_name})")
+    positive = values[np.isfinite(values)]
+    if positive.size and positive.min() > 0 and positive.max() / positive.min() > 100:
+        axis.set_yscale("log")
+    axis.legend()
+    figure.tight_layout()
+    return figure
