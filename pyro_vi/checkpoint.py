@@ -409,6 +409,29 @@ def check_params(
         raise CheckpointError(f"{where} has parameter {extra[0]!r}, which the model does not create; {hint}")
 
 
+def expected_params(model, guide, *args, **kwargs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``check_params``'s ``expected`` for any model/guide pair: the params that one run of the
+    guide, then the model replayed on it, creates (names, unconstrained shapes, dtypes).
+
+    Runs them on an empty param store and puts the store and all RNG states back afterwards, so
+    an exact resume is not disturbed; params that already exist keep their values.
+    """
+    from pyro import poutine
+
+    store = pyro.get_param_store()
+    saved_store, saved_rng = store.get_state(), get_rng_state()
+    store.clear()
+    try:
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+        return {name: (tuple(value.shape), value.dtype) for name, value in store.get_state()["params"].items()}
+    finally:
+        store.clear()
+        store.set_state(saved_store)
+        set_rng_state(saved_rng)
+
+
 def module_params(name: str, module: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``check_params``'s ``expected`` for ``pyro.module(name, module)``: its param-store names,
     shapes and dtypes."""

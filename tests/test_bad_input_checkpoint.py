@@ -210,7 +210,11 @@ def test_api_edited_checkpoint(edit, fragment, good_file, tmp_path):
     assert fragment.lower() in message.lower(), message
 
 
-@pytest.mark.parametrize("edit, fragment", [LOAD_CASES[0], LOAD_CASES[5], LOAD_CASES[7], LOAD_CASES[12]])
+def _cases(*ids):
+    return [case for case in LOAD_CASES + globals().get("MODEL_CASES", []) if case.id in ids]
+
+
+@pytest.mark.parametrize("edit, fragment", _cases("no-optimizer", "format-version-string", "rng-torch-5-bytes", "param-nan"))
 def test_cli_gap_edited_checkpoint(edit, fragment, good_file, tmp_path, capsys):
     path = _edited(good_file, tmp_path, edit)
     out = tmp_path / "gap"
@@ -420,3 +424,54 @@ def test_check_writable(kind, fragment, tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     io.check_writable(tmp_path / "fine.pt")
     assert not (tmp_path / "fine.pt").exists()
+
+
+def test_expected_params_leaves_store_and_rng_alone():
+    vae = VAE(64, z_dim=2, hidden_dims=(8,), likelihood="gaussian", x_scale=None)
+    x = torch.rand(5, 64)
+    pyro.param("unrelated", torch.ones(3))
+    torch.manual_seed(1)
+    expected_draw = torch.rand(2)
+    torch.manual_seed(1)
+    expected = checkpoint.expected_params(vae.model, vae.guide, x)
+    assert torch.equal(torch.rand(2), expected_draw)
+    assert list(pyro.get_param_store().keys()) == ["unrelated"]
+    assert expected["x_scale"] == ((), torch.float32) and expected["decoder$$$body.0.weight"] == ((8, 2), torch.float32)
+    assert "unrelated" not in expected and len(expected) == 9
+
+
+# --------------------------------------------------------------------------------------------
+# The same files through the other commands that read checkpoints.
+
+
+def test_cli_variance_crafted_checkpoint_runs_no_code(good_file, tmp_path, capsys):
+    path, marker = _crafted(good_file, tmp_path)
+    argv = ["variance", "--model", "vae", "--checkpoint", str(path), "--replicates", "2", "--out", str(tmp_path / "variance")]
+    status, stderr = _run_cli(argv, capsys)
+    assert status == 2
+    _assert_one_line(stderr, "reading it could run code")
+    assert not marker.exists() and not (tmp_path / "variance").exists()
+
+
+@pytest.mark.parametrize("edit, fragment", _cases("param-deleted", "param-wrong-shape", "param-nan", "no-rng"))
+def test_cli_variance_edited_checkpoint(edit, fragment, good_file, tmp_path, capsys):
+    path = _edited(good_file, tmp_path, edit)
+    argv = ["variance", "--model", "vae", "--checkpoint", str(path), "--replicates", "2", "--out", str(tmp_path / "variance")]
+    status, stderr = _run_cli(argv, capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+
+
+@pytest.mark.parametrize("edit, fragment", _cases("no-optimizer", "no-run", "format-version-string", "rng-torch-5-bytes", "param-nan",
+                                                  "rng-numpy-short"))
+def test_cli_vae_resume_edited_checkpoint(edit, fragment, good_file, tmp_path, capsys):
+    """Refused on load, before the config is compared (the file is not the vae command's own)."""
+    (tmp_path / "run").mkdir()
+    path = _edited(good_file, tmp_path / "run", edit)
+    before = path.read_bytes()
+    argv = ["vae", "--epochs", "2", "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
+            "--out", str(path.parent), "--resume"]
+    status, stderr = _run_cli(argv, capsys)
+    assert status == 2
+    _assert_one_line(stderr, fragment)
+    assert path.read_bytes() == before
