@@ -272,6 +272,8 @@ def fit(
                     else:  # later steps: the NaN/inf check covers what can change from step to step
                         with pyro.validation_enabled(False):
                             step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first)
+                    if first:
+                        _check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
                     if first and pending:
                         raise CheckpointError(
                             f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
@@ -397,6 +399,13 @@ class _Restore(Messenger):
     def __init__(self, pending: dict[str, Tensor], active: bool):
         super().__init__()
         self.pending, self.active, self.restored = pending, active, set()
+        self.plates: set[tuple[str, int, int | None]] = set()  # (name, size, full size) of every plate seen
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] == "sample":
+            for frame in msg["cond_indep_stack"]:
+                self.plates.add((frame.name, int(frame.size), None if frame.full_size is None else int(frame.full_size)))
+        super()._postprocess_message(msg)
 
     def _pyro_param(self, msg) -> None:
         name = msg["name"]
@@ -439,6 +448,23 @@ def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer
     # In trace order (a set's order differs between processes, and the all-reduce packs by order).
     params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
     return _apply(optim, params, value, reduce)
+
+
+def _check_subsamples(arguments: list, values: list, plates: set) -> None:
+    """An ``EpochSubsample`` argument must reach a plate of its size: a model whose plate ignores
+    the indices would scale the minibatch's log-likelihood by 1 instead of N/B (under-weighting the
+    data against the prior) without a word."""
+    for argument, value in zip(arguments, values):
+        if not isinstance(argument, EpochSubsample):
+            continue
+        batch = int(value.shape[0])
+        if not any(full == argument.num_data and size == batch for _, size, full in plates):
+            seen = ", ".join(f"{name!r} of size {full if full is not None else size}" for name, size, full in sorted(plates, key=str))
+            raise ConfigError(
+                f"EpochSubsample(num_data={argument.num_data}, batch_size={argument.batch_size}) is passed but no plate "
+                f"subsamples {argument.num_data} points {batch} at a time (plates seen: {seen or 'none'}); give the indices "
+                f"to the data plate: pyro.plate('data', {argument.num_data}, subsample=indices)"
+            )
 
 
 def _explain_plate_mismatch(error: ValueError, model, args, kwargs) -> None:
