@@ -151,7 +151,7 @@ def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu"
     except Exception as error:  # noqa: BLE001 - any reader error is a bad file, in one line
         message = " ".join(str(error).split())[:200]
         raise DataError(f"data file {str(path)!r} cannot be read as {suffix} ({type(error).__name__}: {message})") from None
-    args, kwargs = arrays if isinstance(arrays, tuple) else ((), arrays)
+    args, kwargs = (arrays, {}) if isinstance(arrays, tuple) else ((), arrays)
     args = tuple(_tensor(value, f"{path.name}", device) for value in args)
     kwargs = {name: _tensor(value, f"{path.name}[{name!r}]", device) for name, value in kwargs.items()}
     if not args and not kwargs:
@@ -309,7 +309,7 @@ def posterior_summary(pair: Pair, sites: dict[str, tuple], num_samples: int) -> 
     if not sites:
         return []
     with torch.no_grad(), pyro.validation_enabled(False):
-        samples = Predictive(pair.model, guide=pair.guide, num_samples=num_samples, return_sites=sites,
+        samples = Predictive(pair.model, guide=pair.guide, num_samples=num_samples, return_sites=list(sites),
                              parallel=False)(*pair.args)
     rows = []
     for site in sites:
