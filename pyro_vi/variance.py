@@ -28,7 +28,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_vi import estimators
-from pyro_vi.errors import ConfigError
+from pyro_vi.errors import ConfigError, DataError, PyroVIError
 
 
 class GradientVariance(NamedTuple):
@@ -98,14 +98,17 @@ def gradient_variance(
         estimator = estimators.get_estimator(estimator, num_particles=num_particles)
     if baseline_warmup is not None and (isinstance(baseline_warmup, bool) or not isinstance(baseline_warmup, int) or baseline_warmup < 0):
         raise ConfigError(f"baseline_warmup must be a non-negative integer, got {baseline_warmup!r}")
+    _check_finite(args, kwargs)
     rng_state = _rng_state()
     was_frozen = estimator.frozen
     pyro.set_rng_seed(seed)
     snapshot = None
     try:
-        with _recording_modules() as modules:
+        with _recording_modules() as modules, _data_errors():
             names, params = _discover_params(model, guide, args, kwargs)
-        estimator.check(model, guide, *args, **kwargs)
+        with _data_errors(), pyro.validation_enabled(True):
+            estimator.check(model, guide, *args, **kwargs)
+            _score_once(model, guide, args, kwargs)
         if reference is not None:
             missing = sorted(set(names) - set(reference))
             if missing:
@@ -138,6 +141,40 @@ def gradient_variance(
     return _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized)._replace(
         baseline_warmup=num_warmup
     )
+
+
+def _check_finite(args, kwargs) -> None:
+    """Raise DataError for a tensor argument with NaN or infinite values."""
+    named = [(f"argument {index}", value) for index, value in enumerate(args)] + [(f"argument {key!r}", value) for key, value in kwargs.items()]
+    for label, value in named:
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise DataError(f"{label} has {count} NaN or infinite values; gradient_variance needs finite data (drop or impute them)")
+
+
+def _score_once(model, guide, args, kwargs) -> None:
+    """Compute every log-density of one draw, so that data outside a likelihood's support fail here."""
+    state = _rng_state()  # the replicates' draws stay those of the seed
+    try:
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs).compute_log_prob()
+    finally:
+        _set_rng_state(state)
+
+
+@contextlib.contextmanager
+def _data_errors():
+    """Turn Pyro's validation errors (a value outside a likelihood's support) into one-line DataErrors."""
+    try:
+        yield
+    except PyroVIError:
+        raise
+    except ValueError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if not any("support" in line for line in lines[:3]):
+            raise
+        raise DataError(" ".join(lines[:2])[:300] + "; check the data against the model's likelihood") from None
 
 
 def _warm_up_baseline(estimator, model, guide, args, kwargs, num_steps: int | None) -> int:
