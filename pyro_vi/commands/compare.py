@@ -69,30 +69,24 @@ def run(args: argparse.Namespace) -> int:
     initial = _unconstrained_params()
     steps = variance_steps(args.num_steps, args.variance_points)
 
-    rows, skipped = [], []
-    for name in names:
-        row = _run_one(args, name, data, initial, steps)
-        if isinstance(row, str):
-            print(f"compare: skipping {name}: {row}", file=sys.stderr)
-            skipped.append({"estimator": name, "reason": row})
+    runnable, skipped = [], []
+    for name in names:  # refusals are known before OUT is touched
+        refusal = _refusal(name, args.particles, pair)
+        if refusal is None:
+            runnable.append(name)
         else:
-            rows.append(row)
-    if not rows:
+            print(f"compare: skipping {name}: {refusal}", file=sys.stderr)
+            skipped.append({"estimator": name, "reason": refusal})
+    if not runnable:
         raise ConfigError(f"no estimator can run on {args.model} with {args.guide}: "
                           + "; ".join(f"{s['estimator']}: {s['reason']}" for s in skipped))
 
-    report = {
-        "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
-        "num_steps": args.num_steps, "particles": args.particles, "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate, "seed": args.seed, "device": str(device), "replicates": args.replicates,
-        "elbo_samples": args.elbo_samples, "elbo_estimator": "trace", "variance_steps": steps,
-        "initial_params": sorted(initial), "latent_sites": sorted(user_model.latent_sites(pair.model_trace)),
-        "estimators": rows, "skipped": skipped,
-    }
-    figure = _figure(rows, args)
     out = io.prepare_output_dir(args.out)
     with io.lock_output(out):
         io.claim_output(out, "compare", args.overwrite)
+        rows = [_run_one(args, name, data, initial, steps) for name in runnable]
+        report = _report(args, data, device, steps, initial, pair, rows, skipped)
+        figure = _figure(rows, args)
         io.save_figure(figure, out / "compare.png", dpi=100)
         io.write_json(out / "compare.json", report)
     import matplotlib.pyplot as plt
@@ -103,6 +97,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refusal(name: str, num_particles: int, pair) -> str | None:
+    """Why estimator ``name`` cannot run on the pair (its constructor or ``check`` refuses), or None."""
+    from pyro_vi import estimators
+    from pyro_vi.errors import ConfigError
+
+    try:
+        estimators.get_estimator(name, num_particles=num_particles).check(pair.model, pair.guide, *pair.args)
+    except ConfigError as refusal:
+        return " ".join(str(refusal).split())
+    return None
+
+
+def _report(args, data, device, steps, initial, pair, rows, skipped) -> dict:
+    from pyro_vi import user_model
+
+    return {
+        "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
+        "num_steps": args.num_steps, "particles": args.particles, "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate, "seed": args.seed, "device": str(device), "replicates": args.replicates,
+        "elbo_samples": args.elbo_samples, "elbo_estimator": "trace", "variance_steps": steps,
+        "initial_params": sorted(initial), "latent_sites": sorted(user_model.latent_sites(pair.model_trace)),
+        "estimators": rows, "skipped": skipped,
+    }
+
+
 def _unconstrained_params() -> dict:
     import pyro
 
@@ -110,15 +129,15 @@ def _unconstrained_params() -> dict:
     return {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
 
 
-def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict | str:
-    """Train with estimator ``name`` from ``initial``; the row for compare.json, or why it was skipped."""
+def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
+    """Train with estimator ``name`` from ``initial``; the row for compare.json."""
     import pyro
     import torch
     from pyro.infer import Trace_ELBO
 
     from pyro_vi import engine, estimators, user_model, variance
     from pyro_vi.commands import fit
-    from pyro_vi.errors import ConfigError, PyroVIError
+    from pyro_vi.errors import PyroVIError
 
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # afresh: modules at their initial values
     store = pyro.get_param_store()
@@ -126,11 +145,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict | s
         for param, value in initial.items():
             if param in store and store.get_param(param).unconstrained().shape == value.shape:
                 store.get_param(param).unconstrained().copy_(value)
-    try:
-        estimator = estimators.get_estimator(name, num_particles=args.particles)
-        estimator.check(pair.model, pair.guide, *pair.args)
-    except ConfigError as refusal:
-        return " ".join(str(refusal).split())
+    estimator = estimators.get_estimator(name, num_particles=args.particles)  # it applies: _refusal said so
 
     measured, measure_seconds = [], [0.0]  # seconds spent measuring, taken off the training clock
 

@@ -111,13 +111,16 @@ def run(args: argparse.Namespace) -> int:
         reference = problem.reference() if problem.reference is not None else None
     for name in names:  # every estimator must apply before anything is written
         estimators.get_estimator(name, num_particles=max(args.particles)).check(model, guide, *model_args)
-    return _measure(args, names, label, model, guide, model_args, reference)
-
-
-def _measure(args, names, label, model, guide, model_args, reference) -> int:
-    from pyro_vi import io, plots_variance, variance
+    from pyro_vi import io
 
     out = io.prepare_output_dir(args.out)
+    with io.lock_output(out):  # a second run into OUT is refused while this one measures
+        return _measure(args, names, label, model, guide, model_args, reference, out)
+
+
+def _measure(args, names, label, model, guide, model_args, reference, out) -> int:
+    from pyro_vi import io, plots_variance, variance
+
     rows, summary = [], []
     for name in names:
         for num_particles in args.particles:
