@@ -117,14 +117,14 @@ def test_coin_through_the_pyro_vi_script(tmp_path):
 
 def test_regression_known_noise_with_auto_normal_reaches_the_gaussian_posterior(tmp_path):
     data_path, data = write_data(tmp_path, "regression_known_noise")
-    num_steps = 400
+    num_steps = 600
     params, metrics, rows = pyro_vi_fit(
         tmp_path, "regression_known_noise", "auto-normal", data_path,
-        options=["--num-steps", str(num_steps), "--optimizer", "clipped-adam", "--learning-rate", "0.1",
+        options=["--num-steps", str(num_steps), "--optimizer", "clipped-adam", "--learning-rate", "0.05",
                  "--posterior-samples", "2000"],
     )
     reference, losses = svi_reference("regression_known_noise", lambda m: AutoNormal(m.model), data,
-                                      num_steps=num_steps, seed=0, loss=Trace_ELBO(), optim=pyro.optim.ClippedAdam({"lr": 0.1}))
+                                      num_steps=num_steps, seed=0, loss=Trace_ELBO(), optim=pyro.optim.ClippedAdam({"lr": 0.05}))
     assert_same_run(params, metrics, reference, losses)
     module = load("regression_known_noise")
     mean, covariance = module.exact_posterior(data["x"], data["y"])
@@ -133,11 +133,12 @@ def test_regression_known_noise_with_auto_normal_reaches_the_gaussian_posterior(
     keys = ["linear.weight[0,0]", "linear.weight[0,1]", "linear.weight[0,2]", "linear.bias[0]"]
     q_mean = np.array([float(rows[key]["mean"]) for key in keys])
     q_sd = np.array([float(rows[key]["sd"]) for key in keys])
-    # Mean field on a Gaussian posterior: exact means, sds 1/sqrt(precision_ii). A constant
-    # learning rate of 0.1 with one particle leaves the params wandering: measured |mean error| <
-    # 0.3 posterior sd and sds within 20%; bounds 0.6 sd and 35%. (The start, bias 0, is 57 sds away.)
-    assert np.all(np.abs(q_mean - mean) < 0.6 * exact_sd), (q_mean, mean)
-    assert np.all(np.abs(q_sd / mean_field_sd - 1) < 0.35), (q_sd, mean_field_sd)
+    # Mean field on a Gaussian posterior: exact means, sds 1/sqrt(precision_ii). The command has no
+    # learning-rate decay; a constant 0.05 with one particle leaves the params wandering: measured
+    # over seeds 0-2, |mean error| up to 0.49 posterior sd, sds 0.81-1.10x (posterior.csv adds 2000
+    # draws' error, ~0.02 sd). Bounds 0.75 sd and 30%. The start (bias 0) is 57 posterior sds away.
+    assert np.all(np.abs(q_mean - mean) < 0.75 * exact_sd), (q_mean, mean)
+    assert np.all(np.abs(q_sd / mean_field_sd - 1) < 0.3), (q_sd, mean_field_sd)
 
 
 def test_gmm_tutorial_through_the_command(tmp_path):
