@@ -87,8 +87,8 @@ def _one_line(error: BaseException) -> str:
 
 def _unexpected(error: Exception) -> str:
     """An exception that is not a ``PyroVIError``: its type and message, and what to try."""
-    message = _one_line(error) or "(no message)"
-    if isinstance(error, MemoryError) or "out of memory" in message.lower():
+    message = _one_line(error).split(" Trace Shapes:")[0] or "(no message)"  # Pyro appends a table of shapes
+    if isinstance(error, MemoryError) or any(s in message.lower() for s in ("out of memory", "allocate memory")):
         hint = "lower the sizes (--batch-size, --hidden-dims, --particles, ...) or use a larger machine"
     elif isinstance(error, OSError):
         hint = "check the paths, free disk space and permissions"

@@ -17,15 +17,48 @@ from typing import Any, Callable, Iterator
 from pyro_vi.errors import OutputError
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check an output path's spelling before anything touches it (no file system writes): not
+    empty, no component longer than the file system allows (ENAMETOOLONG), not longer overall.
+    Call it first, before e.g. ``Path(out, "checkpoint.pt").exists()``, which raises on such a path.
+
+    Raises:
+        OutputError: one line naming the problem.
+    """
+    if str(path).strip() == "":
+        raise OutputError("the output directory is empty (--out ''); pass a directory, e.g. --out runs/mine")
+    path = Path(path)
+    anchor = next((parent for parent in [path, *path.parents] if _exists_quietly(parent)), Path("."))
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+        path_max = os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > name_max:
+        raise OutputError(
+            f"output path {_short(path)!r} has a component of {longest} bytes, more than the {name_max} this "
+            "file system allows (file name too long); choose a shorter --out"
+        )
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise OutputError(f"output path {_short(path)!r} is longer than the {path_max} bytes allowed; choose a shorter --out")
+    return path
+
+
+def _exists_quietly(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def prepare_output_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check it is a writable directory.
 
     Raises:
         OutputError: if ``path`` is empty, a file, too long, or cannot be created or written.
     """
-    if str(path).strip() == "":
-        raise OutputError("the output directory is empty (--out ''); pass a directory, e.g. --out runs/mine")
-    path = Path(path)
+    path = check_output_path(path)
     try:
         if path.exists() and not path.is_dir():
             raise OutputError(f"output path {str(path)!r} is a file, not a directory; pass a directory with --out")

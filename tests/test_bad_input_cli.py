@@ -45,6 +45,9 @@ UNEXPECTED = [
                  "free disk space", id="os-error-enospc"),
     pytest.param(OSError(errno.ENAMETOOLONG, "File name too long"), "File name too long", "check the paths", id="os-error-name-too-long"),
     pytest.param(KeyError("x_dim"), "unexpected KeyError: 'x_dim'", "report the traceback", id="key-error"),
+    pytest.param(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes.\n"
+                              "Trace Shapes:\n Param Sites:\n encoder$$$body.0.weight 8 64"),
+                 "can't allocate memory: you tried to allocate 80000000000 bytes.;", "lower the sizes", id="allocator-failure"),
 ]
 
 
@@ -204,6 +207,16 @@ def test_prepare_output_dir(path, fragment, tmp_path, monkeypatch):
         io.prepare_output_dir(path)
     assert fragment in str(caught.value).lower() and len(str(caught.value)) < 400
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["x" * 300, "a/" + "x" * 256 + "/b", "/" + "y" * 5000])
+def test_check_output_path_without_touching_it(path, tmp_path, monkeypatch):
+    """``Path(out, "checkpoint.pt").exists()`` raises ENAMETOOLONG: check the spelling first."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="choose a shorter --out"):
+        io.check_output_path(path)
+    assert list(tmp_path.iterdir()) == []
+    assert io.check_output_path("x" * 200) == Path("x" * 200)
 
 
 @pytest.mark.parametrize("writer", ["figure", "json"])

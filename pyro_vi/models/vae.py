@@ -101,7 +101,7 @@ class VAE(nn.Module):
             raise ConfigError(f"x_scale must be positive and finite, got {x_scale!r}")
         preflight.check_allocation(
             4.0 * (preflight.mlp_floats([x_dim, *hidden_dims, 2 * z_dim]) + preflight.mlp_floats([z_dim, *hidden_dims[::-1], x_dim])),
-            f"a VAE with x_dim {x_dim}, z_dim {z_dim} and hidden sizes {tuple(hidden_dims)} (its parameters and Adam state)",
+            f"a VAE with z_dim {z_dim} and hidden sizes {tuple(hidden_dims)} ({x_dim} pixels; its parameters and Adam state)",
         )
         self.x_dim, self.z_dim, self.hidden_dims = int(x_dim), int(z_dim), tuple(int(h) for h in hidden_dims)
         self.likelihood_name, self.x_scale = likelihood, x_scale
