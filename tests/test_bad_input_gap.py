@@ -62,6 +62,9 @@ OPTION_CASES = [
     pytest.param(["--learning-rate", "inf"], "--learning-rate must be positive and finite", id="gap-learning-rate-inf"),
     pytest.param(["--hidden-dims", "400000000"], "hidden sizes (400000000,)", id="gap-hidden-dims-absurd"),
     pytest.param(["--z-dim", "2000000000"], "z_dim 2000000000", id="gap-z-dim-absurd"),
+    pytest.param(["--elbo-samples", "2000000000"], "--elbo-samples 2000000000 needs", id="gap-elbo-samples-absurd"),
+    pytest.param(["--refine-samples", "2000000000"], "--refine-samples 2000000000 needs", id="gap-refine-samples-absurd"),
+    pytest.param(["--chunk-size", "2000000000", "--iwae-k", "2000000000"], "--chunk-size 2000000000 needs", id="gap-chunk-size-absurd"),
     pytest.param(["--out", ""], "the output directory is empty", id="gap-out-empty"),
     pytest.param(["--out", "x" * 300], "file name too long", id="gap-out-name-too-long"),
 ]

@@ -95,6 +95,17 @@ def _validate(args) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive and finite, got {getattr(args, name)}")
 
 
+def _check_memory(args, vae, device) -> None:
+    """Each measurement decodes (draws x images of a batch of 100) at once, keeping about three
+    numbers per unit of the decoder for the backward pass (refinement)."""
+    from pyro_vi import preflight
+
+    per_draw = 3.0 * min(100, args.num_points) * (2.0 * vae.x_dim + 4.0 * vae.z_dim + 2.0 * sum(vae.hidden_dims))
+    for option, draws in (("--chunk-size", min(args.chunk_size, args.iwae_k)), ("--elbo-samples", args.elbo_samples),
+                          ("--refine-samples", args.refine_samples)):
+        preflight.check_allocation(per_draw * draws, f"{option} {draws}", device)
+
+
 def load_vae(path: str | Path, device: torch.device):
     """The VAE saved in a ``pyro-vi vae`` checkpoint, its params in the param store; and its config."""
     from pyro_vi.models.vae import load_checkpoint
@@ -132,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     validate_images(dataset.test_images, "bernoulli", name=f"{dataset_name} test images")
     if args.checkpoint is None:
         vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims).to(device)  # sizes checked against memory
+    _check_memory(args, vae, device)
     with io.run_output(args.out, "gap", args.overwrite) as out:
         return _train_and_measure(args, vae, dataset, dataset_name, device, out)
 
