@@ -475,3 +475,17 @@ def test_cli_vae_resume_edited_checkpoint(edit, fragment, good_file, tmp_path, c
     assert status == 2
     _assert_one_line(stderr, fragment)
     assert path.read_bytes() == before
+
+
+def test_cli_vae_diverging_run_leaves_no_non_finite_checkpoint(tmp_path, capsys):
+    """--learning-rate 1e308 with a checkpoint after every step: the run stops in one line and
+    whatever checkpoint is on disk loads (so holds only finite values)."""
+    out = tmp_path / "run"
+    argv = ["vae", "--epochs", "1", "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
+            "--learning-rate", "1e308", "--checkpoint-every-steps", "1", "--out", str(out)]
+    status, stderr = _run_cli(argv, capsys)
+    assert status == 2
+    _assert_one_line(stderr, "NaN/inf")
+    assert "is intact" not in stderr or (out / "checkpoint.pt").is_file()
+    if (out / "checkpoint.pt").exists():
+        checkpoint.load(out / "checkpoint.pt")
