@@ -489,3 +489,14 @@ def test_cli_vae_diverging_run_leaves_no_non_finite_checkpoint(tmp_path, capsys)
     assert "is intact" not in stderr or (out / "checkpoint.pt").is_file()
     if (out / "checkpoint.pt").exists():
         checkpoint.load(out / "checkpoint.pt")
+
+
+def test_format_1_checkpoint_is_refused_without_unpickling(tmp_path):
+    """A file of the old format pickled constraint objects and NumPy arrays: refused, not run."""
+    import numpy as np
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format_version": 1, "config": {}, "param_store": {"params": {"w": torch.ones(2)}, "constraints": {"w": constraints.positive}},
+                "optimizer": {}, "rng": {"numpy": np.random.get_state()}, "run": {}}, path)
+    with pytest.raises(CheckpointError, match=r"holds Python objects \(.*\).*a file of an older pyro_vi"):
+        checkpoint.load(path)
