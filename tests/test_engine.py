@@ -109,9 +109,11 @@ def local_guide(data):
 def test_per_datapoint_guide_params_stay_with_their_datapoint():
     data = torch.tensor([3.0, -3.0])
     num_steps = 300
-    result = pyro_vi.fit(local_model, local_guide, data, num_steps=num_steps, optim=decayed_adam(0.1, num_steps), seed=0, progress=False)
+    result = pyro_vi.fit(local_model, local_guide, data, num_steps=num_steps, loss=particles(),
+                         optim=decayed_adam(0.1, num_steps), seed=0, progress=False)
     exact_mean, exact_sd = exact_normal_mean(3.0, 1)  # +-2.970, sd 0.995
-    # Shuffled rows gave 0.02 and -0.03. Measured error < 0.05; bound 0.2 = 0.2 posterior sd.
+    # Shuffled rows gave 0.02 and -0.03. Measured (seeds 0-2): means within 0.033, sds within
+    # 0.015; bounds 0.2 (0.2 posterior sd) and 0.1.
     assert torch.allclose(result.params["z_loc"], torch.tensor([exact_mean, -exact_mean]), atol=0.2)
     assert torch.allclose(result.params["z_scale"], torch.tensor([exact_sd, exact_sd]), atol=0.1)
 
@@ -286,8 +288,8 @@ def empty_guide(data):
 def test_a_guide_with_no_params_trains_the_models_params(optim):
     data = torch.tensor([1.0] * 7 + [0.0] * 3)
     result = pyro_vi.fit(mle_model, empty_guide, data, num_steps=300, optim=optim(), seed=0, progress=False)
-    # Deterministic objective (no latent): the MLE 0.7 up to the optimization error (< 1e-4 measured).
-    assert abs(result.params["f"].item() - 0.7) < 1e-3
+    # Deterministic objective (no latent): the MLE 0.7 up to the optimization error (1e-8 measured).
+    assert abs(result.params["f"].item() - 0.7) < 1e-4
 
 
 def test_model_and_guide_without_any_param_run_as_in_svi():
