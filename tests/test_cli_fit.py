@@ -154,6 +154,19 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
     assert resumed_metrics["losses"] == whole_losses and resumed_metrics["steps_this_call"] == 40 - (20 if how == "raise" else 25)
 
 
+def test_an_auto_guide_resumes_to_more_steps_exactly(tmp_path):
+    """20 steps, then --resume --num-steps 40, equals 40 steps at once: AutoNormal's params (a
+    PyroModule's) are restored in place with the optimizer and RNG state."""
+    argv = ["fit", f"{EXAMPLE}:model", "auto-normal", "--data", str(EXAMPLE_DATA), "--checkpoint-every", "7", *QUIET]
+    assert cli.main([*argv, "--num-steps", "40", "--out", str(tmp_path / "whole")]) == 0
+    assert cli.main([*argv, "--num-steps", "20", "--out", str(tmp_path / "halves")]) == 0
+    assert cli.main([*argv, "--num-steps", "40", "--resume", "--out", str(tmp_path / "halves")]) == 0
+    whole = torch.load(tmp_path / "whole" / "params.pt", weights_only=True)
+    halves = torch.load(tmp_path / "halves" / "params.pt", weights_only=True)
+    assert set(whole) == {"AutoNormal.locs.latent_fairness", "AutoNormal.scales.latent_fairness"} == set(halves)
+    assert all(torch.equal(whole[name], halves[name]) for name in whole)
+
+
 def test_a_finished_run_is_not_overwritten_without_a_flag(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "2", *QUIET,
@@ -219,7 +232,7 @@ def test_readme_commands_run_as_subprocesses(tmp_path, monkeypatch):
     assert script.returncode == 0 and "Beta(16, 14)" in script.stdout, script.stderr
     out = tmp_path / "fit"
     command = [str(Path(sys.executable).parent / "pyro-vi"), "fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(data),
-               "--num-steps", "20", "--no-progress", "--posterior-samples", "20", "--out", str(out)]
+               "--num-steps", "20", "--no-progress", "--posterior-samples", "20", "--elbo-samples", "5", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "latent_fairness" in result.stdout and (out / "posterior.csv").is_file()

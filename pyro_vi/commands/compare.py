@@ -14,6 +14,7 @@ against seconds, gradient variance against steps), and prints the table.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -154,7 +155,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
         result = variance.gradient_variance(pair.model, pair.guide, *pair.args, estimator=estimator,
                                             num_replicates=args.replicates, seed=args.seed + step)
         measured.append({"step": step, "total_variance": result.total_variance,
-                         "snr": result.snr if result.snr == result.snr else None,
+                         "snr": result.snr if math.isfinite(result.snr) else None,
                          "seconds": result.seconds, "vectorized": result.vectorized})
         measure_seconds[0] += time.perf_counter() - start
 

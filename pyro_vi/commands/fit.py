@@ -68,7 +68,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> No
     parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the data go (default auto)")
     parser.add_argument("--elbo-samples", type=int, default=100,
-                        help="evaluations averaged for the final ELBO and its standard error (default 100)")
+                        help="evaluations averaged for the final ELBO and its standard error (at least 2; default 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs (and checkpoint) already in OUT")
     parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
@@ -94,10 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def validate_common(args: argparse.Namespace) -> None:
     from pyro_vi.errors import ConfigError
 
-    for option, value in (("--num-steps", args.num_steps), ("--elbo-samples", args.elbo_samples),
-                          ("--particles", getattr(args, "particles", 1))):
-        if value < 1:
-            raise ConfigError(f"{option} must be at least 1, got {value}")
+    for option, value, least in (("--num-steps", args.num_steps, 1), ("--elbo-samples", args.elbo_samples, 2),
+                                 ("--particles", getattr(args, "particles", 1), 1)):
+        if value < least:
+            raise ConfigError(f"{option} must be at least {least}, got {value}"
+                              + (" (a standard error needs two draws)" if least == 2 else ""))
     if not 0 < args.learning_rate < float("inf"):
         raise ConfigError(f"--learning-rate must be a positive number, got {args.learning_rate}")
 
