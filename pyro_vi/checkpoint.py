@@ -121,14 +121,12 @@ def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
         raise CheckpointError(f"{bad} holds NaN/inf, so it was not saved to {str(path)!r} ({kept}); lower the learning rate")
     payload = {
         "format_version": FORMAT_VERSION,
-        "config": config,
+        "config": _plain(config, "config"),
         "param_store": {"params": params, "constraints": {name: _constraint_spec(name, c) for name, c in store["constraints"].items()}},
         "optimizer": optimizer_state,
         "rng": get_rng_state(),
-        "run": dict(run),
+        "run": _plain(dict(run), "run"),
     }
-    for key in ("config", "run"):
-        _check_plain(payload[key], key)
     buffer = io.BytesIO()  # serialize first: torch.save hides a failed write (disk full) in a RuntimeError
     torch.save(payload, buffer)
     try:
@@ -178,20 +176,24 @@ def _first_non_finite(value: Any, where: str) -> str | None:
     return None
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Only what ``torch.load(weights_only=True)`` reads back: tensors, numbers, str, None, containers."""
-    if value is None or isinstance(value, (bool, int, float, str)) or torch.is_tensor(value):
-        return
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as what ``torch.load(weights_only=True)`` reads back: tensors, Python numbers,
+    str, None, lists, tuples and dicts (NumPy scalars become Python numbers, subclasses their base)."""
+    if value is None or torch.is_tensor(value):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int)):
+        for key in value:
+            if type(key) not in (str, int):
                 raise CheckpointError(f"checkpoint entry {where} has a key of type {type(key).__name__}; use str keys")
-            _check_plain(item, f"{where}.{key}")
-        return
+        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
+        items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     raise CheckpointError(f"checkpoint entry {where} is a {type(value).__name__}; store tensors, numbers, strings, lists or dicts")
 
 

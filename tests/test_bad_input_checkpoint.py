@@ -500,3 +500,14 @@ def test_format_1_checkpoint_is_refused_without_unpickling(tmp_path):
                 "optimizer": {}, "rng": {"numpy": np.random.get_state()}, "run": {}}, path)
     with pytest.raises(CheckpointError, match=r"holds Python objects \(.*\).*a file of an older pyro_vi"):
         checkpoint.load(path)
+
+
+def test_numpy_scalars_in_config_and_run_are_stored_as_numbers(tmp_path):
+    import numpy as np
+
+    optimizer = _store_with(torch.ones(2))
+    checkpoint.save(tmp_path / "checkpoint.pt", {"train": {"seed": np.int64(3), "lr": np.float32(0.5)}},
+                    {"epoch": np.int64(2), "flags": (np.bool_(True),)}, optimizer)
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert saved["config"]["train"] == {"seed": 3, "lr": 0.5} and type(saved["config"]["train"]["seed"]) is int
+    assert saved["run"]["epoch"] == 2 and saved["run"]["flags"] == (True,)
