@@ -34,7 +34,9 @@ can run under ``torch.func.vmap`` (see ``pyro_vi.variance``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -69,11 +71,6 @@ ESTIMATORS = (
 )
 # Estimators whose expectation is the exact gradient of their objective (gumbel's is not).
 UNBIASED = tuple(name for name in ESTIMATORS if name != "gumbel")
-# Estimators that need every continuous guide site to be reparameterizable and no discrete ones.
-# reparam could take the score function at the other sites, as Trace_ELBO does, but then a
-# "reparam" measurement would silently mix in score-function variance; it refuses them instead.
-_PATHWISE_ONLY = ("reparam", "stl", "analytic-kl", "iwae", "dreg")
-_SCORE_EVERYWHERE = ("score", "score-naive", "score-graph", "score-baseline", "score-nn-baseline", "rloo")
 
 
 def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "GradientEstimator":
@@ -82,11 +79,28 @@ def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "
     Options: ``temperature`` (gumbel, default 0.5), ``baseline_beta`` (score-baseline, 0.9),
     ``baseline_hidden_dim`` (score-nn-baseline, 16), ``max_plate_nesting`` (enum).
     """
-    return GradientEstimator(name, num_particles=num_particles, **options)
+    if name not in ESTIMATORS:
+        raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    return _FAMILIES[name](name, num_particles=num_particles, **options)
+
+
+class _Sites(NamedTuple):
+    """What ``check`` reads off one draw of the guide and the model replayed against it."""
+
+    guide_trace: object
+    model_trace: object
+    latent: list  # the guide's sample sites
+    discrete: list[str]  # names of the guide's discrete sites
+    continuous_without_rsample: list[str]
+    model_only: list  # latent model sites the guide lacks
 
 
 class GradientEstimator(ELBO):
-    """A named gradient estimator of the ELBO with Pyro's ELBO interface.
+    """A named gradient estimator of the ELBO with Pyro's ELBO interface; one subclass per family.
+
+    ``GradientEstimator(name, ...)`` builds the family's class for ``name`` (as ``get_estimator``).
+    A family overrides ``_loss_and_surrogate`` (value and surrogate from the traces), ``wrap`` (the
+    poutine handlers it runs the pair under) and ``_check_sites`` (what it refuses).
 
     Args:
         name: one of ``ESTIMATORS``.
@@ -96,6 +110,18 @@ class GradientEstimator(ELBO):
         baseline_hidden_dim: hidden units of the ``score-nn-baseline`` network.
         max_plate_nesting: passed to Pyro's ELBO (``enum`` guesses it when left at infinity).
     """
+
+    # Pathwise families take no score-function terms: they refuse discrete and non-rsample sites.
+    # (reparam could take the score function there, as Trace_ELBO does, but then a "reparam"
+    # measurement would silently mix in score-function variance.)
+    pathwise = False
+
+    def __new__(cls, name: str = "reparam", *args, **kwargs):
+        if cls is GradientEstimator:
+            if name not in ESTIMATORS:
+                raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+            cls = _FAMILIES[name]
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -110,8 +136,6 @@ class GradientEstimator(ELBO):
             raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
-        if name == "rloo" and num_particles < 2:
-            raise ConfigError("rloo needs at least 2 particles (each is baselined by the others); pass --particles 2 or more")
         if not temperature > 0:
             raise ConfigError(f"gumbel temperature must be positive, got {temperature!r}")
         if not 0 <= baseline_beta < 1:
@@ -121,15 +145,8 @@ class GradientEstimator(ELBO):
         self.temperature = temperature
         self.baseline_beta = baseline_beta
         self.baseline_hidden_dim = baseline_hidden_dim
-        self._baseline_networks = nn.ModuleDict()  # score-nn-baseline: one net per guide site
         self._checked = set()
-        self.frozen = False  # True while measuring: score-baseline reads its running average, no update
-        if name in ("score-graph", "score-baseline", "score-nn-baseline"):
-            self._pyro_elbo = TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-        elif name == "enum":
-            self._pyro_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-        else:
-            self._pyro_elbo = None
+        self.frozen = False  # True while measuring: a baseline is read, never updated
 
     def __repr__(self) -> str:
         return f"GradientEstimator({self.name!r}, num_particles={self.num_particles})"
@@ -138,20 +155,17 @@ class GradientEstimator(ELBO):
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """An estimate of -ELBO (of minus the importance-weighted bound for iwae and dreg)."""
-        if self._pyro_elbo is not None:
-            wrapped_model, wrapped_guide = self.wrap(model, guide)
-            return float(self._pyro_elbo.loss(wrapped_model, wrapped_guide, *args, **kwargs))
         with torch.no_grad():
-            return float(self._loss_and_surrogate(model, guide, args, kwargs)[0])
+            return float(self._checked_loss_and_surrogate(model, guide, args, kwargs)[0])
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """A tensor whose value is the loss and whose gradient is this estimator's gradient."""
-        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
+        loss, surrogate = self._checked_loss_and_surrogate(model, guide, args, kwargs)
         return loss.detach() + (surrogate - surrogate.detach())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Accumulate the estimated gradient into ``param.grad``; return the loss."""
-        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
+        loss, surrogate = self._checked_loss_and_surrogate(model, guide, args, kwargs)
         if getattr(surrogate, "requires_grad", False):
             surrogate.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
@@ -161,60 +175,274 @@ class GradientEstimator(ELBO):
         model, guide = self.wrap(model, guide)
         return _traces(model, guide, args, kwargs)
 
-    # -- building the surrogate ---------------------------------------------------------------
-
     def wrap(self, model, guide):
         """The (model, guide) pair as this estimator runs them: handlers only, same sites."""
-        if self.name in _SCORE_EVERYWHERE:
-            baseline = {"score-baseline": "average", "score-nn-baseline": "network"}.get(self.name)
-            return model, _with_handler(guide, lambda: _ScoreFunction(self, baseline))
-        if self.name == "gumbel":
-            return model, _with_handler(guide, lambda: _Relaxed(self.temperature))
-        if self.name == "enum":
-            return config_enumerate(model, "parallel"), config_enumerate(guide, "parallel")
         return model, guide
 
+    # -- measuring ----------------------------------------------------------------------------
+
+    def warm_up(self, model, guide, args, kwargs, num_steps: int | None = None) -> int:
+        """Evaluations that move a running baseline before measuring (score-baseline only); returns
+        how many ran. Other families have nothing to warm up."""
+        if num_steps:
+            raise ConfigError(f"baseline_warmup applies to score-baseline only, not {self.name!r}")
+        return 0
+
+    @contextlib.contextmanager
+    def measuring(self):
+        """While measuring, a baseline is read at its current value and not updated."""
+        was_frozen, self.frozen = self.frozen, True
+        try:
+            yield self
+        finally:
+            self.frozen = was_frozen
+
+    # -- applicability ------------------------------------------------------------------------
+
     def check(self, model, guide, *args, **kwargs) -> None:
-        """Raise ``ConfigError`` if this estimator does not apply to the guide's sites."""
+        """Raise a one-line ``ConfigError`` if this estimator does not apply to the pair's sites."""
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        latent = [s for s in _sample_sites(guide_trace)]
-        discrete = [s["name"] for s in latent if _is_discrete(s["fn"])]
-        continuous_without_rsample = [
-            s["name"] for s in latent if not _is_discrete(s["fn"]) and not s["fn"].has_rsample
-        ]
-        model_only_discrete = [
-            s["name"]
-            for s in _sample_sites(model_trace)
-            if s["name"] not in guide_trace.nodes and _is_discrete(s["fn"])
-        ]
-        if self.name in _PATHWISE_ONLY and discrete:
+        latent = _sample_sites(guide_trace)
+        sites = _Sites(
+            guide_trace,
+            model_trace,
+            latent,
+            [s["name"] for s in latent if _is_discrete(s["fn"])],
+            [s["name"] for s in latent if not _is_discrete(s["fn"]) and not s["fn"].has_rsample],
+            [s for s in _sample_sites(model_trace) if s["name"] not in guide_trace.nodes and not s["is_observed"]],
+        )
+        if self.pathwise and sites.discrete:
             raise ConfigError(
                 f"estimator {self.name!r} is pathwise but the guide samples discrete sites "
-                f"{', '.join(discrete)} (it takes no score-function terms); use score, rloo, enum or gumbel "
+                f"{', '.join(sites.discrete)} (it takes no score-function terms); use score, rloo, enum or gumbel "
                 "(enum keeps the pathwise gradient at the continuous sites of a mixed guide)"
             )
-        if self.name in _PATHWISE_ONLY and continuous_without_rsample:
+        if self.pathwise and sites.continuous_without_rsample:
             raise ConfigError(
-                f"estimator {self.name!r} is pathwise but guide sites {', '.join(continuous_without_rsample)} "
+                f"estimator {self.name!r} is pathwise but guide sites {', '.join(sites.continuous_without_rsample)} "
                 "cannot rsample (it takes no score-function terms); use score or rloo"
             )
-        model_only = [
-            s for s in _sample_sites(model_trace) if s["name"] not in guide_trace.nodes and not s["is_observed"]
-        ]
-        enumerated = [s["name"] for s in model_only if s["infer"].get("enumerate")]
-        if self.name != "enum" and enumerated:
+        self._check_model_only_sites(sites)
+        self._check_sites(sites)
+
+    def _check_model_only_sites(self, sites: _Sites) -> None:
+        enumerated = [s["name"] for s in sites.model_only if s["infer"].get("enumerate")]
+        if enumerated:
             raise ConfigError(
                 f"estimator {self.name!r}: model site {enumerated[0]!r} is marked for enumeration and has no guide "
                 "site; only enum sums it out (the others would draw it from the prior, another objective); use enum"
             )
-        if self.name != "enum" and model_only:
+        if sites.model_only:
             raise ConfigError(
-                f"estimator {self.name!r}: model site {model_only[0]['name']!r} has no guide site (it would be drawn "
-                "from the prior, another objective); add it to the guide, or mark it with config_enumerate and use enum"
+                f"estimator {self.name!r}: model site {sites.model_only[0]['name']!r} has no guide site (it would be "
+                "drawn from the prior, another objective); add it to the guide, or mark it with config_enumerate and use enum"
             )
-        if self.name in ("iwae", "dreg") and self.num_particles > 1:
-            outside = _outside_subsampled_plates(guide_trace, model_trace)
+
+    def _check_sites(self, sites: _Sites) -> None:
+        """A family's own refusals (none by default)."""
+
+    # -- the surrogate ------------------------------------------------------------------------
+
+    def _checked_loss_and_surrogate(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+        key = (id(model), id(guide))
+        if key not in self._checked:
+            self.check(model, guide, *args, **kwargs)
+            self._checked.add(key)
+        model, guide = self.wrap(model, guide)
+        return self._loss_and_surrogate(model, guide, args, kwargs)
+
+    def _particles(self, model, guide, args, kwargs) -> list:
+        return [_traces(model, guide, args, kwargs) for _ in range(self.num_particles)]
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
+        """(loss, surrogate loss) of the wrapped pair: the loss's value, the surrogate's gradient."""
+        particles = self._particles(model, guide, args, kwargs)
+        elbos, surrogates = zip(*(self._particle(m, g) for m, g in particles))
+        return -sum(elbos) / self.num_particles, -sum(surrogates) / self.num_particles
+
+    def _particle(self, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
+        """(elbo, surrogate elbo) of one particle."""
+        raise NotImplementedError
+
+
+class Pathwise(GradientEstimator):
+    """reparam (Trace_ELBO's pathwise gradient) and stl (sticking the landing: q's parameters
+    detached inside log q, so only the path through z remains)."""
+
+    pathwise = True
+
+    def _particle(self, model_trace, guide_trace):
+        return _particle(self.name, model_trace, guide_trace)
+
+
+class AnalyticKL(GradientEstimator):
+    """analytic-kl: TraceMeanField_ELBO, KL(q || p) in closed form where it exists."""
+
+    pathwise = True
+
+    def _particle(self, model_trace, guide_trace):
+        return _analytic_kl_particle(model_trace, guide_trace)
+
+
+class ScoreFunction(GradientEstimator):
+    """score (plate-level Rao-Blackwellization, as Trace_ELBO) and score-naive (the whole log-ratio
+    times the summed score): rsample off at every guide site but point masses."""
+
+    def wrap(self, model, guide):
+        return model, _with_handler(guide, lambda: _ScoreFunction(self, None))
+
+    def _particle(self, model_trace, guide_trace):
+        return _particle(self.name, model_trace, guide_trace)
+
+
+class LeaveOneOut(ScoreFunction):
+    """rloo: the score function over k particles, each baselined by the other k - 1."""
+
+    def __init__(self, name: str = "rloo", num_particles: int = 2, **options):
+        if not isinstance(num_particles, bool) and isinstance(num_particles, int) and num_particles < 2:
+            raise ConfigError("rloo needs at least 2 particles (each is baselined by the others); pass --particles 2 or more")
+        super().__init__(name, num_particles=num_particles, **options)
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        return _leave_one_out(self._particles(model, guide, args, kwargs))
+
+
+class GraphScore(GradientEstimator):
+    """score-graph: TraceGraph_ELBO's dependency-graph Rao-Blackwellization (subclasses add a baseline)."""
+
+    baseline: str | None = None  # the _ScoreFunction handler's baseline option
+
+    def __init__(self, name: str = "score-graph", num_particles: int = 1, **options):
+        super().__init__(name, num_particles=num_particles, **options)
+        self._pyro_elbo = TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
+
+    def wrap(self, model, guide):
+        return model, _with_handler(guide, lambda: _ScoreFunction(self, self.baseline))
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        elbo, surrogate_loss = 0.0, 0.0
+        for model_trace, guide_trace in self._pyro_elbo._get_traces(model, guide, args, kwargs):
+            # TraceGraph_ELBO accumulates in place from the first model site: put the observed
+            # sites first, whose log-probs depend on every draw, so that under vmap the
+            # accumulator is batched even when the first latent is a point mass.
+            nodes = model_trace.nodes
+            model_trace.nodes = type(nodes)(sorted(nodes.items(), key=lambda item: not item[1].get("is_observed", False)))
+            particle_elbo, particle_surrogate = self._pyro_elbo._loss_and_surrogate_loss_particle(model_trace, guide_trace)
+            elbo, surrogate_loss = elbo + particle_elbo, surrogate_loss + particle_surrogate
+        return -elbo / self.num_particles, surrogate_loss / self.num_particles
+
+
+# score-baseline: evaluations that warm up Pyro's decaying-average baseline before measuring when
+# the param store has none; beta = 0.9 leaves 0.9^50 ~ 0.5% of the zero initial value.
+BASELINE_WARMUP = 50
+
+
+class AverageBaseline(GraphScore):
+    """score-baseline: score-graph plus Pyro's decaying-average baseline per site."""
+
+    baseline = "average"
+
+    def warm_up(self, model, guide, args, kwargs, num_steps: int | None = None) -> int:
+        """Move the running average with ``num_steps`` evaluations (no optimizer step). Default:
+        ``BASELINE_WARMUP`` when the param store lacks an average for some guide site (a fresh
+        estimator would otherwise be measured with baseline 0, i.e. as score-graph), else 0."""
+        if num_steps is None:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            store = pyro.get_param_store()
+            keys = [_AVERAGE_KEY + site["name"] for site in _sample_sites(guide_trace)]
+            num_steps = 0 if all(key in store for key in keys) else BASELINE_WARMUP
+        was_frozen, self.frozen = self.frozen, False
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False):  # check() has validated the pair
+                for _ in range(num_steps):
+                    self.differentiable_loss(model, guide, *args, **kwargs)
+        finally:
+            self.frozen = was_frozen
+        return num_steps
+
+
+class NetworkBaseline(GraphScore):
+    """score-nn-baseline: score-graph plus a learned (NVIL-style) baseline network per site."""
+
+    baseline = "network"
+
+    def __init__(self, name: str = "score-nn-baseline", num_particles: int = 1, **options):
+        super().__init__(name, num_particles=num_particles, **options)
+        self._baseline_networks = nn.ModuleDict()  # one net per guide site
+
+    def check(self, model, guide, *args, **kwargs) -> None:
+        super().check(model, guide, *args, **kwargs)
+        poutine.trace(self.wrap(model, guide)[1]).get_trace(*args, **kwargs)  # build the networks now, outside any vmap
+
+
+class Enumeration(GradientEstimator):
+    """enum: exact enumeration of discrete sites (TraceEnum_ELBO), pathwise at the continuous ones."""
+
+    def __init__(self, name: str = "enum", num_particles: int = 1, **options):
+        super().__init__(name, num_particles=num_particles, **options)
+        self._pyro_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
+
+    def wrap(self, model, guide):
+        return config_enumerate(model, "parallel"), config_enumerate(guide, "parallel")
+
+    def _check_model_only_sites(self, sites):
+        pass  # enum sums out the model's discrete sites the guide lacks
+
+    def _check_sites(self, sites):
+        model_only_discrete = [s for s in sites.model_only if _is_discrete(s["fn"])]
+        if not (sites.discrete or model_only_discrete):
+            raise ConfigError("estimator 'enum' needs discrete latent sites but this model has only continuous ones; use reparam")
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        key = (id(model), id(guide))
+        if key not in self._checked:
+            self.check(model, guide, *args, **kwargs)
+            self._checked.add(key)
+        return float(self._pyro_elbo.loss(*self.wrap(model, guide), *args, **kwargs))
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        loss = self._pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
+        return loss.detach(), loss
+
+
+class Relaxed(GradientEstimator):
+    """gumbel: Concrete relaxation of Bernoulli / OneHotCategorical sites; biased."""
+
+    def wrap(self, model, guide):
+        return model, _with_handler(guide, lambda: _Relaxed(self.temperature))
+
+    def _check_sites(self, sites):
+        relaxable = [s for s in sites.latent if isinstance(_base(s["fn"]), (dist.Bernoulli, dist.OneHotCategorical))]
+        relaxable_names = {s["name"] for s in relaxable}
+        other = [s["name"] for s in sites.latent if _is_discrete(s["fn"]) and s["name"] not in relaxable_names]
+        if other:
+            raise ConfigError(
+                f"gumbel relaxes Bernoulli and OneHotCategorical sites only, not {', '.join(other)}: a "
+                "Categorical's integer value cannot carry a relaxed sample; write the site as "
+                "OneHotCategorical in model and guide (the model then uses the one-hot value, e.g. "
+                "locs @ c instead of locs[c]), or use enum, score or rloo"
+            )
+        if not relaxable:
+            raise ConfigError("gumbel needs Bernoulli or OneHotCategorical guide sites; this guide has none, use reparam")
+
+    def _particles(self, model, guide, args, kwargs):
+        with pyro.validation_enabled(False):  # the model scores relaxed (non-integer) values
+            return super()._particles(model, guide, args, kwargs)
+
+    def _particle(self, model_trace, guide_trace):
+        return _particle(self.name, model_trace, guide_trace)
+
+
+class ImportanceWeighted(GradientEstimator):
+    """iwae (the bound's reparameterized gradient) and dreg (doubly reparameterized, Tucker et al.
+    2019) of the k-particle importance-weighted bound; see ``_importance_weighted``."""
+
+    pathwise = True
+
+    def _check_sites(self, sites):
+        if self.num_particles > 1:
+            outside = _outside_subsampled_plates(sites.guide_trace, sites.model_trace)
             if outside:
                 site, plate = outside
                 raise ConfigError(
@@ -222,72 +450,43 @@ class GradientEstimator(ELBO):
                     f"the subsampled plate {plate!r}, so the minibatch bound estimates no full-data bound; pass the "
                     "whole data set, use 1 particle (the ELBO) or use reparam"
                 )
-        if self.name == "dreg":
-            point_masses = [s["name"] for s in latent if isinstance(_base(s["fn"]), dist.Delta)]
-            auxiliary = [s for s in latent if s["infer"].get("is_auxiliary")]
-            if point_masses and not auxiliary:
-                raise ConfigError(
-                    f"estimator 'dreg': guide site {point_masses[0]!r} is a point mass (Delta), which has no score "
-                    "term to reparameterize; use iwae (the same bound, exact gradient there)"
-                )
-            scales = {_scale_key(s["scale"]) for s in latent}
-            if self.num_particles > 1 and len(scales) > 1:
-                raise ConfigError(
-                    "estimator 'dreg' needs one scale (poutine.scale times subsampling) on every guide site, "
-                    f"got {len(scales)} different ones; use iwae"
-                )
-        if self.name == "enum" and not (discrete or model_only_discrete):
-            raise ConfigError("estimator 'enum' needs discrete latent sites but this model has only continuous ones; use reparam")
-        if self.name == "gumbel":
-            relaxable = [s for s in latent if isinstance(_base(s["fn"]), (dist.Bernoulli, dist.OneHotCategorical))]
-            relaxable_names = {s["name"] for s in relaxable}
-            other = [s["name"] for s in latent if _is_discrete(s["fn"]) and s["name"] not in relaxable_names]
-            if other:
-                raise ConfigError(
-                    f"gumbel relaxes Bernoulli and OneHotCategorical sites only, not {', '.join(other)}: a "
-                    "Categorical's integer value cannot carry a relaxed sample; write the site as "
-                    "OneHotCategorical in model and guide (the model then uses the one-hot value, e.g. "
-                    "locs @ c instead of locs[c]), or use enum, score or rloo"
-                )
-            if not relaxable:
-                raise ConfigError("gumbel needs Bernoulli or OneHotCategorical guide sites; this guide has none, use reparam")
-        if self.name == "score-nn-baseline":  # build the baseline networks now, outside any vmap
-            poutine.trace(self.wrap(model, guide)[1]).get_trace(*args, **kwargs)
+        if self.name != "dreg":
+            return
+        point_masses = [s["name"] for s in sites.latent if isinstance(_base(s["fn"]), dist.Delta)]
+        auxiliary = [s for s in sites.latent if s["infer"].get("is_auxiliary")]
+        if point_masses and not auxiliary:
+            raise ConfigError(
+                f"estimator 'dreg': guide site {point_masses[0]!r} is a point mass (Delta), which has no score "
+                "term to reparameterize; use iwae (the same bound, exact gradient there)"
+            )
+        scales = {_scale_key(s["scale"]) for s in sites.latent}
+        if self.num_particles > 1 and len(scales) > 1:
+            raise ConfigError(
+                "estimator 'dreg' needs one scale (poutine.scale times subsampling) on every guide site, "
+                f"got {len(scales)} different ones; use iwae"
+            )
 
-    def _loss_and_surrogate(self, model, guide, args, kwargs) -> tuple[Tensor, Tensor]:
-        key = (id(model), id(guide))
-        if key not in self._checked:
-            self.check(model, guide, *args, **kwargs)
-            self._checked.add(key)
-        model, guide = self.wrap(model, guide)
-        if self.name in ("score-graph", "score-baseline", "score-nn-baseline"):
-            elbo, surrogate_loss = 0.0, 0.0
-            for model_trace, guide_trace in self._pyro_elbo._get_traces(model, guide, args, kwargs):
-                # TraceGraph_ELBO accumulates in place from the first model site: put the observed
-                # sites first, whose log-probs depend on every draw, so that under vmap the
-                # accumulator is batched even when the first latent is a point mass.
-                nodes = model_trace.nodes
-                model_trace.nodes = type(nodes)(sorted(nodes.items(), key=lambda item: not item[1].get("is_observed", False)))
-                particle_elbo, particle_surrogate = self._pyro_elbo._loss_and_surrogate_loss_particle(model_trace, guide_trace)
-                elbo, surrogate_loss = elbo + particle_elbo, surrogate_loss + particle_surrogate
-            return -elbo / self.num_particles, surrogate_loss / self.num_particles
-        if self._pyro_elbo is not None:  # enum
-            loss = self._pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
-            return loss.detach(), loss
-        if self.name == "gumbel":  # the model scores relaxed (non-integer) values
-            with pyro.validation_enabled(False):
-                particles = [_traces(model, guide, args, kwargs) for _ in range(self.num_particles)]
-        else:
-            particles = [_traces(model, guide, args, kwargs) for _ in range(self.num_particles)]
-        if self.name in ("iwae", "dreg"):
-            return _importance_weighted(particles, doubly_reparameterized=self.name == "dreg", model=model, args=args, kwargs=kwargs)
-        if self.name == "rloo":
-            return _leave_one_out(particles)
-        if self.name == "analytic-kl":
-            elbos, surrogates = zip(*(_analytic_kl_particle(m, g) for m, g in particles))
-        else:
-            elbos, surrogates = zip(*(_particle(self.name, m, g) for m, g in particles))
-        return -sum(elbos) / self.num_particles, -sum(surrogates) / self.num_particles
+    def _loss_and_surrogate(self, model, guide, args, kwargs):
+        particles = self._particles(model, guide, args, kwargs)
+        return _importance_weighted(particles, doubly_reparameterized=self.name == "dreg", model=model, args=args, kwargs=kwargs)
+
+
+_FAMILIES = {
+    "reparam": Pathwise,
+    "stl": Pathwise,
+    "analytic-kl": AnalyticKL,
+    "score": ScoreFunction,
+    "score-naive": ScoreFunction,
+    "rloo": LeaveOneOut,
+    "score-graph": GraphScore,
+    "score-baseline": AverageBaseline,
+    "score-nn-baseline": NetworkBaseline,
+    "enum": Enumeration,
+    "gumbel": Relaxed,
+    "iwae": ImportanceWeighted,
+    "dreg": ImportanceWeighted,
+}
+_AVERAGE_KEY = "__baseline_avg_downstream_cost_"  # Pyro's param-store key of a site's running average
 
 
 # -- traces and per-particle surrogates ----------------------------------------------------------
@@ -595,7 +794,7 @@ class _ScoreFunction(Messenger):
         if self.baseline == "average" and self.estimator.frozen:
             # Pyro's running average at its current value, read but not updated.
             store = pyro.get_param_store()
-            key = "__baseline_avg_downstream_cost_" + msg["name"]
+            key = _AVERAGE_KEY + msg["name"]
             value = store[key].detach() if key in store else torch.zeros(_downstream_shape(msg["fn"]))
             options = {"baseline_value": value}
         elif self.baseline == "average":
@@ -618,7 +817,7 @@ class _ScoreFunction(Messenger):
 
     def register(self):
         """Put the baseline networks in the param store so SVI's optimizer trains them."""
-        for key, network in self.estimator._baseline_networks.items():
+        for key, network in getattr(self.estimator, "_baseline_networks", {}).items():
             pyro.module(f"baseline_{key}", network)
 
 

@@ -49,9 +49,8 @@ class GradientVariance(NamedTuple):
     baseline_warmup: int = 0  # score-baseline: evaluations that warmed up its running average
 
 
-# score-baseline: evaluations that warm up Pyro's decaying-average baseline before measuring when
-# the param store has none; beta = 0.9 leaves 0.9^50 ~ 0.5% of the zero initial value.
-BASELINE_WARMUP = 50
+# score-baseline: evaluations that warm up its running average when the store has none.
+BASELINE_WARMUP = estimators.BASELINE_WARMUP
 
 
 def gradient_variance(
@@ -100,13 +99,12 @@ def gradient_variance(
         raise ConfigError(f"baseline_warmup must be a non-negative integer, got {baseline_warmup!r}")
     _check_finite(args, kwargs)
     rng_state = _rng_state()
-    was_frozen = estimator.frozen
     pyro.set_rng_seed(seed)
     snapshot = None
     try:
         with _recording_modules() as modules, _data_errors():
             names, params = _discover_params(model, guide, args, kwargs)
-        with _data_errors(), pyro.validation_enabled(True):
+        with _data_errors():
             estimator.check(model, guide, *args, **kwargs)
             _score_once(model, guide, args, kwargs)
         if reference is not None:
@@ -114,26 +112,12 @@ def gradient_variance(
             if missing:
                 raise ConfigError(f"reference lacks gradients for params {', '.join(missing)}; give one per param")
         snapshot = _store_snapshot()  # the warmed-up baseline is removed when we are done
-        num_warmup = _warm_up_baseline(estimator, model, guide, args, kwargs, baseline_warmup)
-        estimator.frozen = True  # measuring must not move a baseline
-        replicate_rng = _rng_state()
-        start = time.perf_counter()
-        statistics, vectorized = None, False
-        if vectorize is not False:
-            try:
-                statistics = _vectorized(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size)
-                vectorized = True
-            except Exception as error:  # noqa: BLE001 - anything vmap refuses sends us to the loop
-                if vectorize:
-                    raise
-                warnings.warn(f"gradient_variance: vmap failed ({type(error).__name__}: {str(error)[:160]}); using the loop")
-                _set_rng_state(replicate_rng)
-                start = time.perf_counter()
-        if statistics is None:
-            statistics = _looped(estimator, model, guide, args, kwargs, names, params, num_replicates)
-        seconds = time.perf_counter() - start
+        num_warmup = estimator.warm_up(model, guide, args, kwargs, baseline_warmup)
+        with estimator.measuring():  # a baseline is read at its (warmed-up) value, never moved
+            statistics, vectorized, seconds = _replicates(
+                estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size, vectorize
+            )
     finally:
-        estimator.frozen = was_frozen
         if snapshot is not None:
             _store_restore(snapshot)
         _set_rng_state(rng_state)
@@ -177,22 +161,22 @@ def _data_errors():
         raise DataError(" ".join(lines[:2])[:300] + "; check the data against the model's likelihood") from None
 
 
-def _warm_up_baseline(estimator, model, guide, args, kwargs, num_steps: int | None) -> int:
-    """Move score-baseline's decaying average with ``num_steps`` evaluations (no optimizer step)."""
-    if estimator.name != "score-baseline":
-        if num_steps:
-            raise ConfigError(f"baseline_warmup applies to score-baseline only, not {estimator.name!r}")
-        return 0
-    if num_steps is None:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        store = pyro.get_param_store()
-        keys = ["__baseline_avg_downstream_cost_" + site["name"] for site in estimators._sample_sites(guide_trace)]
-        num_steps = 0 if all(key in store for key in keys) else BASELINE_WARMUP
-    estimator.frozen = False
-    with torch.no_grad(), pyro.validation_enabled(False):  # check() has validated the pair already
-        for _ in range(num_steps):
-            estimator.differentiable_loss(model, guide, *args, **kwargs)
-    return num_steps
+def _replicates(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size, vectorize):
+    """(mean and variance per param, vectorized?, seconds): one batched pass, else the loop."""
+    replicate_rng = _rng_state()
+    start = time.perf_counter()
+    if vectorize is not False:
+        try:
+            statistics = _vectorized(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size)
+            return statistics, True, time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 - anything vmap refuses sends us to the loop
+            if vectorize:
+                raise
+            warnings.warn(f"gradient_variance: vmap failed ({type(error).__name__}: {str(error)[:160]}); using the loop")
+            _set_rng_state(replicate_rng)
+            start = time.perf_counter()
+    statistics = _looped(estimator, model, guide, args, kwargs, names, params, num_replicates)
+    return statistics, False, time.perf_counter() - start
 
 
 class VarianceOverTraining(NamedTuple):

@@ -192,13 +192,13 @@ def test_baseline_warmup_moves_only_the_running_average():
     estimator = estimators.get_estimator("score-baseline")
     store = pyro.get_param_store()
     logit = store["logit"].detach().clone()
-    assert variance._warm_up_baseline(estimator, problem.model, problem.guide, problem.args, {}, None) == variance.BASELINE_WARMUP
+    assert estimator.warm_up(problem.model, problem.guide, problem.args, {}) == variance.BASELINE_WARMUP
     average = store["__baseline_avg_downstream_cost_x"].detach()
     # Pyro's downstream "cost" of x_i is log p - log q = -(x_i - p_i)^2 at logit 0 (the log 1/2's
     # cancel), mean -(1 - 2 p_i + 2 p_i^2) / 2 ~ -0.25; the average of 50 draws is within 0.1 of it.
     assert (average + 0.25).abs().max() < 0.1 and torch.equal(store["logit"].detach(), logit)
     # A baseline already in the store (e.g. trained by SVI) is measured as it stands.
-    assert variance._warm_up_baseline(estimator, problem.model, problem.guide, problem.args, {}, None) == 0
+    assert estimator.warm_up(problem.model, problem.guide, problem.args, {}) == 0
     with pytest.raises(ConfigError, match="score-baseline only"):
         variance.gradient_variance(problem.model, problem.guide, *problem.args, estimator="score", num_replicates=2, baseline_warmup=5)
 
