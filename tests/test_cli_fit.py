@@ -124,6 +124,27 @@ def test_positional_csv_data(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["data_shapes"] == {"arg0": [10]}
 
 
+def test_data_files_become_the_model_arguments(tmp_path):
+    """npz and a .pt dict: keyword arguments; npy, csv, a .pt tensor or list: positional. Floats
+    become the default dtype; integers stay integers."""
+    from pyro_vi import user_model
+
+    x = np.arange(6.0).reshape(3, 2)
+    np.savez(tmp_path / "a.npz", x=x, counts=np.array([1, 2, 3]))
+    np.save(tmp_path / "a.npy", x)
+    np.savetxt(tmp_path / "a.csv", x, delimiter=",")
+    torch.save(torch.from_numpy(x), tmp_path / "tensor.pt")
+    torch.save({"x": torch.from_numpy(x)}, tmp_path / "dict.pt")
+    torch.save([torch.from_numpy(x), torch.ones(2)], tmp_path / "list.pt")
+    loaded = {name: user_model.load_data(tmp_path / name) for name in ("a.npz", "a.npy", "a.csv", "tensor.pt", "dict.pt", "list.pt")}
+    assert set(loaded["a.npz"].kwargs) == {"x", "counts"} and loaded["a.npz"].args == ()
+    assert loaded["a.npz"].kwargs["counts"].dtype == torch.int64 and loaded["dict.pt"].kwargs["x"].dtype == torch.float32
+    for name in ("a.npy", "a.csv", "tensor.pt"):
+        (value,) = loaded[name].args
+        assert loaded[name].kwargs == {} and value.dtype == torch.float32 and torch.equal(value, torch.tensor(x, dtype=torch.float32))
+    assert [tuple(value.shape) for value in loaded["list.pt"].args] == [(3, 2), (2,)]
+
+
 @pytest.mark.parametrize("how, status", [("raise", 2), ("interrupt", 130)])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys, how, status):
     """Checkpoints every 10 steps; the model raises (or Ctrl-C arrives) during step 25; --resume
