@@ -9,24 +9,40 @@ differ only in the gradient they give. Each is an object with
 estimator changes how the guide's sites are sampled with a poutine handler (``has_rsample`` off,
 a Concrete relaxation, enumeration, a baseline) and builds its own surrogate loss from the traces.
 
-Names (one vocabulary across the API, the CLI, JSON and plots):
+Names (one vocabulary across the API, the CLI, JSON and plots), one class per family:
 
-    reparam            pathwise at every guide site (Trace_ELBO's gradient); guides with discrete or
-                       non-reparameterizable sites are refused (use score, rloo, enum or gumbel)
-    score              score function at every guide site, plate-level Rao-Blackwellization
-    score-naive        score function, whole log-ratio times the summed score (textbook REINFORCE)
-    score-graph        score function with TraceGraph_ELBO's dependency-graph Rao-Blackwellization
-    score-baseline     score-graph plus a decaying-average baseline per site
-    score-nn-baseline  score-graph plus a learned (NVIL-style) baseline network per site
-    rloo               score function over k particles, each baselined by the mean of the others
-    stl                sticking the landing: pathwise, variational parameters detached inside log q
-    analytic-kl        TraceMeanField_ELBO: KL(q || p) in closed form where it exists
-    enum               exact enumeration of discrete sites (TraceEnum_ELBO)
-    gumbel             Concrete relaxation of Bernoulli / OneHotCategorical sites; BIASED (loss is
-                       the relaxed objective; a plain Categorical is refused: its integer value
-                       cannot carry a relaxed sample, write it as OneHotCategorical)
-    iwae               gradient of the importance-weighted bound with k reparameterized particles
-    dreg               doubly reparameterized gradient of the same bound (Tucker et al. 2019)
+    reparam            Pathwise: at every guide site (Trace_ELBO's gradient); guides with discrete
+                       or non-reparameterizable sites are refused (use score, rloo, enum or gumbel)
+    stl                Pathwise: sticking the landing, variational parameters detached inside log q
+    analytic-kl        AnalyticKL: TraceMeanField_ELBO, KL(q || p) in closed form where it exists,
+                       log p - log q elsewhere, and -log q of an AutoGuide's auxiliary site
+    score              ScoreFunction: at every guide site, plate-level Rao-Blackwellization
+    score-naive        ScoreFunction: whole log-ratio times the summed score (textbook REINFORCE)
+    rloo               LeaveOneOut: k particles, each site's cost baselined by the mean of the
+                       other particles' costs at the same plate element (per datapoint)
+    score-graph        GraphScore: TraceGraph_ELBO's dependency-graph Rao-Blackwellization
+    score-baseline     AverageBaseline: score-graph plus a decaying-average baseline per site
+    score-nn-baseline  NetworkBaseline: score-graph plus a learned (NVIL-style) baseline network
+    enum               Enumeration: exact enumeration of discrete sites (TraceEnum_ELBO)
+    gumbel             Relaxed: Concrete relaxation of Bernoulli / OneHotCategorical sites; BIASED
+                       (loss is the relaxed objective; a plain Categorical is refused: its integer
+                       value cannot carry a relaxed sample, write it as OneHotCategorical)
+    iwae               ImportanceWeighted: gradient of the k-particle importance-weighted bound
+    dreg               ImportanceWeighted: doubly reparameterized gradient of the same bound
+
+Scales. Subsampling (N/|B|) and ``poutine.scale`` (a KL weight beta) enter every ELBO estimator
+through the sites' log-probs, as in Pyro. For iwae and dreg the subsampling scale of the plates
+every site lives in multiplies each datapoint's bound, and every other scale multiplies its site's
+log density inside the weight (log w = log p(x | z) + beta (log p(z) - log q(z))), so k = 1 gives
+the scaled ELBO; with a latent outside a subsampled plate (a global latent) and k > 1 no minibatch
+bound estimates the full-data bound, and ``check`` refuses. Without subsampling a global latent's
+bound is that of the whole data set, computed exactly.
+
+Point masses (``Delta``, AutoDelta, and the sites an AutoGuide derives from its auxiliary latent)
+have no score function: every estimator takes their value pathwise; dreg refuses a point mass
+that is not such a transform (its identity needs a density). Model sites marked for enumeration
+that the guide lacks are summed out by enum only; every other estimator refuses them.
+``check(model, guide, *args)`` raises a one-line ``ConfigError`` naming the site and what to use.
 
 The surrogates built here use only tensor operations (no ``.item()``), so ``differentiable_loss``
 can run under ``torch.func.vmap`` (see ``pyro_vi.variance``).
