@@ -289,7 +289,7 @@ class Pathwise(GradientEstimator):
     pathwise = True
 
     def _particle(self, model_trace, guide_trace):
-        return _particle(self.name, model_trace, guide_trace)
+        return _particle(model_trace, guide_trace, sticking_the_landing=self.name == "stl")
 
 
 class AnalyticKL(GradientEstimator):
@@ -309,7 +309,7 @@ class ScoreFunction(GradientEstimator):
         return model, _with_handler(guide, lambda: _ScoreFunction(self, None))
 
     def _particle(self, model_trace, guide_trace):
-        return _particle(self.name, model_trace, guide_trace)
+        return _particle(model_trace, guide_trace, naive=self.name == "score-naive")
 
 
 class LeaveOneOut(ScoreFunction):
@@ -447,7 +447,7 @@ class Relaxed(GradientEstimator):
             return super()._particles(model, guide, args, kwargs)
 
     def _particle(self, model_trace, guide_trace):
-        return _particle(self.name, model_trace, guide_trace)
+        return _particle(model_trace, guide_trace)
 
 
 class ImportanceWeighted(GradientEstimator):
@@ -529,8 +529,9 @@ def _log_joint(trace) -> Tensor:
     return sum(site["log_prob_sum"] for site in trace.nodes.values() if site["type"] == "sample")
 
 
-def _particle(name: str, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
-    """(elbo, surrogate elbo) of one particle for reparam, score, score-naive, stl and gumbel."""
+def _particle(model_trace, guide_trace, sticking_the_landing: bool = False, naive: bool = False) -> tuple[Tensor, Tensor]:
+    """(elbo, surrogate elbo) of one particle: pathwise where a site can rsample, else the score
+    function times the site's plate-level log-ratio (``naive``: the whole log-ratio)."""
     log_p = _log_joint(model_trace)
     elbo = log_p - _log_joint(guide_trace)
     surrogate = log_p
@@ -541,13 +542,13 @@ def _particle(name: str, model_trace, guide_trace) -> tuple[Tensor, Tensor]:
         _, score_function, entropy_term = site["score_parts"]
         if not is_identically_zero(entropy_term):
             surrogate = surrogate - entropy_term.sum()
-            if name == "stl" and not isinstance(_base(site["fn"]), dist.Delta):
+            if sticking_the_landing and not isinstance(_base(site["fn"]), dist.Delta):
                 # Sticking the landing: add back d/dphi log q_phi(z) at fixed z, which cancels the
                 # direct (score) part of -log q and leaves only the path through z.
                 log_q_fixed_z = scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"]).sum()
                 surrogate = surrogate + log_q_fixed_z
         if not is_identically_zero(score_function):
-            if name == "score-naive":  # whole log-ratio times the score, no Rao-Blackwellization
+            if naive:  # whole log-ratio times the score, no Rao-Blackwellization
                 surrogate = surrogate + elbo.detach() * score_function.sum()
             else:  # Trace_ELBO: each site's score times the log-ratio of the plates it lives in
                 log_r = _log_ratio(model_trace, guide_trace) if log_r is None else log_r
