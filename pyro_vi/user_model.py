@@ -83,8 +83,11 @@ class Pair(NamedTuple):
 # -- loading ------------------------------------------------------------------------------------------
 
 
-def load_function(spec: str, role: str = "model") -> tuple[Callable, Path]:
-    """Import ``FILE.py`` afresh (a new module object every call) and return its ``NAME``.
+def load_function(spec: str, role: str = "model", modules: dict | None = None) -> tuple[Callable, Path]:
+    """Import ``FILE.py`` afresh (a new module object) and return its ``NAME``.
+
+    ``modules`` (path -> module, filled here) makes the model and guide of one file share one
+    import, so they see the same module-level objects (nets, counters).
 
     Raises:
         ModelError: no ``:NAME``, no such file, the file does not import, or ``NAME`` is missing or
@@ -97,6 +100,25 @@ def load_function(spec: str, role: str = "model") -> tuple[Callable, Path]:
     if not path.is_file():
         raise ModelError(f"{role} file {path_text!r} does not exist" + (" or is not a file" if path.exists() else "")
                          + "; check the path")
+    key = str(path.resolve())
+    if modules is not None and key in modules:
+        module = modules[key]
+    else:
+        module = _import(path, path_text, role)
+        if modules is not None:
+            modules[key] = module
+    function = getattr(module, name, None)
+    if function is None:
+        available = sorted(key for key, value in vars(module).items() if callable(value) and not key.startswith("_")
+                           and getattr(value, "__module__", None) == module.__name__)
+        raise ModelError(f"{path_text!r} has no function {name!r}"
+                         + (f"; it defines {', '.join(available[:8])}" if available else ""))
+    if not callable(function):
+        raise ModelError(f"{path_text}:{name} is a {type(function).__name__}, not a function; name the model or guide function")
+    return function, path
+
+
+def _import(path: Path, path_text: str, role: str):
     module_name = f"_pyro_vi_user_{path.stem}_{next(_counter)}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
@@ -108,21 +130,15 @@ def load_function(spec: str, role: str = "model") -> tuple[Callable, Path]:
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
         sys.modules.pop(module_name, None)
-        raise ModelError(f"{role} file {path_text!r} has a syntax error at line {error.lineno}: {error.msg}") from None
+        other = error.filename and Path(error.filename).resolve() != path.resolve()
+        raise ModelError(f"{role} file {path_text!r} has a syntax error at line {error.lineno}"
+                         + (f" of {Path(error.filename).name}" if other else "") + f": {error.msg}") from None
     except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported in one line
         sys.modules.pop(module_name, None)
         raise ModelError(f"{role} file {path_text!r} does not import: {describe_failure(error, (path,))}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
-    function = getattr(module, name, None)
-    if function is None:
-        available = sorted(key for key, value in vars(module).items() if callable(value) and not key.startswith("_")
-                           and getattr(value, "__module__", None) == module_name)
-        raise ModelError(f"{path_text!r} has no function {name!r}"
-                         + (f"; it defines {', '.join(available[:8])}" if available else ""))
-    if not callable(function):
-        raise ModelError(f"{path_text}:{name} is a {type(function).__name__}, not a function; name the model or guide function")
-    return function, path
+    return module
 
 
 _counter = itertools.count()
@@ -198,7 +214,7 @@ def _tensor(value, where: str, device) -> Tensor:
     return tensor.to(device)
 
 
-def make_guide(spec: str, model: Callable) -> tuple[Callable, Path | None]:
+def make_guide(spec: str, model: Callable, modules: dict | None = None) -> tuple[Callable, Path | None]:
     """An auto guide built on ``model`` (a new object every call), or ``FILE.py:NAME``."""
     if spec in AUTO_GUIDES:
         from pyro.infer import autoguide
@@ -206,7 +222,7 @@ def make_guide(spec: str, model: Callable) -> tuple[Callable, Path | None]:
         return getattr(autoguide, AUTO_GUIDES[spec])(model), None
     if spec.startswith("auto-") and ":" not in spec:
         raise ModelError(f"unknown auto guide {spec!r}; choose one of {', '.join(AUTO_GUIDES)}, or give FILE.py:NAME")
-    return load_function(spec, "guide")
+    return load_function(spec, "guide", modules)
 
 
 def build(model_spec: str, guide_spec: str, data: Data, seed: int | None = None) -> Pair:
@@ -221,8 +237,9 @@ def build(model_spec: str, guide_spec: str, data: Data, seed: int | None = None)
     if seed is not None:
         pyro.set_rng_seed(seed)
     pyro.clear_param_store()
-    raw_model, model_path = load_function(model_spec, "model")
-    raw_guide, guide_path = make_guide(guide_spec, raw_model)
+    modules: dict = {}  # one import per file: a model and guide of one file share its globals
+    raw_model, model_path = load_function(model_spec, "model", modules)
+    raw_guide, guide_path = make_guide(guide_spec, raw_model, modules)
     files = tuple(path for path in (model_path, guide_path) if path is not None)
     model, guide = raw_model, raw_guide
     if data.kwargs:
