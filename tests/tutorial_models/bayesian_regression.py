@@ -44,5 +44,9 @@ class BayesianRegression(PyroModule):
         return mean
 
 
-model = BayesianRegression(3, 1)
+# nn.Linear draws its (here unused: PyroSample replaces them) initial weights from torch's RNG:
+# keep importing this file from moving the caller's RNG, so that a fit seeded before or after the
+# import starts the same.
+with torch.random.fork_rng():
+    model = BayesianRegression(3, 1)
 guide = AutoDiagonalNormal(model)
