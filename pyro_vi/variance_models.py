@@ -19,6 +19,10 @@ each unconstrained param at the params' current values (autograd through a close
 Beyond the ELBO: ``normal_normal_log_evidence`` (log p(x) of the conjugate model, which the IWAE
 bound equals for every k at the exact posterior) and ``pyro_test_iwae_gradient`` (the gradient
 of minus the k-particle IWAE bound of ``pyro-test``, by Gauss-Hermite quadrature).
+
+For any small pair: ``exact_elbo`` / ``exact_elbo_gradient`` (symmetric sigma points, exact for
+Gaussian noise and quadratic integrands, times enumeration of discrete guide sites), the reference
+of the estimator matrix in ``tests/test_estimator_matrix.py``.
 """
 
 from __future__ import annotations
