@@ -17,6 +17,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 
 HELP = "train your own model once per gradient estimator from the same start; ELBO, time and gradient variance side by side"
 
@@ -152,8 +153,10 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
 
     def measure(step: int) -> None:
         start = time.perf_counter()
-        result = variance.gradient_variance(pair.model, pair.guide, *pair.args, estimator=estimator,
-                                            num_replicates=args.replicates, seed=args.seed + step)
+        with warnings.catch_warnings():  # torch's "no batching rule" performance notes are not the user's business
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            result = variance.gradient_variance(pair.model, pair.guide, *pair.args, estimator=estimator,
+                                                num_replicates=args.replicates, seed=args.seed + step)
         measured.append({"step": step, "total_variance": result.total_variance,
                          "snr": result.snr if math.isfinite(result.snr) else None,
                          "seconds": result.seconds, "vectorized": result.vectorized})

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = io.prepare_output_dir(args.out)
     with io.lock_output(out):
-        io.claim_output(out, "fit", args.overwrite or args.resume)
+        io.claim_output(out, "fit", args.overwrite)
         config = {
             "model": {"model": _spec_name(args.model), "guide": _spec_name(args.guide), "data": data.describe()},
             "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,

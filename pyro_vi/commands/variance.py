@@ -9,6 +9,7 @@ import argparse
 import csv
 import io as _io
 import math
+import warnings
 
 HELP = "measure gradient variance / SNR / bias of estimators on a built-in model or your own (FILE.py:MODEL GUIDE)"
 
@@ -124,10 +125,12 @@ def _measure(args, names, label, model, guide, model_args, reference, out) -> in
     rows, summary = [], []
     for name in names:
         for num_particles in args.particles:
-            result = variance.gradient_variance(
-                model, guide, *model_args, estimator=name, num_replicates=args.replicates,
-                num_particles=num_particles, seed=args.seed, reference=reference,
-            )
+            with warnings.catch_warnings():  # torch's "no batching rule" performance notes
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                result = variance.gradient_variance(
+                    model, guide, *model_args, estimator=name, num_replicates=args.replicates,
+                    num_particles=num_particles, seed=args.seed, reference=reference,
+                )
             summary.append(
                 {
                     "model": label, "estimator": name, "num_particles": num_particles,
