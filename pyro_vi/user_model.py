@@ -277,9 +277,9 @@ def probe(pair: Pair, data: Data | None = None) -> tuple:
 def _call_text(data: Data | None) -> str:
     if data is None or data.path is None:
         return "; it was called with no arguments (no --data)"
-    given = [f"{len(data.args)} positional tensor" + ("s" if len(data.args) != 1 else "")] if data.args else []
-    given += [f"{name}=" for name in data.kwargs]
-    return f"; it was called as f({', '.join(given)}) from {Path(data.path).name}"
+    given = [f"a tensor of shape {tuple(value.shape)}" for value in data.args]
+    given += [f"{name}= of shape {tuple(value.shape)}" for name, value in data.kwargs.items()]
+    return f"; it was called with {', '.join(given)} (from {Path(data.path).name})"
 
 
 def describe_failure(error: BaseException, files=()) -> str:
