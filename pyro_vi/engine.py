@@ -231,10 +231,12 @@ def fit(
 
     run = _Run(step=0, losses=[], skipped=0)
     pending: dict[str, Tensor] = {}
+    checkpoint_params: dict[str, Tensor] = {}
     if resume:
         saved = checkpoints.load(checkpoint, expected_config=saved_config)
         run = _restore(saved, optim, state, num_steps, checkpoint)
         pending = {name: value for name, value in saved["param_store"]["params"].items()}
+        checkpoint_params = dict(pending)
         pyro.clear_param_store()
     elif seed is not None:
         pyro.set_rng_seed(seed)
@@ -267,6 +269,8 @@ def fit(
                     first = run.step == first_step
                     if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
                         restorer = _Restore(pending, active=resume)
+                        if resume:
+                            _warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
                         with pyro.validation_enabled(validate), restorer:
                             step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first, restorer)
                     else:  # later steps: the NaN/inf check covers what can change from step to step
@@ -465,6 +469,34 @@ def _check_subsamples(arguments: list, values: list, plates: set) -> None:
                 f"subsamples {argument.num_data} points {batch} at a time (plates seen: {seen or 'none'}); give the indices "
                 f"to the data plate: pyro.plate('data', {argument.num_data}, subsample=indices)"
             )
+
+
+def _warm_up(model, guide, loss, args, kwargs, restorer, validate: bool, checkpoint_params: dict) -> None:
+    """Resume: take the run's first ``loss_and_grads`` call once, without an update, then put the
+    params and the RNG state back as the checkpoint has them.
+
+    The first call of a run draws random numbers that later calls do not (a random param init such
+    as AutoGuides' ``init_to_median`` or ``pyro.param(name, lambda: torch.randn(...))``, the ELBO's
+    ``max_plate_nesting`` guess, a JIT compile); drawn after the checkpoint's RNG state they would
+    shift every later draw of the resumed run. (A loss's own state kept in the param store, e.g.
+    TraceGraph's decaying-average baselines, is put back with the params.)"""
+    rng = checkpoints.get_rng_state()
+    with pyro.validation_enabled(validate), restorer, poutine.trace(param_only=True) as capture:
+        try:
+            loss.loss_and_grads(model, guide, *args, **kwargs)
+        except ValueError as error:
+            _explain_plate_mismatch(error, model, args, kwargs)
+            raise
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for site in capture.trace.nodes.values():
+            site["value"].unconstrained().grad = None
+        for name, value in checkpoint_params.items():
+            if name in store:
+                target = store.get_param(name).unconstrained()
+                if target.shape == value.shape:
+                    target.copy_(value.to(dtype=target.dtype, device=target.device))
+    checkpoints.set_rng_state(rng)
 
 
 def _explain_plate_mismatch(error: ValueError, model, args, kwargs) -> None:
