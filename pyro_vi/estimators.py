@@ -462,7 +462,7 @@ class ImportanceWeighted(GradientEstimator):
             if outside:
                 site, plate = outside
                 raise ConfigError(
-                    f"estimator {self.name!r} with {self.num_particles} particles: latent site {site!r} lies outside "
+                    f"estimator {self.name!r} with {self.num_particles} particles: site {site!r} lies outside "
                     f"the subsampled plate {plate!r}, so the minibatch bound estimates no full-data bound; pass the "
                     "whole data set, use 1 particle (the ELBO) or use reparam"
                 )
@@ -632,7 +632,7 @@ def _importance_weighted(particles, doubly_reparameterized: bool, model, args, k
     (a weight raised to N/|B| inside the logsumexp would make the particle weights one-hot). Every
     other scale -- ``poutine.scale`` (a KL weight beta) -- multiplies its site's log density inside
     the weight: log w = log p(x | z) + beta (log p(z) - log q(z)), so at k = 1 the bound is the
-    scaled ELBO that reparam estimates. ``check`` refuses k > 1 when a latent site lies outside a
+    scaled ELBO that reparam estimates. ``check`` refuses k > 1 when a site lies outside a
     subsampled plate (see ``_outside_subsampled_plates``).
     """
     num_particles = len(particles)
@@ -688,7 +688,8 @@ def _relative_guide_scale(guide_trace, subsample_scale: float) -> float:
 
 
 def _outside_subsampled_plates(guide_trace, model_trace) -> tuple[str, str] | None:
-    """(latent site, plate) for the first latent site outside a subsampled plate, else None."""
+    """(site, plate) for the first site (latent, then observed) outside a subsampled plate, else None:
+    the log weight of such a site's element cannot be split by datapoint."""
     subsampled = {
         frame.name
         for trace in (guide_trace, model_trace)
@@ -697,7 +698,8 @@ def _outside_subsampled_plates(guide_trace, model_trace) -> tuple[str, str] | No
         for frame in site["cond_indep_stack"]
         if frame.full_size is not None and frame.full_size != frame.size
     }
-    for site in _sample_sites(guide_trace):
+    observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    for site in _sample_sites(guide_trace) + observed:
         missing = subsampled - {frame.name for frame in site["cond_indep_stack"]}
         if missing:
             return site["name"], sorted(missing)[0]

@@ -17,7 +17,7 @@ from pyro.infer import RenyiELBO, TraceMeanField_ELBO
 
 import estimator_cells
 from pyro_vi import estimators, variance
-from pyro_vi.errors import DataError
+from pyro_vi.errors import ConfigError, DataError
 from pyro_vi.models.vae import VAE
 
 
@@ -363,3 +363,24 @@ def test_global_latent_bound_without_subsampling():
         result = variance.gradient_variance(model, guide, data, estimator=name, num_particles=2, num_replicates=4000, reference=exact)
         for param in exact:
             assert (result.bias[param].abs() < 4 * result.bias_standard_error[param]).all(), (name, param, result.mean[param], exact[param])
+
+
+@pytest.mark.parametrize("name", ["iwae", "dreg"])
+def test_bound_refuses_an_observed_site_outside_the_subsampled_plate(name):
+    """Local latents but a global observation y: the weights cannot be split by datapoint, and a
+    minibatch weight would carry N/|B| inside the logsumexp; refused at k > 1."""
+    def model(data, indices):
+        with pyro.plate("data", 4, subsample=indices):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=data[indices])
+        pyro.sample("y", dist.Normal(z.sum(), 1.0), obs=torch.tensor(0.5))
+
+    def guide(data, indices):
+        loc = pyro.param("loc", torch.zeros(4))
+        with pyro.plate("data", 4, subsample=indices):
+            pyro.sample("z", dist.Normal(loc[indices], 1.0))
+
+    args = (torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="site 'y' lies outside the subsampled plate 'data'"):
+        estimators.get_estimator(name, num_particles=2).check(model, guide, *args)
+    estimators.get_estimator(name, num_particles=1).check(model, guide, *args)  # k = 1: the ELBO

@@ -43,7 +43,7 @@ def refusal(cell: str, name: str, num_particles: int) -> str | None:
     if name == "dreg" and cell in ("delta", "auto-delta"):
         return "guide site 'z0' is a point mass"
     if name in ("iwae", "dreg") and num_particles > 1 and cell == "global-local":
-        return "latent site 'z0' lies outside the subsampled plate 'data'"
+        return "site 'z0' lies outside the subsampled plate 'data'"
     return None
 
 
