@@ -8,7 +8,6 @@ DataError), minibatches the Pyro way; 4. Ctrl-C / SIGTERM checkpoint and raise, 
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 

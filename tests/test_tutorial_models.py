@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import math
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +88,14 @@ def fit_and_svi(name, pair, *, loss, optim, num_steps, seed=0, args=(), kwargs=N
     return result, fitted, store_params(), losses
 
 
+def fit_alone(name, pair, *args, **options):
+    """``pyro_vi.fit`` on a fresh copy of the pair; returns (result, module)."""
+    pyro.clear_param_store()
+    module = load(name)
+    model, guide = pair(module)
+    return pyro_vi.fit(model, guide, *args, progress=False, **options), module
+
+
 def assert_same_run(result, svi_params, svi_losses):
     assert result.steps == len(svi_losses)
     assert sorted(result.params) == sorted(svi_params)
@@ -106,13 +113,14 @@ def beta_kl(a, b, a0, b0) -> float:
 def test_coin_svi_part_i_reaches_beta_16_14_and_plain_svi():
     data = data_of(load("coin"))["data"]
     num_steps = 300
-    result, _, params, losses = fit_and_svi(
-        "coin", lambda m: (m.model, m.guide), args=(data,), num_steps=num_steps, seed=0,
-        # 16 particles and a learning rate decayed 50x: the Monte Carlo noise of the last iterates is small.
-        loss=lambda: Trace_ELBO(num_particles=16, vectorize_particles=True),
-        optim=lambda: pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / num_steps)}),
-    )
+    # 16 particles and a learning rate decayed 50x: the Monte Carlo noise of the last iterates is small.
+    loss = lambda: Trace_ELBO(num_particles=16, vectorize_particles=True)  # noqa: E731
+    optim = lambda: pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.02 ** (1 / num_steps)})  # noqa: E731
+    # The same run as plain SVI (its first 50 steps), then the closed form (fit alone, 300 steps).
+    result, _, params, losses = fit_and_svi("coin", lambda m: (m.model, m.guide), args=(data,), num_steps=50, seed=0,
+                                            loss=loss, optim=optim)
     assert_same_run(result, params, losses)
+    result, _ = fit_alone("coin", lambda m: (m.model, m.guide), data, num_steps=num_steps, seed=0, loss=loss(), optim=optim())
     alpha, beta = result.params["alpha_q"].item(), result.params["beta_q"].item()
     # Measured over seeds 0-3: alpha 15.78-16.08, beta 13.59-14.18, posterior mean within 0.004 of
     # 16/30 (the posterior sd is 0.090), KL(q || Beta(16, 14)) 0.00007-0.0011. Bounds ~3-5x those
@@ -228,11 +236,10 @@ def test_regression_known_noise_reaches_the_gaussian_posterior(guide_class):
         num_steps=50, seed=0, loss=Trace_ELBO, optim=lambda: pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.999}),
     )
     assert_same_run(result, params, losses)
-    pyro.clear_param_store()
-    module = load("regression_known_noise")
     num_steps = 600
-    result = pyro_vi.fit(
-        module.model, guide_class(module.model), data["x"], data["y"], num_steps=num_steps, seed=0, progress=False,
+    result, _ = fit_alone(
+        "regression_known_noise", lambda m: (m.model, guide_class(m.model)), data["x"], data["y"], num_steps=num_steps,
+        seed=0,
         # One particle (nn.Linear does not take vectorized particles), learning rate decayed 100x.
         loss=Trace_ELBO(), optim=pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.01 ** (1 / num_steps)}),
     )
@@ -326,12 +333,14 @@ def test_nested_plates_reach_the_exact_posterior_and_plain_svi():
     module = load("nested_plates")
     data = data_of(module)["data"]
     num_steps = 500
-    result, _, params, losses = fit_and_svi(
-        "nested_plates", lambda m: (m.model, m.guide), args=(data,), num_steps=num_steps, seed=0,
-        loss=lambda: Trace_ELBO(num_particles=16, vectorize_particles=True),
-        optim=lambda: pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.01 ** (1 / num_steps)}),
-    )
+    loss = lambda: Trace_ELBO(num_particles=16, vectorize_particles=True)  # noqa: E731
+    optim = lambda: pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.01 ** (1 / num_steps)})  # noqa: E731
+    # The same run as plain SVI (its first 50 steps), then the closed form (fit alone, 500 steps).
+    result, _, params, losses = fit_and_svi("nested_plates", lambda m: (m.model, m.guide), args=(data,), num_steps=50,
+                                            seed=0, loss=loss, optim=optim)
     assert_same_run(result, params, losses)
+    result, _ = fit_alone("nested_plates", lambda m: (m.model, m.guide), data, num_steps=num_steps, seed=0,
+                          loss=loss(), optim=optim())
     mean, sd = module.exact_posterior(data)
     q_mean = np.concatenate([result.params["row_loc"].reshape(-1).numpy(), result.params["column_loc"].numpy()])
     q_sd = np.concatenate([result.params["row_scale"].reshape(-1).numpy(), result.params["column_scale"].numpy()])

@@ -3,7 +3,6 @@ writes it: ``config_enumerate`` model, ``AutoDelta(poutine.block(model, expose=[
 the tutorial's ``init_loc_fn``, trained with ``TraceEnum_ELBO(max_plate_nesting=1)``.
 """
 
-import numpy as np
 import torch
 
 import pyro
