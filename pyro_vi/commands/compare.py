@@ -156,7 +156,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
         with warnings.catch_warnings():  # torch's "no batching rule" performance notes are not the user's business
             warnings.filterwarnings("ignore", message="There is a performance drop")
             result = variance.gradient_variance(pair.model, pair.guide, *pair.args, estimator=estimator,
-                                                num_replicates=args.replicates, seed=args.seed + step)
+                                                num_replicates=args.replicates, seed=(args.seed + step) % 2**32)
         measured.append({"step": step, "total_variance": result.total_variance,
                          "snr": result.snr if math.isfinite(result.snr) else None,
                          "seconds": result.seconds, "vectorized": result.vectorized})
