@@ -240,6 +240,16 @@ def test_a_signal_checkpoints_then_raises_and_resume_is_bit_exact(tmp_path, sign
         assert torch.equal(resumed.params[name], value), name
 
 
+def test_a_signal_without_a_checkpoint_still_raises():
+    data = torch.tensor([3.0, -3.0])
+    steps = []
+    with pytest.raises(TrainingInterrupted) as raised:
+        pyro_vi.fit(local_model, local_guide, data, num_steps=50, seed=0, progress=False,
+                    callback=lambda step, loss: steps.append(step) or (step == 4 and os.kill(os.getpid(), signal.SIGINT)))
+    assert steps == [1, 2, 3, 4]  # deferred to the end of the step, then no further step
+    assert raised.value.step == 4 and raised.value.checkpoint is None
+
+
 # --- Why 5: ELBOs, optimizers, callbacks, schedulers ----------------------------------------------
 
 
