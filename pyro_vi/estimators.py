@@ -93,7 +93,8 @@ def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "
     """The estimator called ``name`` (one of ``ESTIMATORS``) with ``num_particles`` samples.
 
     Options: ``temperature`` (gumbel, default 0.5), ``baseline_beta`` (score-baseline, 0.9),
-    ``baseline_hidden_dim`` (score-nn-baseline, 16), ``max_plate_nesting`` (enum).
+    ``baseline_hidden_dim`` (score-nn-baseline, 16), ``max_plate_nesting`` (enum),
+    ``vectorize_particles`` (iwae and dreg: the k particles in one vectorized draw).
     """
     if name not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -456,6 +457,18 @@ class ImportanceWeighted(GradientEstimator):
 
     pathwise = True
 
+    def __init__(self, name: str = "iwae", num_particles: int = 1, vectorize_particles: bool = False, **options):
+        """``vectorize_particles``: draw the k particles at once under a plate left of the pair's
+        plates (as RenyiELBO's option; the model must broadcast over that dim)."""
+        super().__init__(name, num_particles=num_particles, **options)
+        self.vectorize_particles = bool(vectorize_particles)
+        self._particle_dims = {}  # (id(model), id(guide)) -> the particles plate's dim
+
+    def check(self, model, guide, *args, **kwargs) -> None:
+        super().check(model, guide, *args, **kwargs)
+        if self.vectorize_particles:
+            self._particle_dims[(id(model), id(guide))] = _particle_dim(model, guide, args, kwargs)
+
     def _check_sites(self, sites):
         if self.num_particles > 1:
             outside = _outside_subsampled_plates(sites.guide_trace, sites.model_trace)
@@ -483,8 +496,42 @@ class ImportanceWeighted(GradientEstimator):
             )
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
-        particles = self._particles(model, guide, args, kwargs)
-        return _importance_weighted(particles, doubly_reparameterized=self.name == "dreg", model=model, args=args, kwargs=kwargs)
+        dreg = self.name == "dreg"
+        if not (self.vectorize_particles and self.num_particles > 1):
+            particles = self._particles(model, guide, args, kwargs)
+            return _importance_weighted(particles, doubly_reparameterized=dreg, model=model, args=args, kwargs=kwargs)
+        # One draw of all k particles: a plate left of every plate of the pair.
+        dim = self._particle_dims.get((id(model), id(guide)))
+        if dim is None:
+            dim = self._particle_dims[(id(model), id(guide))] = _particle_dim(model, guide, args, kwargs)
+        model, guide = (_in_plate(fn, "_particles", self.num_particles, dim) for fn in (model, guide))
+        particles = [_traces(model, guide, args, kwargs)]
+        return _importance_weighted(particles, doubly_reparameterized=dreg, model=model, args=args, kwargs=kwargs, particle_dim=dim)
+
+
+def _particle_dim(model, guide, args, kwargs) -> int:
+    """The plate dim left of every vectorized plate the pair uses."""
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    dims = [
+        -frame.dim
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return -1 - max(dims, default=0)
+
+
+def _in_plate(fn, name: str, size: int, dim: int):
+    def plated(*args, **kwargs):
+        with pyro.plate(name, size, dim=dim):
+            return fn(*args, **kwargs)
+
+    plated.__name__ = getattr(fn, "__name__", "fn")
+    return plated
 
 
 _FAMILIES = {
@@ -514,11 +561,17 @@ def _traces(model, guide, args, kwargs):
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     if is_validation_enabled():
         check_model_guide_match(model_trace, guide_trace)
+    subsample_sites = {name: site for name, site in model_trace.nodes.items() if site["type"] == "sample" and _is_subsample(site)}
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
+    model_trace.subsample_sites = subsample_sites  # dreg replays the model at the same minibatch
     model_trace.compute_log_prob()
     guide_trace.compute_score_parts()
     return model_trace, guide_trace
+
+
+def _is_subsample(site) -> bool:
+    return type(site["fn"]).__name__ == "_Subsample"
 
 
 def _sample_sites(trace):
@@ -623,7 +676,7 @@ def _entropy_terms(guide_trace) -> Tensor:
     )
 
 
-def _importance_weighted(particles, doubly_reparameterized: bool, model, args, kwargs) -> tuple[Tensor, Tensor]:
+def _importance_weighted(particles, doubly_reparameterized: bool, model, args, kwargs, particle_dim: int | None = None) -> tuple[Tensor, Tensor]:
     """iwae and dreg: value -s * sum_n (logsumexp_i log w_ni - log k), surrogate per Tucker et al. (2019).
 
     ``n`` runs over the plates every site lives in (e.g. ``data`` in a VAE), so the bound is the
@@ -634,16 +687,29 @@ def _importance_weighted(particles, doubly_reparameterized: bool, model, args, k
     the weight: log w = log p(x | z) + beta (log p(z) - log q(z)), so at k = 1 the bound is the
     scaled ELBO that reparam estimates. ``check`` refuses k > 1 when a site lies outside a
     subsampled plate (see ``_outside_subsampled_plates``).
+
+    ``particles`` is k (model_trace, guide_trace) pairs, or with ``particle_dim`` one pair drawn
+    under a vectorized particles plate at that dim (``model`` then runs under the same plate).
     """
-    num_particles = len(particles)
     frames = _common_frames([trace for particle in particles for trace in particle])
     subsample_scale = 1.0
     for frame in frames:
         if frame.full_size is not None:
             subsample_scale = subsample_scale * frame.full_size / frame.size
-    log_weights = torch.stack(
-        [_sum_to(m, frames, subsample_scale) - _sum_to(g, frames, subsample_scale) for m, g in particles]
-    )  # (k, *plates)
+    if particle_dim is None:
+        def per_particle(term):  # (k, *plates)
+            return torch.stack([torch.as_tensor(term(m, g)) for m, g in particles])
+    else:
+        (pair,) = particles
+        num_particles = next(f.size for f in frames if f.dim == particle_dim)
+
+        def per_particle(term):  # the particles dim first: (k, *plates)
+            value = torch.as_tensor(term(*pair))
+            value = value.reshape((1,) * max(0, -particle_dim - value.dim()) + value.shape).movedim(particle_dim, 0)
+            return value.expand((num_particles,) + value.shape[1:])
+
+    log_weights = per_particle(lambda m, g: _sum_to(m, frames, subsample_scale) - _sum_to(g, frames, subsample_scale))
+    num_particles = log_weights.shape[0]
     bound = subsample_scale * (torch.logsumexp(log_weights, 0) - math.log(num_particles)).sum()
     if not doubly_reparameterized:
         return -bound, -bound
@@ -655,20 +721,22 @@ def _importance_weighted(particles, doubly_reparameterized: bool, model, args, k
     guide_scale = _relative_guide_scale(particles[0][1], subsample_scale)
     normalized = torch.softmax(log_weights.detach(), 0)
     coefficient = (1 - guide_scale) * normalized + guide_scale * normalized**2
-    surrogate = 0.0
-    for i, (model_trace, guide_trace) in enumerate(particles):
-        # log w at the sample plus c log q_phi(z) at the detached sample: only the path through z
-        # reaches phi (sticking the landing).
-        path = log_weights[i] + guide_scale * _sum_to(guide_trace, frames, subsample_scale, fixed_value=True, scaled=False)
-        # log p at the detached samples carries d/dtheta only, so the path term reaches phi alone.
-        log_p_fixed_z = _sum_to(_replayed_at_detached_values(model, model_trace, args, kwargs), frames, subsample_scale)
-        surrogate = surrogate + normalized[i] * log_p_fixed_z + coefficient[i] * (path - log_p_fixed_z)
+    # log w at the sample plus c log q_phi(z) at the detached sample: only the path through z
+    # reaches phi (sticking the landing).
+    path = log_weights + guide_scale * per_particle(lambda m, g: _sum_to(g, frames, subsample_scale, fixed_value=True, scaled=False))
+    # log p at the detached samples carries d/dtheta only, so the path term reaches phi alone.
+    log_p_fixed_z = per_particle(
+        lambda m, g: _sum_to(_replayed_at_detached_values(model, m, args, kwargs), frames, subsample_scale)
+    )
+    surrogate = normalized * log_p_fixed_z + coefficient * (path - log_p_fixed_z)
     return -bound, -subsample_scale * surrogate.sum()
 
 
 def _replayed_at_detached_values(model, model_trace, args, kwargs):
     """The model run again at the trace's sample values, detached (subsample indices kept)."""
     detached = poutine.Trace()
+    for name, site in getattr(model_trace, "subsample_sites", {}).items():
+        detached.add_node(name, **site)
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
             detached.add_node(name, **{**site, "value": site["value"].detach()})

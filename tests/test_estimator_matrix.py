@@ -25,7 +25,7 @@ NUM_REPLICATES = 1000
 COLUMNS = [(name, 2 if name == "rloo" else 1) for name in estimators.UNBIASED]
 BOUND_CELLS = ("minibatch", "kl-scale", "global-local")
 PAIRS = [(cell, name, k) for cell in estimator_cells.CELLS for name, k in COLUMNS] + [
-    (cell, name, 2) for cell in BOUND_CELLS for name in ("iwae", "dreg")
+    (cell, name, 2) for cell in BOUND_CELLS for name in ("iwae", "dreg", "iwae-vectorized", "dreg-vectorized")
 ]
 
 _PATHWISE = ("reparam", "stl", "analytic-kl", "iwae", "dreg")
@@ -34,6 +34,7 @@ _CONTINUOUS_CELLS = [c for c in estimator_cells.CELLS if c not in ("bernoulli", 
 
 def refusal(cell: str, name: str, num_particles: int) -> str | None:
     """The fragment check()'s one-line refusal must contain, or None when the cell is measured."""
+    name = name.removesuffix("-vectorized")
     if cell == "enumerated" and name != "enum":
         return "model site 'c' is marked for enumeration and has no guide site"
     if name == "enum" and cell in _CONTINUOUS_CELLS:
@@ -96,16 +97,19 @@ def _exact(cell_name, name, num_particles):
 def test_estimator_is_exact_or_refused(cell_name, name, num_particles):
     cell = estimator_cells.make_cell(cell_name)
     expected_refusal = refusal(cell_name, name, num_particles)
+    options = {"vectorize_particles": True} if name.endswith("-vectorized") else {}
+    name = name.removesuffix("-vectorized")
+    estimator = estimators.get_estimator(name, num_particles=num_particles, **options)
     if expected_refusal is not None:
         with pytest.raises(ConfigError, match=expected_refusal) as error:
-            estimators.get_estimator(name, num_particles=num_particles).check(cell.model, cell.guide, *cell.args)
+            estimator.check(cell.model, cell.guide, *cell.args)
         message = str(error.value)
         assert "\n" not in message and "use " in message, message  # one line, saying what to use
         return
     exact = _exact(cell_name, "iwae" if name in ("iwae", "dreg") and num_particles > 1 else "elbo", num_particles)
     cell = estimator_cells.make_cell(cell_name)
     result = variance.gradient_variance(
-        cell.model, cell.guide, *cell.args, estimator=name, num_particles=num_particles,
+        cell.model, cell.guide, *cell.args, estimator=estimator,
         num_replicates=NUM_REPLICATES, reference=exact,
         baseline_warmup=5 if name == "score-baseline" else None,  # any baseline is unbiased; 5 make it nonzero
     )

@@ -72,17 +72,20 @@ def _hand_surrogate(name, loc, log_scale):
 NAMES = ["reparam", "stl", "analytic-kl", "score", "score-graph", "score-baseline", "score-naive", "rloo", "iwae", "dreg"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["iwae-vectorized", "dreg-vectorized"])
 def test_particle_gradient(name, monkeypatch):
     cell = estimator_cells.make_cell("kl-scale")
-    estimator = estimators.get_estimator(name, num_particles=2)
+    vectorized = name.endswith("-vectorized")
+    name = name.removesuffix("-vectorized")
+    options = {"vectorize_particles": True} if vectorized else {}
+    estimator = estimators.get_estimator(name, num_particles=2, **options)
     estimator.check(cell.model, cell.guide, *cell.args)
     estimator._checked.add((id(cell.model), id(cell.guide)))
     store = pyro.get_param_store()
     if name == "score-baseline":  # measured with its running average frozen at b
         store["__baseline_avg_downstream_cost_z"] = BASELINE.clone()
         estimator.frozen = True
-    draws = iter(NOISE)  # one (|B|,) draw per particle, in order
+    draws = iter([NOISE] if vectorized else NOISE)  # one (|B|,) draw per particle, or all at once
     # Every Gaussian draw, rsample or sample (score estimators), takes the next fixed noise.
     monkeypatch.setattr(torch.distributions.Normal, "sample", lambda self, sample_shape=torch.Size(): self.rsample(sample_shape).detach())
     params = [store._params["loc"], store._params["scale"]]  # unconstrained: loc, log scale
