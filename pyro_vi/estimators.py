@@ -575,7 +575,11 @@ def _is_subsample(site) -> bool:
 
 
 def _sample_sites(trace):
-    return [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"] and isinstance(s["fn"], dist.Distribution) and type(s["fn"]).__name__ != "_Subsample"]
+    """The latent sample sites of a trace (not observed, not a plate's subsample site)."""
+    return [
+        s for s in trace.nodes.values()
+        if s["type"] == "sample" and not s["is_observed"] and isinstance(s["fn"], dist.Distribution) and not _is_subsample(s)
+    ]
 
 
 def _log_joint(trace) -> Tensor:
