@@ -21,7 +21,7 @@ from torch.distributions import constraints
 
 import pyro_vi
 from pyro_vi import EpochSubsample
-from pyro_vi.errors import CheckpointError, DataError, TrainingInterrupted
+from pyro_vi.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -190,6 +190,24 @@ def test_minibatches_the_pyro_way_give_the_full_data_posterior(epochs):
     # mean within 0.18 posterior sd; the subsampling noise is large, so bounds 20% and 0.5 sd.
     assert abs(result.params["scale"].item() / sd - 1) < 0.2
     assert abs(result.params["loc"].item() - mean) < 0.5 * sd
+
+
+def test_epoch_subsample_that_no_plate_uses_is_refused_in_one_line():
+    # Indexing the data by the batch but declaring a plate of the batch's size (no subsample):
+    # the likelihood would be weighted 1 instead of 100/10, q sd 0.32 instead of 0.10.
+    data = torch.randn(100)
+
+    def model(data, indices):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(indices)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=data[indices])
+
+    def guide(data, indices):
+        normal_mean_guide(data)
+
+    with pytest.raises(ConfigError) as raised:
+        pyro_vi.fit(model, guide, data, EpochSubsample(100, 10, seed=0), num_steps=5, seed=0, progress=False)
+    assert "\n" not in str(raised.value) and "'data' of size 10" in str(raised.value)
 
 
 def test_epoch_subsample_visits_every_point_once_per_epoch():
