@@ -181,6 +181,18 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
     assert resumed_metrics["losses"] == whole_losses and resumed_metrics["steps_this_call"] == 40 - (20 if how == "raise" else 25)
 
 
+def test_a_crash_before_any_checkpoint_leaves_no_output_directory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "coin.py").write_text(STOPPING_COIN)
+    monkeypatch.setenv("STOP_HOW", "raise")
+    monkeypatch.setenv("STOP_AT_CALL", "3")  # step 2
+    out = tmp_path / "out"
+    assert cli.main(["fit", f"{tmp_path / 'coin.py'}:model", f"{tmp_path / 'coin.py'}:guide", "--data", str(EXAMPLE_DATA),
+                     "--num-steps", "10", *QUIET, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "training failed at step 2" in error and "simulated crash" in error
+    assert not out.exists()
+
+
 def test_an_auto_guide_resumes_to_more_steps_exactly(tmp_path):
     """20 steps, then --resume --num-steps 40, equals 40 steps at once: AutoNormal's params (a
     PyroModule's) are restored in place with the optimizer and RNG state."""

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vi.errors import ConfigError
 
     names = _validate(args)
+    io.check_output_path(args.out)
     device = resolve_device(args.device)
     data = user_model.load_data(args.data, device)
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # the file and data work
@@ -83,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no estimator can run on {args.model} with {args.guide}: "
                           + "; ".join(f"{s['estimator']}: {s['reason']}" for s in skipped))
 
-    out = io.prepare_output_dir(args.out)
-    with io.lock_output(out):
-        io.claim_output(out, "compare", args.overwrite)
+    with io.run_output(args.out, "compare", args.overwrite) as out:  # locked; removed again if this run made it and fails
         rows = [_run_one(args, name, data, initial, steps) for name in runnable]
         report = _report(args, data, device, steps, initial, pair, rows, skipped)
         figure = _figure(rows, args)

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-every must be >= 0 (0: only at the end), got {args.checkpoint_every}")
     if args.posterior_samples < 2:
         raise ConfigError(f"--posterior-samples must be at least 2 (an sd needs two draws), got {args.posterior_samples}")
-    checkpoint = Path(args.out) / "checkpoint.pt"
+    checkpoint = io.check_output_path(args.out) / "checkpoint.pt"
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues OUT's run and --overwrite starts it over; pass one of them")
     if args.resume and not checkpoint.is_file():
@@ -183,9 +183,7 @@ def run(args: argparse.Namespace) -> int:
     num_latent = sum(math.prod(shape) for shape in sites.values())
     preflight.check_allocation(2.0 * args.posterior_samples * num_latent, f"--posterior-samples {args.posterior_samples}")
 
-    out = io.prepare_output_dir(args.out)
-    with io.lock_output(out):
-        io.claim_output(out, "fit", args.overwrite)
+    with io.run_output(args.out, "fit", args.overwrite) as out:  # locked; removed again if this run made it and fails early
         config = {
             "model": {"model": _spec_name(args.model), "guide": _spec_name(args.guide), "data": data.describe()},
             "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,
