@@ -4,6 +4,10 @@ Write a model and a guide, fit them with SVI, see what the fit did, and measure 
 gradient estimator is.
 """
 
+from pyro_vi import _interrupt
+
+_interrupt.exit_quietly_during_import()  # the pyro-vi command: Ctrl-C while torch loads exits 130, quietly
+
 from pyro_vi import checkpoint, data, device, errors, evaluate, io, optim, plots, train
 from pyro_vi.models import vae
 from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi

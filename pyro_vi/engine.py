@@ -256,6 +256,18 @@ def fit(
     interrupt = _DeferredInterrupt()
     bar = tqdm(total=num_steps, initial=run.step, desc="svi", leave=False) if progress and is_main else None
     start, first_step, stopped_early = time.perf_counter(), run.step, False
+    if resume and run.step >= num_steps and num_steps > 0:
+        # Nothing left to train: still put the checkpoint's values into the params the model and
+        # guide create (modules included), so the caller evaluates the trained model, not a fresh one.
+        step_args = [value(run.step - 1) if isinstance(value, PerStep) else value for value in args]
+        step_kwargs = {key: value(run.step - 1) if isinstance(value, PerStep) else value for key, value in kwargs.items()}
+        restorer = _Restore(pending, active=True)
+        _warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
+        if pending:
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
+                f"({', '.join(sorted(pending)[:5])}); resume with the model and guide that wrote it"
+            )
     try:
         with interrupt:
             while run.step < num_steps:
@@ -323,7 +335,8 @@ def fit(
                     break
                 if due(run.step) and run.step < num_steps:
                     save()
-        save()
+        if run.step > first_step:  # a resumed run with nothing left to do leaves its checkpoint as it is
+            save()
     finally:
         if bar is not None:
             bar.close()
@@ -422,7 +435,7 @@ class _Restore(Messenger):
             store.setdefault(name, msg["args"][1], msg["kwargs"].get("constraint", torch.distributions.constraints.real))
         target = store.get_param(name).unconstrained()
         value = self.pending.pop(name)
-        if target.shape != value.shape or not value.dtype.is_floating_point:
+        if target.shape != value.shape or value.dtype != target.dtype:
             raise CheckpointError(
                 f"checkpoint param {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}; the model makes it "
                 f"{tuple(target.shape)} {target.dtype}; resume with the model and options that wrote it"

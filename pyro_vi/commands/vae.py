@@ -7,6 +7,7 @@ directory is touched; metrics and figures are written atomically at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -158,6 +159,9 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     from pyro_vi.models.vae import VAE
     from pyro_vi.train import TrainConfig
 
+    from pyro_vi import io, preflight
+
+    io.check_output_path(args.out)  # empty, too long: before any work
     device = resolve_device(args.device) if data_parallel is None else data_parallel.device
     is_main = data_parallel is None or data_parallel.is_main
     config = TrainConfig(
@@ -174,6 +178,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     pyro.set_rng_seed(args.seed)
     VAE(1, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale)  # validates the options before loading data
     dataset = load_dataset(args.dataset, args.data_dir, device=device)
+    preflight.check_vae(dataset.pixels, args.z_dim, args.hidden_dims, args.batch_size, getattr(args, "particles", 1), device)
     config.validate(dataset.train_images.shape[0])
     _validate_iwae_options(args, dataset.test_images.shape[0])
     if data_parallel is not None:
@@ -235,9 +240,24 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     if failed:
         return 2
     device, config, dataset, loss, vae, model_config, out, checkpoint_path = setup
-    out, failed = _agreed(lambda: io.prepare_output_dir(out) if is_main else out, data_parallel)
-    if failed:
-        return 2
+    # Rank 0 holds OUT for the whole run: created, locked (a second run into it is refused), claimed.
+    with contextlib.ExitStack() as holding:
+        out, failed = _agreed(
+            lambda: holding.enter_context(io.run_output(out, "vae", args.overwrite or args.resume)) if is_main else out,
+            data_parallel,
+        )
+        if failed:
+            return 2
+        return _train_in(args, data_parallel, setup, out, is_main)
+
+
+def _train_in(args, data_parallel, setup, out, is_main) -> int:
+    from pyro_vi import evaluate, io, plots
+    from pyro_vi.data import binarize
+    from pyro_vi.errors import PyroVIError, TrainingInterrupted
+    from pyro_vi.train import fit
+
+    device, config, dataset, loss, vae, model_config, _, checkpoint_path = setup
 
     # 2. Train. The test set is binarized once, with its own generator, the same on every run.
     test_images = binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
