@@ -469,3 +469,55 @@ def test_resume_refuses_a_checkpoint_holding_a_param_the_model_does_not_make(tmp
     with pytest.raises(CheckpointError, match="z_scale"):
         pyro_vi.fit(local_model, guide_without_scale, data, num_steps=6, optim=pyro.optim.Adam({"lr": 0.05}),
                     checkpoint=path, resume=True, progress=False)
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+
+def _module_pair(net):
+    def model(x, y):
+        pyro.module("net", net)  # without update_module_params, as Pyro's VAE tutorial writes it
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(net.layer(x).squeeze(-1), 0.5), obs=y)
+
+    def guide(x, y):
+        pass
+
+    return model, guide
+
+
+def test_resuming_a_finished_run_restores_module_params_and_keeps_its_checkpoint(tmp_path):
+    """Nothing left to train: the params still come from the checkpoint (into the module's own
+    tensors), and the checkpoint is not rewritten (before: an empty param store was saved over it)."""
+    x = torch.linspace(-1, 1, 20).unsqueeze(-1)
+    y = 3 * x.squeeze(-1) + 1
+    torch.manual_seed(0)
+    net = _Linear()
+    model, guide = _module_pair(net)
+    path = tmp_path / "run.pt"
+    pyro_vi.fit(model, guide, x, y, num_steps=30, optim=pyro.optim.Adam({"lr": 0.05}), checkpoint=path, progress=False)
+    trained = net.layer.weight.detach().clone()
+    before = path.read_bytes()
+
+    pyro.clear_param_store()
+    fresh = _Linear()  # a new process's network, at its initial weights
+    model, guide = _module_pair(fresh)
+    result = pyro_vi.fit(model, guide, x, y, num_steps=30, optim=pyro.optim.Adam({"lr": 0.05}), checkpoint=path,
+                         resume=True, progress=False)
+    assert result.steps == 30 and result.steps_this_call == 0
+    assert torch.equal(fresh.layer.weight.detach(), trained)
+    assert path.read_bytes() == before
+
+
+def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path):
+    """Issue 13: `--resume --epochs 1` on a checkpoint of epoch 2 exited 0 and reported epoch 1."""
+    x = torch.linspace(-1, 1, 20).unsqueeze(-1)
+    y = 3 * x.squeeze(-1) + 1
+    model, guide = _module_pair(_Linear())
+    path = tmp_path / "run.pt"
+    pyro_vi.fit(model, guide, x, y, num_steps=10, checkpoint=path, progress=False)
+    with pytest.raises(ConfigError, match="at step 10, past num_steps=5"):
+        pyro_vi.fit(model, guide, x, y, num_steps=5, checkpoint=path, resume=True, progress=False)
