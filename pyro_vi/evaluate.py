@@ -1,6 +1,6 @@
 """Evaluation of a fitted VAE, per image in nats: the ELBO split into reconstruction and KL,
 log p(x) by importance sampling (IWAE bound), active units, and the amortization and
-approximation gaps.
+approximation gaps::
 
     ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))
               `---- recon ----'   `------ kl ------'

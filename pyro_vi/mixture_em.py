@@ -11,7 +11,7 @@ log p(x | theta) cannot decrease from one iteration to the next).
 
 The loop mirrors ``sklearn.mixture.GaussianMixture.fit``: iteration t runs the E-step at
 theta_{t-1} (giving the average log-likelihood L(theta_{t-1})) then the M-step; it stops when
-|L(theta_{t-1}) - L(theta_{t-2})| < tol. Started from the same parameters with the same
+``|L(theta_{t-1}) - L(theta_{t-2})| < tol``. Started from the same parameters with the same
 ``reg_covar`` and ``tol``, both reach the same theta after the same number of iterations.
 """
 

@@ -2,7 +2,7 @@
 
 Shared by ``pyro-vi fit``, ``pyro-vi compare`` and ``pyro-vi variance``. What can go wrong on the
 user's side (a file that does not import, a missing function, a model that raises, a bad data file)
-is one ``PyroVIError`` line:
+is one ``PyroVIError`` line::
 
     load_data("coin.npz")                   -> Data(args=(), kwargs={"data": tensor})  (npz: by name)
     load_data("x.npy" | "x.csv" | "x.pt")   -> Data(args=(tensor,), kwargs={})         (one tensor)
