@@ -53,7 +53,6 @@ def test_iwae_scales_each_datapoint_bound_by_the_minibatch_factor():
     assert abs(_scaled_bound_ratio(RenyiELBO(alpha=0, num_particles=5)) - 100) > 1
 
 
-@pytest.mark.xfail(strict=True, reason="commands/vae.py still builds RenyiELBO for --elbo iwae (issue 12 item 1)")
 def test_vae_command_iwae_objective_is_correct_under_minibatches():
     from pyro_vi.commands import vae as vae_command
 

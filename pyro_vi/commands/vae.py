@@ -115,10 +115,12 @@ def build_loss(args):
 
         return get_estimator(args.estimator, num_particles=getattr(args, "particles", 1))
     particles = getattr(args, "particles", 1)
-    if args.elbo == "iwae":  # per-datapoint IWAE bound: RenyiELBO sums only over non-shared plates
-        from pyro.infer import RenyiELBO
+    if args.elbo == "iwae":
+        # pyro_vi's iwae: each image's bound (N/|B|) log mean_i w_i; Pyro's RenyiELBO raises the
+        # weights to the minibatch factor N/|B| before the logsumexp instead (issue 12, item 1).
+        from pyro_vi.estimators import get_estimator
 
-        return RenyiELBO(alpha=0, num_particles=particles, vectorize_particles=particles > 1)
+        return get_estimator("iwae", num_particles=particles, vectorize_particles=particles > 1)
     return {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[args.elbo](
         num_particles=particles, vectorize_particles=particles > 1
     )
