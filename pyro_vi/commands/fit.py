@@ -20,6 +20,7 @@ import csv
 import io as _io
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -193,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
 
         # 2. What the fit found, computed before anything is written.
         elbo, elbo_error = _final_elbo(loss, loss_name, pair, args.elbo_samples)
-        summary = _posterior(pair, sites, args.posterior_samples)
+        # A model that Predictive cannot run (e.g. shape asserts that break under its vectorized
+        # draws) still gets its fit written; the summary's failure is reported in one line.
+        try:
+            summary, summary_error = _posterior(pair, sites, args.posterior_samples), None
+        except user_model.ModelError as error:
+            summary, summary_error = [], str(error)
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"]
         metrics = {
             "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
@@ -207,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             "latent_sites": {name: list(shape) for name, shape in sites.items()},
             "sites_not_in_guide": [name for name in sites if name not in guide_sites],
             "posterior_samples": args.posterior_samples,
+            "posterior_summary_error": summary_error,
             "params": {name: list(value.shape) for name, value in result.params.items()},
             "losses": result.losses,
         }
@@ -217,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
 
         # 3. Write: every file atomically, metrics.json last.
         io.atomic_write(out / "params.pt", lambda file: file.write(buffer.getbuffer()))
-        io.atomic_write(out / "posterior.csv", lambda file: file.write(_csv(summary)), mode="w")
+        if summary_error is None:
+            io.atomic_write(out / "posterior.csv", lambda file: file.write(_csv(summary)), mode="w")
         io.save_figure(figure, out / "loss.png", dpi=100)
         import matplotlib.pyplot as plt
 
@@ -230,7 +238,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {row.site}{index}: mean {row.mean:.4g}, sd {row.sd:.3g}, 90% interval [{row.q5:.4g}, {row.q95:.4g}]")
     if len(summary) > 12:
         print(f"  ... {len(summary) - 12} more rows in posterior.csv")
-    print(f"wrote {out}/metrics.json, params.pt, loss.png, posterior.csv, checkpoint.pt")
+    if summary_error is not None:
+        print(f"pyro-vi fit: note: no posterior.csv: {summary_error}", file=sys.stderr)
+    print(f"wrote {out}/metrics.json, params.pt, loss.png{'' if summary_error else ', posterior.csv'}, checkpoint.pt")
     return 0
 
 
