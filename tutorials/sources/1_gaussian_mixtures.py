@@ -25,11 +25,12 @@
 import os
 import warnings
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars, no warning
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 import pyro_vi
 from pyro_vi import mixture_data, mixture_em, mixture_eval
 from pyro_vi.models import gmm

@@ -23,6 +23,8 @@
 # %%
 import os
 import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars, no warning
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,7 +33,6 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain bars
 import pyro_vi
 from pyro_vi import evaluate
 
