@@ -48,6 +48,7 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
@@ -462,9 +463,23 @@ def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                 + "; it was written by another model or guide, or edited: resume with the one that wrote it, or start over"
             )
+    _untrack_provenance(capture.trace.nodes)
     # In trace order (a set's order differs between processes, and the all-reduce packs by order).
     params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
     return _apply(optim, params, value, reduce)
+
+
+def _untrack_provenance(names) -> None:
+    """Store plain tensors where the loss stored provenance-tracking ones.
+
+    Pyro's ``TraceGraph_ELBO`` writes its decaying-average baselines into the param store at every
+    step as ``ProvenanceTensor``s (a tensor subclass whose every operation runs Python bookkeeping):
+    left there, each later step gets slower (measured on the coin: 3x) and the optimizer meets a new
+    tensor object every step."""
+    store = pyro.get_param_store()
+    for name in names:
+        if name in store and isinstance(store.get_param(name).unconstrained(), ProvenanceTensor):
+            store[name] = detach_provenance(store[name]).detach()
 
 
 def _check_subsamples(arguments: list, values: list, plates: set) -> None:
@@ -541,8 +556,9 @@ def _apply(optim, params, value, reduce) -> float | None:
     if reduce is not None:
         value = reduce(value, grads)
     finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
-    if finite and params:
-        optim(params)
+    stepped = [p for p in params if p.grad is not None]  # a param the loss does not differentiate (a baseline) is not stepped
+    if finite and stepped:
+        optim(stepped)
     for p in params:  # drop the gradients, not zero them: the next backward writes instead of adding
         p.grad = None
     return value if finite else None

@@ -521,3 +521,33 @@ def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path):
     pyro_vi.fit(model, guide, x, y, num_steps=10, checkpoint=path, progress=False)
     with pytest.raises(ConfigError, match="at step 10, past num_steps=5"):
         pyro_vi.fit(model, guide, x, y, num_steps=5, checkpoint=path, resume=True, progress=False)
+
+
+class _NonreparameterizedBeta(dist.Beta):
+    has_rsample = False  # as "SVI Part III" writes it
+
+
+def test_tracegraph_baselines_leave_plain_tensors_and_no_optimizer_per_step():
+    """Pyro's TraceGraph_ELBO stores its decaying-average baseline as a ProvenanceTensor at every
+    step; left in the store, every later step slows down (3x on this coin) and the optimizer meets
+    a new tensor each step (one more per-param torch optimizer per step in pyro.optim)."""
+    data = torch.tensor([1.0] * 6 + [0.0] * 4)
+
+    def model(data):
+        fairness = pyro.sample("fairness", dist.Beta(10.0, 10.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Bernoulli(fairness), obs=data)
+
+    def guide(data):
+        alpha = pyro.param("alpha", torch.tensor(15.0), constraint=constraints.positive)
+        beta = pyro.param("beta", torch.tensor(15.0), constraint=constraints.positive)
+        pyro.sample("fairness", _NonreparameterizedBeta(alpha, beta), infer={"baseline": {"use_decaying_avg_baseline": True}})
+
+    from pyro.infer import TraceGraph_ELBO
+    from pyro.ops.provenance import ProvenanceTensor
+
+    optim = pyro.optim.Adam({"lr": 0.01})
+    pyro_vi.fit(model, guide, data, num_steps=20, loss=TraceGraph_ELBO(), optim=optim, seed=0, progress=False)
+    store = pyro.get_param_store()
+    assert not any(isinstance(store.get_param(name).unconstrained(), ProvenanceTensor) for name in store.keys())
+    assert len(optim.optim_objs) == 2  # alpha and beta only
