@@ -33,7 +33,7 @@ from IPython.display import Image, display
 import pyro_vi
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
-NUM_STEPS = 100 if SMALL else 1500          # SVI steps of each fit
+NUM_STEPS = 50 if SMALL else 1500           # SVI steps of each fit
 NUM_REPLICATES = 50 if SMALL else 2000     # gradient draws per variance measurement
 torch.set_default_dtype(torch.float32)
 print("small mode" if SMALL else "full mode")
@@ -288,7 +288,7 @@ display(Image("runs/fit/loss.png", width=500))
 
 # %%
 pyro_vi_command("variance", "regression.py:model", "regression.py:guide", "--data", "regression.npz",
-                "--estimators", "reparam,score,score-baseline,rloo", "--particles", "2,8",
+                "--estimators", "reparam,score,score-baseline,rloo", "--particles", "2" if SMALL else "2,8",
                 "--replicates", str(min(NUM_REPLICATES, 1000)), "--checkpoint", "runs/fit/checkpoint.pt", "--out", "runs/variance")
 display(Image("runs/variance/variance_vs_particles.png", width=500))
 
