@@ -1,7 +1,7 @@
 """One SVI engine for any Pyro model and guide: ``fit(model, guide, *args, num_steps=...)``.
 
 ``fit`` calls ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` exactly as
-``pyro.infer.SVI.step`` does, and never touches the data. One step is ``SVI.step`` spelled out:
+``pyro.infer.SVI.step`` does, and never touches the data. One step is ``SVI.step`` spelled out::
 
     with poutine.trace(param_only=True):  loss = elbo.loss_and_grads(model, guide, *args, **kwargs)
     if loss and every gradient are finite: optim(params)     # else raise, or skip the step
@@ -14,7 +14,7 @@ around which the engine keeps the guarantees of a long run, for every model:
   schedulers included), the RNG states, the step and the losses, written atomically; ``resume=True``
   continues the run bit for bit on CPU. Params are restored *in place* as the model and guide create
   them on the first resumed step, so modules registered with ``pyro.module`` (without
-  ``update_module_params``) and ``PyroModule``s train on the restored values; a checkpoint missing a
+  ``update_module_params``) and ``PyroModule`` instances train on the restored values; a checkpoint missing a
   param the model creates, or holding one of another shape, is refused.
 * **Ctrl-C / SIGTERM** is deferred to the end of the current step; the engine writes a checkpoint and
   raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``): a script never carries on as if training
@@ -178,7 +178,7 @@ def fit(
 
     Args:
         model, guide: any Pyro model and guide (an AutoGuide included).
-        *args, **kwargs: passed unchanged to both at every step; a ``PerStep`` argument is replaced
+        \\*args, \\*\\*kwargs: passed unchanged to both at every step; a ``PerStep`` argument is replaced
             by its value for the step (``EpochSubsample`` for epochs of minibatches).
         num_steps: total steps of the run (a resumed run continues up to it).
         loss: a Pyro ELBO or a pyro_vi estimator (default ``Trace_ELBO()``).

@@ -9,7 +9,7 @@ differ only in the gradient they give. Each is an object with
 estimator changes how the guide's sites are sampled with a poutine handler (``has_rsample`` off,
 a Concrete relaxation, enumeration, a baseline) and builds its own surrogate loss from the traces.
 
-Names (one vocabulary across the API, the CLI, JSON and plots), one class per family:
+Names (one vocabulary across the API, the CLI, JSON and plots), one class per family::
 
     reparam            Pathwise: at every guide site (Trace_ELBO's gradient); guides with discrete
                        or non-reparameterizable sites are refused (use score, rloo, enum or gumbel)
@@ -30,7 +30,7 @@ Names (one vocabulary across the API, the CLI, JSON and plots), one class per fa
     iwae               ImportanceWeighted: gradient of the k-particle importance-weighted bound
     dreg               ImportanceWeighted: doubly reparameterized gradient of the same bound
 
-Scales. Subsampling (N/|B|) and ``poutine.scale`` (a KL weight beta) enter every ELBO estimator
+Scales. Subsampling (``N/|B|``) and ``poutine.scale`` (a KL weight beta) enter every ELBO estimator
 through the sites' log-probs, as in Pyro. For iwae and dreg the subsampling scale of the plates
 every site lives in multiplies each datapoint's bound, and every other scale multiplies its site's
 log density inside the weight (log w = log p(x | z) + beta (log p(z) - log q(z))), so k = 1 gives

@@ -17,9 +17,9 @@ plates, and the k samples are processed ``chunk_size`` at a time with a running 
 memory is O(chunk_size x batch), not O(k x batch): k = 5000 fits on a laptop.
 
 As a training objective, use ``pyro_vi.get_estimator("iwae", num_particles=k)`` (or ``"dreg"``):
-the per-datapoint bound, times N/|B| under a minibatch, with ``poutine.scale`` factors inside the
-weights. Not ``pyro.infer.RenyiELBO(alpha=0)``: it scales each log weight by N/|B| before the
-logsumexp, so each datapoint contributes log mean_i w_i^(N/|B|) and the weights turn one-hot.
+the per-datapoint bound, times ``N/|B|`` under a minibatch, with ``poutine.scale`` factors inside the
+weights. Not ``pyro.infer.RenyiELBO(alpha=0)``: it scales each log weight by ``N/|B|`` before the
+logsumexp, so each datapoint contributes ``log mean_i w_i^(N/|B|)`` and the weights turn one-hot.
 
 Scale factors (subsampling, ``poutine.scale`` KL weights) are ignored: the weights use the unscaled
 log densities, so the estimate is of the model as written, for the datapoints passed.
