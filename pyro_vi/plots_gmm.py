@@ -53,11 +53,17 @@ def plot_assignments(data: Tensor, snapshots: Sequence[tuple[str, MixtureParams]
         import numpy as np
 
         points = np.concatenate([points, np.zeros_like(points)], axis=1)
+    # Every panel on the data's own limits, so the points stay put and a broad early ellipse is
+    # clipped instead of shrinking the picture.
+    low, high = points.min(0), points.max(0)
+    margin = 0.1 * (high - low) + 1e-9
     for axis, (title, params) in zip(axes.flat, snapshots):
         labels = gmm.assignment_probabilities(data, params).argmax(-1).cpu().numpy()
         axis.scatter(points[:, 0], points[:, 1], c=[colors[k % len(colors)] for k in labels], s=4, alpha=0.5)
         if data.shape[-1] >= 2:
             _draw_ellipses(axis, params, colors)
+        axis.set_xlim(low[0] - margin[0], high[0] + margin[0])
+        axis.set_ylim(low[1] - margin[1], high[1] + margin[1])
         axis.set_title(title, fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
