@@ -16,7 +16,7 @@ def _pyplot():
     return plt
 
 
-def total_variance_by_estimator(rows: list[dict], path: Path) -> None:
+def total_variance_by_estimator(rows: list[dict], path: Path):
     """Bar chart of total gradient variance per estimator (log scale), one bar per particle count."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -24,19 +24,21 @@ def total_variance_by_estimator(rows: list[dict], path: Path) -> None:
     particles = sorted({row["num_particles"] for row in rows})
     width = 0.8 / len(particles)
     for j, k in enumerate(particles):
-        values = [next((r["total_variance"] for r in rows if r["estimator"] == e and r["num_particles"] == k), 0) for e in estimators]
-        axis.bar([i + j * width for i in range(len(estimators))], values, width, label=f"k = {k}")
+        # (position, value) of the estimators measured at k: a skipped one (rloo at k = 1) leaves a gap
+        bars = [(i + j * width, r["total_variance"]) for i, e in enumerate(estimators) for r in rows
+                if r["estimator"] == e and r["num_particles"] == k]
+        axis.bar([x for x, _ in bars], [v for _, v in bars], width, label=f"k = {k}")
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(estimators))], estimators, rotation=30, ha="right")
     axis.set_yscale("log")
     axis.set_ylabel("total gradient variance")
-    axis.legend()
-    figure.tight_layout()
-    io.save_figure(figure, path)
+    _legend_outside(axis)
+    io.save_figure(figure, path, bbox_inches="tight")
     plt.close(figure)
+    return figure
 
 
-def variance_vs_particles(rows: list[dict], path: Path, key: str = "total_variance", ylabel: str = "total gradient variance") -> None:
-    """One line per estimator: ``key`` against the number of particles (log-log)."""
+def variance_vs_particles(rows: list[dict], path: Path, key: str = "total_variance", ylabel: str = "total gradient variance"):
+    """One line per estimator: ``key`` against the number of particles (log-log); returns the figure."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for estimator in dict.fromkeys(row["estimator"] for row in rows):
@@ -44,9 +46,21 @@ def variance_vs_particles(rows: list[dict], path: Path, key: str = "total_varian
         axis.plot([p for p, _ in points], [v for _, v in points], marker="o", label=estimator)
     axis.set_xscale("log")
     axis.set_yscale("log")
+    # Plain particle counts as the only x labels (log-scale minor labels read "2x10^0, 3x10^0, ...").
+    from matplotlib.ticker import NullLocator
+
+    particles = sorted({row["num_particles"] for row in rows})
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xticks(particles, [str(k) for k in particles])
     axis.set_xlabel("particles")
     axis.set_ylabel(ylabel)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    io.save_figure(figure, path)
+    _legend_outside(axis)
+    io.save_figure(figure, path, bbox_inches="tight")
     plt.close(figure)
+    return figure
+
+
+def _legend_outside(axis) -> None:
+    """The legend right of the axes, where it cannot cover a line or a bar."""
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    axis.figure.tight_layout()

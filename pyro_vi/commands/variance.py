@@ -62,9 +62,25 @@ def _validate(args) -> list[str]:
         raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
     if not args.particles or min(args.particles) < 1:
         raise ConfigError(f"--particles must be positive integers, got {args.particles}")
-    if "rloo" in names and min(args.particles) < 2:
-        raise ConfigError("rloo needs at least 2 particles; drop 1 from --particles or measure rloo separately")
+    for name in names:  # an estimator that can run at none of the counts is refused; at some, the rest are skipped
+        reasons = _particle_refusals(name, args.particles)
+        if len(reasons) == len(args.particles):
+            raise ConfigError(f"{name} cannot run at --particles {','.join(map(str, args.particles))}: {reasons[args.particles[0]]}")
     return names
+
+
+def _particle_refusals(name: str, particles: list[int]) -> dict[int, str]:
+    """``{k: why}`` for the particle counts at which estimator ``name`` cannot be built (rloo at 1)."""
+    from pyro_vi.errors import ConfigError
+    from pyro_vi.estimators import get_estimator
+
+    reasons = {}
+    for k in particles:
+        try:
+            get_estimator(name, num_particles=k)
+        except ConfigError as error:
+            reasons[k] = str(error)
+    return reasons
 
 
 def _check_form(args) -> None:
@@ -122,9 +138,14 @@ def run(args: argparse.Namespace) -> int:
 def _measure(args, names, label, model, guide, model_args, reference, out) -> int:
     from pyro_vi import io, plots_variance, variance
 
-    rows, summary = [], []
+    rows, summary, skipped = [], [], []
     for name in names:
+        refusals = _particle_refusals(name, args.particles)
         for num_particles in args.particles:
+            if num_particles in refusals:
+                skipped.append({"estimator": name, "num_particles": num_particles, "reason": refusals[num_particles]})
+                print(f"{label} {name} k={num_particles}: skipped ({refusals[num_particles]})")
+                continue
             with warnings.catch_warnings():  # torch's "no batching rule" performance notes
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 result = variance.gradient_variance(
@@ -154,7 +175,7 @@ def _measure(args, names, label, model, guide, model_args, reference, out) -> in
             print(f"{label} {name} k={num_particles}: total variance {result.total_variance:.4g}, SNR {result.snr:.3g} ({result.seconds:.2f} s)")
     io.write_json(
         out / "variance.json",
-        {"model": label, "guide": args.user_guide, "data": args.data, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "params": rows},
+        {"model": label, "guide": args.user_guide, "data": args.data, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "skipped": skipped, "params": rows},
     )
     io.atomic_write(out / "variance.csv", lambda f: f.write(_csv(rows)), mode="w")
     plots_variance.total_variance_by_estimator(summary, out / "total_variance.png")
