@@ -118,7 +118,13 @@ def initialize(
         else:
             eye = torch.eye(data.shape[-1], dtype=data.dtype, device=data.device)
             spread = (torch.cov(data.T).reshape(data.shape[-1], -1) + reg_covar * eye).expand(num_components, -1, -1)
-        return MixtureParams.from_covariance(weights, loc, spread.clone(), covariance)
+        try:
+            return MixtureParams.from_covariance(weights, loc, spread.clone(), covariance)
+        except (torch.linalg.LinAlgError, ValueError) as error:  # data with no spread along some axis, reg_covar 0
+            raise DataError(
+                f"the random start: the data's covariance is singular ({type(error).__name__}); "
+                f"raise --reg-covar (now {reg_covar:g}; 1e-6 is usual) or lower --num-components"
+            ) from None
     raise ConfigError(f"unknown initialization {method!r}; choose one of {', '.join(INITS)}")
 
 
