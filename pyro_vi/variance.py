@@ -27,7 +27,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyro_vi import estimators
+from pyro_vi import engine, estimators
 from pyro_vi.errors import ConfigError, DataError, PyroVIError
 
 
@@ -210,23 +210,27 @@ def variance_over_training(
         raise ConfigError(f"measure_at steps {bad} are outside [0, {num_steps}]; choose steps within the run")
     if isinstance(train_estimator, str):
         train_estimator = estimators.get_estimator(train_estimator, num_particles=num_particles)
-    pyro.set_rng_seed(seed)
-    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": learning_rate}), loss=train_estimator)
     steps = sorted(set(measure_at))
     results = {name: [] for name in estimators_measured}
-    losses = []
-    for step in range(num_steps + 1):
-        if step in steps:
-            for name in estimators_measured:
-                measured = train_estimator if name == train_estimator.name else name
-                results[name].append(
-                    gradient_variance(
-                        model, guide, *args, estimator=measured, num_replicates=num_replicates,
-                        num_particles=num_particles, seed=seed + step, **kwargs,
-                    )
+
+    def measure(step: int, loss: float | None = None) -> None:
+        if step not in steps:
+            return
+        for name in estimators_measured:
+            measured = train_estimator if name == train_estimator.name else name
+            results[name].append(
+                gradient_variance(
+                    model, guide, *args, estimator=measured, num_replicates=num_replicates,
+                    num_particles=num_particles, seed=seed + step, **kwargs,
                 )
-        if step < num_steps:
-            losses.append(svi.step(*args, **kwargs))
+            )
+
+    pyro.set_rng_seed(seed)
+    measure(0)
+    # The training run is pyro_vi's engine (SVI.step's arithmetic), measured after each listed step.
+    run = engine.fit(model, guide, *args, num_steps=num_steps, loss=train_estimator,
+                     optim=pyro.optim.Adam({"lr": learning_rate}), callback=measure, progress=False, **kwargs)
+    losses = run.losses
     return VarianceOverTraining(steps, results, losses)
 
 
