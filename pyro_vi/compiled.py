@@ -146,6 +146,12 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
         param_names = [name for name in store._params if name in read]
     names = list(param_names)
     params = [store._params[name] for name in names]
+    # PyroModules (AutoGuides, PyroModule models) hold their params as module attributes too, and
+    # re-wrap a store value that is not their own attribute as a new nn.Parameter (a constant to the
+    # recording): swap the attribute along with the store entry.
+    for candidate in (model, guide, getattr(model, "__self__", None), getattr(guide, "__self__", None)):
+        if isinstance(candidate, nn.Module):
+            modules.setdefault(f"__callable_{id(candidate)}", candidate)
     owners = _owners(modules)
 
     def program(values: list[Tensor], *step_args) -> Tensor:
@@ -210,7 +216,7 @@ def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
             if isinstance(value, Tensor):
                 name = f"_folded_{folded}"
                 folded += 1
-                setattr(graph_module, name, value)
+                graph_module.register_buffer(name, value)  # registered: fx knows what get_attr reads (no warning)
                 with graph.inserting_before(node):
                     constant = graph.get_attr(name)
                 constant.meta = dict(node.meta)

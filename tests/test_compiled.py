@@ -134,3 +134,38 @@ def test_the_recorded_program_is_kept_on_the_loss_while_the_params_are_the_same(
     pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
     assert loss._pyro_vi_recorded[1] is not first
     assert all(pyro.get_param_store()._params[n] is p for n, p in zip(loss._pyro_vi_recorded[1].names, loss._pyro_vi_recorded[1].params))
+
+
+@pytest.mark.parametrize(
+    "autoguide",
+    ["AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal", "AutoDelta"],
+)
+def test_autoguides_compile_to_the_plain_runs_parameters_bit_for_bit_without_warnings(autoguide):
+    """Issue 14: compile refused every AutoGuide ("structure depends on values") and printed a
+    torch.fx warning. An AutoGuide is a PyroModule that re-wraps a store value which is not its own
+    attribute as a new nn.Parameter, a constant to the recording; the recording now swaps the
+    module attribute with the store entry, and folded constants are registered buffers."""
+    import warnings
+
+    from pyro.infer import autoguide as autoguides
+
+    x = torch.randn(50, generator=torch.Generator().manual_seed(0)) + 3.0
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", 50):
+            pyro.sample("obs", dist.Normal(loc, scale), obs=x)
+
+    params = {}
+    for flag in (False, True):
+        pyro.clear_param_store()
+        guide = getattr(autoguides, autoguide)(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = pyro_vi.fit(model, guide, x, num_steps=30, compile=flag, seed=0, progress=False,
+                                 optim=pyro_vi.optim.Adam({"lr": 0.01, "foreach": True}))
+        params[flag] = result.params
+    assert params[True].keys() == params[False].keys()
+    for name in params[False]:
+        assert torch.equal(params[True][name], params[False][name]), name
