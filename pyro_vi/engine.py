@@ -264,11 +264,7 @@ def fit(
         step_kwargs = {key: value(run.step - 1) if isinstance(value, PerStep) else value for key, value in kwargs.items()}
         restorer = _Restore(pending, active=True)
         _warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
-        if pending:
-            raise CheckpointError(
-                f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
-                f"({', '.join(sorted(pending)[:5])}); resume with the model and guide that wrote it"
-            )
+        _refuse_unused(pending, checkpoint)
     try:
         with interrupt:
             while run.step < num_steps:
@@ -291,11 +287,8 @@ def fit(
                             step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first)
                     if first:
                         _check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
-                    if first and pending:
-                        raise CheckpointError(
-                            f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
-                            f"({', '.join(sorted(pending)[:5])}); resume with the model and guide that wrote it"
-                        )
+                    if first:
+                        _refuse_unused(pending, checkpoint)
                     if compile:
                         from pyro_vi import compiled
 
@@ -480,6 +473,15 @@ def _untrack_provenance(names) -> None:
     for name in names:
         if name in store and isinstance(store.get_param(name).unconstrained(), ProvenanceTensor):
             store[name] = detach_provenance(store[name]).detach()
+
+
+def _refuse_unused(pending: dict, checkpoint) -> None:
+    """After the first resumed step every checkpointed param must have been restored."""
+    if pending:
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
+            f"({', '.join(sorted(pending)[:5])}); resume with the model and guide that wrote it"
+        )
 
 
 def _check_subsamples(arguments: list, values: list, plates: set) -> None:

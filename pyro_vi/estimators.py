@@ -68,6 +68,7 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match
 from torch import Tensor, nn
 
+from pyro_vi import importance
 from pyro_vi.errors import ConfigError
 
 ESTIMATORS = (
@@ -511,18 +512,7 @@ class ImportanceWeighted(GradientEstimator):
 
 def _particle_dim(model, guide, args, kwargs) -> int:
     """The plate dim left of every vectorized plate the pair uses."""
-    with poutine.block(), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [
-        -frame.dim
-        for trace in (guide_trace, model_trace)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return -1 - max(dims, default=0)
+    return -1 - importance.plate_nesting(model, guide, args, kwargs)
 
 
 def _in_plate(fn, name: str, size: int, dim: int):

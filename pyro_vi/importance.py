@@ -35,7 +35,7 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
-__all__ = ["ImportanceEstimate", "importance_estimate", "log_weights"]
+__all__ = ["ImportanceEstimate", "importance_estimate", "log_weights", "plate_nesting"]
 
 
 class ImportanceEstimate(NamedTuple):
@@ -68,7 +68,7 @@ def importance_estimate(
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}")
-    max_plate_nesting = _max_plate_nesting(model, guide, args, kwargs)
+    max_plate_nesting = plate_nesting(model, guide, args, kwargs)
     log_sum = log_sum_squares = None
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):
@@ -109,7 +109,7 @@ def log_weights(
 
 def _weights_and_guide_trace(model, guide, args, kwargs, num_particles, plate_name, max_plate_nesting):
     if max_plate_nesting is None:
-        max_plate_nesting = _max_plate_nesting(model, guide, args, kwargs)
+        max_plate_nesting = plate_nesting(model, guide, args, kwargs)
     particle_dim = -max_plate_nesting - 1
     with pyro.plate("particles", num_particles, dim=particle_dim):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -122,7 +122,7 @@ def _weights_and_guide_trace(model, guide, args, kwargs, num_particles, plate_na
 # ----------------------------------------------------------------------------------------------
 
 
-def _max_plate_nesting(model, guide, args, kwargs) -> int:
+def plate_nesting(model, guide, args, kwargs) -> int:
     """How many batch dims the model and guide's plates use (run once, unvectorized)."""
     with poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

@@ -150,7 +150,7 @@ def test_skip_mode_counts_skipped_steps(digits):
     order = torch.randperm(num_data, generator=torch.Generator().manual_seed(config.seed * 1_000_003))
     batches = order[: num_data // 100 * 100].view(-1, 100)
     expected = int(torch.isin(batches, poisoned_rows).any(-1).sum())
-    assert 1 <= expected <= 3
+    assert 1 <= expected <= 3  # the set-up itself: 3 poisoned rows fall in 1 to 3 of the batches
     assert result.skipped_steps == expected
     assert result.steps == batches.shape[0]
     assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
