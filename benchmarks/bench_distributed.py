@@ -31,9 +31,9 @@ import torch.multiprocessing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from pyro_vi import distributed  # noqa: E402
-from pyro_vi.models.vae import VAE  # noqa: E402
-from pyro_vi.train import TrainConfig, fit  # noqa: E402
+from pyro_vi.engine import distributed  # noqa: E402
+from pyro_vi.vae.model import VAE  # noqa: E402
+from pyro_vi.vae.train import TrainConfig, fit  # noqa: E402
 
 WORLD_SIZE = 2
 

@@ -3,7 +3,7 @@
 Two contenders estimate the same per-image bound L_k on the same VAE (784-400-50 by default, or a
 ``pyro-vi vae`` checkpoint) and the same binarized images:
 
-* ``pyro_vi``  ``pyro_vi.evaluate.iwae_log_likelihood``: generic Pyro traces of model and guide
+* ``pyro_vi``  ``pyro_vi.vae.evaluate.iwae_log_likelihood``: generic Pyro traces of model and guide
                under a particle plate, chunked (any model/guide pair works);
 * ``torch``    the same estimator written by hand for this VAE (encoder -> rsample -> decoder ->
                logsumexp), chunked identically: the ceiling for a PyTorch implementation.
@@ -36,7 +36,7 @@ CONTENDERS = ("pyro_vi", "torch")
 
 
 def _images(args) -> torch.Tensor:
-    from pyro_vi.data import binarize, load_dataset
+    from pyro_vi.vae.data import binarize, load_dataset
 
     if args.dataset == "synthetic":
         generator = torch.Generator().manual_seed(args.seed)
@@ -50,7 +50,7 @@ def _images(args) -> torch.Tensor:
 def _vae(args, x_dim: int):
     import pyro
 
-    from pyro_vi.models.vae import VAE
+    from pyro_vi.vae.model import VAE
 
     if args.checkpoint:
         from pyro_vi.commands.gap import load_vae
@@ -79,7 +79,7 @@ def _iwae_by_hand(vae, images, num_samples: int, chunk_size: int, batch_size: in
 
 def run_contender(args) -> dict:
     """One contender alone in this process."""
-    from pyro_vi import evaluate
+    from pyro_vi.vae import evaluate
 
     _common.setup_threads(args.threads)
     images = _images(args)

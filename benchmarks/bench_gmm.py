@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi
+from pyro_vi.mixture import data as mixture_data
+from pyro_vi.mixture import em as mixture_em
+from pyro_vi.mixture import eval as mixture_eval
+from pyro_vi.mixture import svi as mixture_svi
 
 HERE = Path(__file__).resolve().parent
 

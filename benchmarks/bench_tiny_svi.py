@@ -41,7 +41,7 @@ import _common  # noqa: E402
 import bench_vae_throughput  # noqa: E402
 
 import pyro_vi  # noqa: E402
-import pyro_vi.optim  # noqa: E402
+import pyro_vi.engine.optim  # noqa: E402
 
 MODELS = ("normal-normal", "gmm-enum", "vae-tiny")
 CONTENDERS = ("pyro_vi", "pyro_vi-compiled", "torch", "pyro", "numpyro")
@@ -205,7 +205,7 @@ def build_pyro_vi(case, x: Tensor, steps: int, seed: int, compile: bool = False)
     config = pyro_vi.TrainConfig(
         epochs=steps, batch_size=x.shape[0], learning_rate=LEARNING_RATE, binarization="none", seed=seed, compile=compile
     )
-    optimizer = pyro_vi.optim.Adam({"lr": LEARNING_RATE})
+    optimizer = pyro_vi.engine.optim.Adam({"lr": LEARNING_RATE})
     loss = case.loss()
     slot = _common.ParamStoreSlot()
 
@@ -280,8 +280,8 @@ BUILDERS = {
     "pyro": build_pyro,
     "numpyro": build_numpyro,
 }
-# What cannot be recorded (pyro_vi.compiled takes Trace_ELBO with a reparameterized guide).
-UNSUPPORTED = {("gmm-enum", "pyro_vi-compiled"): "TraceEnum_ELBO is not recorded by pyro_vi.compiled"}
+# What cannot be recorded (pyro_vi.engine.compiled takes Trace_ELBO with a reparameterized guide).
+UNSUPPORTED = {("gmm-enum", "pyro_vi-compiled"): "TraceEnum_ELBO is not recorded by pyro_vi.engine.compiled"}
 CASES = {"normal-normal": NormalNormal, "gmm-enum": GMMEnum}
 
 

@@ -6,7 +6,7 @@ the same binarized images, drawn by index from a device-resident tensor:
 
 * ``pyro_vi``   ``pyro_vi.fit_images`` (the engine with the VAE's data path) with its defaults (the loop users of this library get);
 * ``pyro_vi-compiled``  ``pyro_vi.fit_images`` with ``TrainConfig(compile=True)``: the step's Trace_ELBO
-                recorded once as a tensor program (``pyro_vi.compiled``) and replayed;
+                recorded once as a tensor program (``pyro_vi.engine.compiled``) and replayed;
 * ``torch``     a hand-written PyTorch loop of the identical network, objective, batch and
                 optimizer: the ceiling for any library built on PyTorch;
 * ``pyro``      Pyro's ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step`` as a user writes it;
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import pyro_vi  # noqa: E402
-import pyro_vi.optim  # noqa: E402
-from pyro_vi.models.vae import VAE  # noqa: E402
+import pyro_vi.engine.optim  # noqa: E402
+from pyro_vi.vae.model import VAE  # noqa: E402
 
 CONTENDERS = ("pyro_vi", "pyro_vi-compiled", "torch", "pyro", "numpyro")
 REFERENCE = "torch"
@@ -95,7 +95,7 @@ def build_pyro_vi(images: Tensor, args, batch_size: int, compile: bool = False):
         compile=compile,
     )  # fmt: skip
     store = _common.ParamStoreSlot()
-    optimizer = pyro_vi.optim.Adam({"lr": args.learning_rate})  # fit's default, kept across its calls
+    optimizer = pyro_vi.engine.optim.Adam({"lr": args.learning_rate})  # fit's default, kept across its calls
     loss = pyro.infer.Trace_ELBO()  # fit's default; kept, so a compiled program is recorded once
 
     def epoch() -> float:

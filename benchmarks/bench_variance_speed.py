@@ -17,13 +17,14 @@ import _common  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vi import gradient_variance, variance_models  # noqa: E402
+from pyro_vi import gradient_variance  # noqa: E402
+from pyro_vi.estimators import problems as variance_models  # noqa: E402
 
 
 def _problem(name):
     if name == "gaussian":
         return variance_models.make_problem("gaussian", dim=10)
-    from pyro_vi.data import binarize, load_dataset
+    from pyro_vi.vae.data import binarize, load_dataset
 
     pyro.clear_param_store()
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from pyro_vi import get_estimator, gradient_variance, variance_models  # noqa: E402
+from pyro_vi import get_estimator, gradient_variance  # noqa: E402
+from pyro_vi.estimators import problems as variance_models  # noqa: E402
 
 
 def exact_gradient_by_enumeration(logit: float, targets=variance_models.BERNOULLI_TARGETS) -> float:

@@ -3,7 +3,7 @@
 x ~ N(loc = 1, scale = 1); costs (x - k)^2, exp(-k x^2), cos(k x) over a range of k. For each, the
 per-sample variance of the estimates of d/d loc and d/d scale of E[f(x; k)] by score,
 score-optimal-baseline and reparam (pathwise): Monte Carlo (``--samples`` draws) next to the exact
-value by Gauss-Hermite quadrature (``pyro_vi.gradient_toys``). Writes JSON, a 2 x 3 figure of
+value by Gauss-Hermite quadrature (``pyro_vi.estimators.toys``). Writes JSON, a 2 x 3 figure of
 variance against k (lines exact, markers Monte Carlo) and a row in RESULTS.md.
 """
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from pyro_vi import gradient_toys  # noqa: E402
+from pyro_vi.estimators import toys as gradient_toys  # noqa: E402
 
 
 def main(args):

@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from pyro_vi import gradient_variance, plots_variance, variance_models  # noqa: E402
+from pyro_vi import gradient_variance  # noqa: E402
+from pyro_vi.estimators import problems as variance_models  # noqa: E402
+from pyro_vi.plots import variance as plots_variance  # noqa: E402
 
 ESTIMATORS = [("reparam", 1), ("score", 1), ("score-naive", 1), ("score-graph", 1), ("score-baseline", 1),
               ("score-nn-baseline", 1), ("rloo", 2), ("stl", 1), ("analytic-kl", 1)]

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
-from pyro_vi import VAE, TrainConfig, binarize, evaluate, get_estimator, gradient_variance, load_dataset  # noqa: E402
-from pyro_vi.train import fit  # noqa: E402
+from pyro_vi import VAE, TrainConfig, binarize, get_estimator, gradient_variance, load_dataset  # noqa: E402
+from pyro_vi.vae import evaluate  # noqa: E402
+from pyro_vi.vae.train import fit  # noqa: E402
 
 ESTIMATORS = ("reparam", "score", "score-baseline", "stl")
 BASELINE_WARMUP_DRAWS = 50

@@ -31,9 +31,9 @@ def main(args):
     pyro_vi.fit_images(vae.model, vae.guide, dataset.train_images, config, progress=False)
 
     # 2. The gaps on test images (refinement starts from the encoder; mean-field from the prior).
-    gaps = pyro_vi.evaluate.gaps(vae, test_images, iwae_k=args.iwae_k, refine_steps=(0, 1, 5, 20, 100),
+    gaps = pyro_vi.vae.evaluate.gaps(vae, test_images, iwae_k=args.iwae_k, refine_steps=(0, 1, 5, 20, 100),
                                  meanfield_steps=args.meanfield_steps)
-    units = pyro_vi.evaluate.active_units(vae, test_images)
+    units = pyro_vi.vae.evaluate.active_units(vae, test_images)
     print(f"log p(x)                 {gaps.log_px:8.2f}  (IWAE, k={gaps.iwae_k})")
     for steps, elbo in zip(gaps.refine_steps, gaps.elbo_refined):
         print(f"ELBO refined {steps:>3} steps  {elbo:8.2f}" + ("  (amortized)" if steps == 0 else ""))

@@ -11,8 +11,11 @@ import argparse
 import time
 
 import pyro_vi
-from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi
-from pyro_vi.models import gmm
+from pyro_vi.mixture import data as mixture_data
+from pyro_vi.mixture import em as mixture_em
+from pyro_vi.mixture import eval as mixture_eval
+from pyro_vi.mixture import svi as mixture_svi
+from pyro_vi.mixture import model as gmm
 
 
 def main(args):

@@ -60,7 +60,7 @@ def main(args):
         return
     data = torch.as_tensor(coin_data())
     pyro.clear_param_store()
-    result = pyro_vi.fit(model, guide, data, num_steps=args.num_steps, optim=pyro_vi.optim.Adam({"lr": args.learning_rate}),
+    result = pyro_vi.fit(model, guide, data, num_steps=args.num_steps, optim=pyro_vi.engine.optim.Adam({"lr": args.learning_rate}),
                          seed=args.seed, progress=False)
     alpha, beta = float(result.params["alpha_q"]), float(result.params["beta_q"])
     exact_alpha, exact_beta = exact_posterior(data)

@@ -33,7 +33,7 @@ def main(args):
     test_images = pyro_vi.binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
 
     def evaluate(epoch):
-        terms = pyro_vi.evaluate.elbo_terms(vae, test_images)
+        terms = pyro_vi.vae.evaluate.elbo_terms(vae, test_images)
         return {"test_elbo": terms.elbo, "test_recon": terms.recon, "test_kl": terms.kl}
 
     config = pyro_vi.TrainConfig(
@@ -59,9 +59,9 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Amortized VAE trained with SVI")
-    parser.add_argument("--dataset", default="digits", choices=pyro_vi.data.DATASETS)
+    parser.add_argument("--dataset", default="digits", choices=pyro_vi.vae.data.DATASETS)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--binarization", default=None, choices=pyro_vi.data.BINARIZATIONS)
+    parser.add_argument("--binarization", default=None, choices=pyro_vi.vae.data.BINARIZATIONS)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)

@@ -7,7 +7,8 @@ estimator, the mean gradient, its total variance and SNR over replicates.
 
 import argparse
 
-from pyro_vi import gradient_variance, variance_models
+from pyro_vi import gradient_variance
+from pyro_vi.estimators import problems as variance_models
 
 
 def main(args):

@@ -1,33 +1,42 @@
 """pyro_vi: variational inference on Pyro.
 
 Write a model and a guide, fit them with SVI, see what the fit did, and measure how good the
-gradient estimator is.
+gradient estimator is. The subpackages, one per job (see ARCHITECTURE.md):
+
+* :mod:`pyro_vi.engine`      ``fit`` for any Pyro model/guide pair; checkpoints, compile, distributed
+* :mod:`pyro_vi.estimators`  gradient estimators by name, and the variance/SNR/bias lab
+* :mod:`pyro_vi.mixture`     Gaussian mixtures: the model, EM, SVI
+* :mod:`pyro_vi.vae`         the amortized VAE, its data and metrics
+* :mod:`pyro_vi.local`       per-datapoint q_n and semi-amortized refinement
+* :mod:`pyro_vi.plots`       figures
+* :mod:`pyro_vi.commands`    the ``pyro-vi`` command's subcommands
 """
 
 from pyro_vi import _interrupt
 
 _interrupt.exit_quietly_during_import()  # the pyro-vi command: Ctrl-C while torch loads exits 130, quietly
 
-from pyro_vi import checkpoint, data, device, errors, evaluate, io, optim, plots, train
-from pyro_vi.models import vae
-from pyro_vi import mixture_data, mixture_em, mixture_eval, mixture_svi
-from pyro_vi.models import gmm
-from pyro_vi.models.gmm import MixtureParams, Prior
-from pyro_vi.mixture_em import fit_em
-from pyro_vi.mixture_svi import fit_svi
-from pyro_vi.models.vae import VAE
-from pyro_vi import engine
-from pyro_vi.engine import EpochSubsample, PerStep, fit
-from pyro_vi.train import FitResult, TrainConfig
-from pyro_vi.train import fit as fit_images
-from pyro_vi import importance, local_training
-from pyro_vi.models import conjugate, local
-from pyro_vi.models.local import LocalGuide, refine
-from pyro_vi.local_training import LocalTrainConfig, fit_local
-from pyro_vi import estimators, gradient_toys, variance, variance_models
+from pyro_vi import conjugate, device, engine, errors, estimators, io, local, mixture, plots, vae
+
+# Fitting any model and guide.
+from pyro_vi.engine import EpochSubsample, FitResult, PerStep, fit
+
+# Gradient estimators and the variance lab.
 from pyro_vi.estimators import ESTIMATORS, get_estimator
-from pyro_vi.variance import gradient_variance, variance_over_training
-from pyro_vi.data import Dataset, binarize, load_dataset, validate_images
+from pyro_vi.estimators.variance import gradient_variance, variance_over_training
+
+# Gaussian mixtures.
+from pyro_vi.mixture import MixtureParams, Prior, fit_em, fit_svi
+
+# The VAE on images.
+from pyro_vi.vae import VAE, Dataset, TrainConfig, binarize, load_dataset, validate_images
+from pyro_vi.vae.train import ImageFitResult
+from pyro_vi.vae.train import fit as fit_images
+
+# Per-datapoint and semi-amortized inference.
+from pyro_vi.local import LocalGuide, LocalTrainConfig, fit_local, refine
+
+# Devices and errors.
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import (
     CheckpointError,
@@ -43,60 +52,19 @@ from pyro_vi.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "DataNotFoundError",
-    "Dataset",
-    "FitResult",
-    "TrainConfig",
-    "VAE",
-    "checkpoint",
-    "evaluate",
-    "fit",
-    "fit_images",
-    "engine",
-    "EpochSubsample",
-    "PerStep",
-    "plots",
-    "train",
-    "vae",
-    "DeviceError",
-    "OutputError",
-    "PyroVIError",
-    "TrainingDivergedError",
-    "binarize",
-    "data",
-    "device",
-    "errors",
-    "io",
-    "optim",
-    "load_dataset",
-    "resolve_device",
-    "validate_images",
-    "MixtureParams",
-    "Prior",
-    "fit_em",
-    "fit_svi",
-    "gmm",
-    "mixture_data",
-    "mixture_em",
-    "mixture_eval",
-    "mixture_svi",
-    "LocalGuide",
-    "LocalTrainConfig",
-    "conjugate",
-    "fit_local",
-    "importance",
-    "local",
-    "local_training",
-    "refine",
-    "ESTIMATORS",
-    "estimators",
-    "get_estimator",
-    "gradient_variance",
-    "variance",
-    "variance_models",
-    "gradient_toys",
-    "variance_over_training",
+    # subpackages and shared modules
+    "engine", "estimators", "mixture", "vae", "local", "plots", "conjugate", "device", "errors", "io",
+    # fitting any model and guide
+    "fit", "FitResult", "PerStep", "EpochSubsample",
+    # gradient estimators and the variance lab
+    "ESTIMATORS", "get_estimator", "gradient_variance", "variance_over_training",
+    # Gaussian mixtures
+    "MixtureParams", "Prior", "fit_em", "fit_svi",
+    # the VAE on images
+    "VAE", "TrainConfig", "fit_images", "ImageFitResult", "Dataset", "load_dataset", "binarize", "validate_images",
+    # per-datapoint and semi-amortized inference
+    "LocalGuide", "LocalTrainConfig", "fit_local", "refine",
+    # devices and errors
+    "resolve_device", "PyroVIError", "ConfigError", "DataError", "DataNotFoundError", "DeviceError",
+    "OutputError", "CheckpointError", "TrainingDivergedError",
 ]

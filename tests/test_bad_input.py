@@ -19,8 +19,9 @@ import pyro.distributions
 import pytest
 import torch
 
-from pyro_vi import checkpoint, cli, io
-from pyro_vi.data import load_dataset, validate_images
+from pyro_vi import cli, io
+from pyro_vi.engine import checkpoint
+from pyro_vi.vae.data import load_dataset, validate_images
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import (
     CheckpointError,
@@ -31,8 +32,8 @@ from pyro_vi.errors import (
     OutputError,
     PyroVIError,
 )
-from pyro_vi.models.vae import VAE
-from pyro_vi.train import TrainConfig, fit
+from pyro_vi.vae.model import VAE
+from pyro_vi.vae.train import TrainConfig, fit
 
 # The smallest run that trains: 1,497 digits, 14 steps of 100.
 TINY = ["--epochs", "1", "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress"]
@@ -572,7 +573,7 @@ def test_cli_gmm_output_is_a_file(tmp_path, capsys):
     ],
 )
 def test_api_gmm_bad_options(num_components, covariance, num_restarts, fragment):
-    from pyro_vi import mixture_em
+    from pyro_vi.mixture import em as mixture_em
 
     with pytest.raises(ConfigError, match=fragment):
         mixture_em.validate_options(GOOD[:, :3].double(), num_components, covariance, num_restarts)
@@ -588,7 +589,7 @@ def test_api_gmm_bad_options(num_components, covariance, num_restarts, fragment)
     ],
 )
 def test_api_gmm_bad_data_file(kind, error_type, fragment, tmp_path):
-    from pyro_vi import mixture_data
+    from pyro_vi.mixture import data as mixture_data
 
     with pytest.raises(error_type, match=fragment):
         mixture_data.load_file(_gmm_file(kind, tmp_path))

@@ -16,8 +16,9 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_vi import estimators, importance
-from pyro_vi.models import conjugate
+from pyro_vi import estimators
+from pyro_vi.estimators import importance
+from pyro_vi import conjugate
 
 DTYPE = torch.float64
 

@@ -15,7 +15,9 @@ def test_sphinx_builds_without_warnings(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    for page in ("index", "api/pyro_vi", "api/engine", "api/estimators", "api/variance", "api/vae"):
+    for page in ("index", "api/pyro_vi", "api/engine", "api/estimators", "api/mixture", "api/vae", "api/local", "api/plots", "api/commands", "api/shared"):
         assert (out / f"{page}.html").is_file(), page
     engine = (out / "api" / "engine.html").read_text()
     assert "EpochSubsample" in engine and "num_steps" in engine  # members documented, not just the module
+    estimators = (out / "api" / "estimators.html").read_text()
+    assert "gradient_variance" in estimators and "ImportanceWeighted" in estimators

@@ -60,7 +60,8 @@ def variance_steps(num_steps: int, num_points: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vi import io, user_model
+    from pyro_vi import io
+    from pyro_vi.commands import user_model
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import ConfigError
 
@@ -111,7 +112,7 @@ def _refusal(name: str, num_particles: int, pair) -> str | None:
 
 
 def _report(args, data, device, steps, initial, pair, rows, skipped) -> dict:
-    from pyro_vi import user_model
+    from pyro_vi.commands import user_model
 
     return {
         "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
@@ -136,7 +137,9 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
     import torch
     from pyro.infer import Trace_ELBO
 
-    from pyro_vi import engine, estimators, user_model, variance
+    from pyro_vi import engine, estimators
+    from pyro_vi.commands import user_model
+    from pyro_vi.estimators import variance
     from pyro_vi.commands import fit
     from pyro_vi.errors import PyroVIError
 

@@ -41,7 +41,7 @@ LOSSES = {
 # Losses whose value is -ELBO (the others' final ELBO is estimated with Trace_ELBO).
 _ELBO_VALUED = {"trace", "tracegraph", "traceenum", "tracemeanfield", "jit-trace", "jit-tracegraph", "jit-traceenum",
                 "jit-tracemeanfield"}
-# --optimizer names -> pyro.optim classes ("adam" is pyro_vi.optim.Adam: Pyro's update, one fused step).
+# --optimizer names -> pyro.optim classes ("adam" is pyro_vi.engine.optim.Adam: Pyro's update, one fused step).
 OPTIMIZERS = {
     "adam": "Adam",
     "clipped-adam": "ClippedAdam",
@@ -56,7 +56,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> No
     """The model, guide, data and training options ``fit`` and ``compare`` share."""
     from pyro_vi.cli import parse_seed
     from pyro_vi.device import DEVICES
-    from pyro_vi.user_model import AUTO_GUIDES
+    from pyro_vi.commands.user_model import AUTO_GUIDES
 
     parser.add_argument("model", metavar="FILE.py:MODEL", help="the model function, e.g. my_model.py:model")
     parser.add_argument("guide", metavar="GUIDE",
@@ -107,7 +107,7 @@ def validate_common(args: argparse.Namespace) -> None:
 def make_optimizer(name: str, learning_rate: float):
     import pyro.optim
 
-    from pyro_vi import optim
+    from pyro_vi.engine import optim
 
     if name == "adam":
         return optim.Adam({"lr": learning_rate})
@@ -154,7 +154,8 @@ def elbo_evaluator(loss, name: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vi import io, preflight, user_model
+    from pyro_vi import io, preflight
+    from pyro_vi.commands import user_model
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import CheckpointError, ConfigError, OutputError
 
@@ -252,7 +253,8 @@ def _spec_name(spec: str) -> str:
 
 def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
     """``pyro_vi.fit`` with the checkpoint in OUT; a model raising mid-run is one line naming the step."""
-    from pyro_vi import engine, user_model
+    from pyro_vi import engine
+    from pyro_vi.commands import user_model
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
 
     completed = [0]
@@ -282,7 +284,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
 
 
 def _final_elbo(loss, loss_name: str, pair, num_samples: int) -> tuple[float, float]:
-    from pyro_vi import user_model
+    from pyro_vi.commands import user_model
 
     evaluator = elbo_evaluator(loss, loss_name)
     try:
@@ -292,7 +294,7 @@ def _final_elbo(loss, loss_name: str, pair, num_samples: int) -> tuple[float, fl
 
 
 def _posterior(pair, sites: list[str], num_samples: int):
-    from pyro_vi import user_model
+    from pyro_vi.commands import user_model
 
     try:
         return user_model.posterior_summary(pair, sites, num_samples)

@@ -31,7 +31,7 @@ def _steps(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.cli import parse_seed
     from pyro_vi.commands.vae import _hidden_dims
-    from pyro_vi.data import BINARIZATIONS, DATASETS
+    from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
 
     source = parser.add_argument_group("model (a checkpoint, or train one from scratch)")
@@ -108,7 +108,7 @@ def _check_memory(args, vae, device) -> None:
 
 def load_vae(path: str | Path, device: torch.device):
     """The VAE saved in a ``pyro-vi vae`` checkpoint, its params in the param store; and its config."""
-    from pyro_vi.models.vae import load_checkpoint
+    from pyro_vi.vae.model import load_checkpoint
 
     return load_checkpoint(path, device)
 
@@ -117,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     import pyro
 
     from pyro_vi import io
-    from pyro_vi.data import load_dataset, validate_images
+    from pyro_vi.vae.data import load_dataset, validate_images
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import ConfigError
-    from pyro_vi.models.vae import VAE
+    from pyro_vi.vae.model import VAE
 
     # 1. Check everything before writing anything; then hold OUT for the run.
     _validate(args)
@@ -149,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_and_measure(args, vae, dataset, dataset_name, device, out) -> int:
-    from pyro_vi import evaluate, io, plots_gap
-    from pyro_vi.data import binarize
+    from pyro_vi import io
+    from pyro_vi.vae import evaluate
+    from pyro_vi.plots import gap as plots_gap
+    from pyro_vi.vae.data import binarize
     from pyro_vi.errors import TrainingInterrupted
-    from pyro_vi.train import TrainConfig, fit
+    from pyro_vi.vae.train import TrainConfig, fit
 
     # 2. The model: loaded, or trained here.
     start = time.perf_counter()

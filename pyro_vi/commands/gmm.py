@@ -14,10 +14,14 @@ import warnings
 
 import torch
 
-from pyro_vi import io, mixture_data, mixture_em, mixture_eval, mixture_svi, preflight
+from pyro_vi import io, preflight
+from pyro_vi.mixture import data as mixture_data
+from pyro_vi.mixture import em as mixture_em
+from pyro_vi.mixture import eval as mixture_eval
+from pyro_vi.mixture import svi as mixture_svi
 from pyro_vi.device import DEVICES, resolve_device
 from pyro_vi.errors import ConfigError, PyroVIError, TrainingDivergedError
-from pyro_vi.models import gmm
+from pyro_vi.mixture import model as gmm
 
 HELP = "Gaussian mixture by EM or SVI (MAP or mean-field), compared with scikit-learn."
 METHODS = ("em", "svi-map", "svi-meanfield")
@@ -194,7 +198,7 @@ def _fit_and_report(args, data, train, test, device, plot_iterations, out) -> in
         metrics["matched_loc_errors"] = matched.loc_errors
         metrics["matched_weight_errors"] = matched.weight_errors
 
-    from pyro_vi import plots_gmm
+    from pyro_vi.plots import gmm as plots_gmm
 
     panels = [(f"{unit} {i}" if i else "initialization", snapshots[i]) for i in sorted(snapshots)]
     panels.append((f"final ({unit} {iterations})", params))

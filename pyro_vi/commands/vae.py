@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 if TYPE_CHECKING:
-    from pyro_vi.data import Dataset
-    from pyro_vi.models.vae import VAE
-    from pyro_vi.train import TrainConfig
+    from pyro_vi.vae.data import Dataset
+    from pyro_vi.vae.model import VAE
+    from pyro_vi.vae.train import TrainConfig
 
 HELP = "train an amortized VAE with SVI (default: scikit-learn digits, offline)"
 
@@ -73,9 +73,9 @@ def _default_help(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.cli import parse_seed
-    from pyro_vi.data import BINARIZATIONS, DATASETS
+    from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
-    from pyro_vi.models.vae import LIKELIHOODS
+    from pyro_vi.vae.model import LIKELIHOODS
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=DATASETS)
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--compile",
         action="store_true",
-        help="record the step's Trace_ELBO once and replay it as a tensor program (pyro_vi.compiled): same "
+        help="record the step's Trace_ELBO once and replay it as a tensor program (pyro_vi.engine.compiled): same "
         "numbers, less per-step overhead; needs --elbo trace with one particle and no --estimator",
     )
     train.add_argument("--iwae-k", type=int, default=0, help="after training, test NLL by IWAE with k samples (0: off)")
@@ -155,7 +155,7 @@ def build_loss(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vi import distributed
+    from pyro_vi.engine import distributed
 
     fill_dataset_defaults(args)
     data_parallel = distributed.init(args.device) if args.distributed or distributed.launched() else None
@@ -183,12 +183,12 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     """Check everything the user passed, writing nothing."""
     import pyro
 
-    from pyro_vi import checkpoint
-    from pyro_vi.data import load_dataset
+    from pyro_vi.engine import checkpoint
+    from pyro_vi.vae.data import load_dataset
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import OutputError
-    from pyro_vi.models.vae import VAE
-    from pyro_vi.train import TrainConfig
+    from pyro_vi.vae.model import VAE
+    from pyro_vi.vae.train import TrainConfig
 
     from pyro_vi import io, preflight
 
@@ -260,10 +260,12 @@ def _agreed(check, data_parallel) -> tuple[Any, bool]:
 
 
 def _train(args: argparse.Namespace, data_parallel) -> int:
-    from pyro_vi import evaluate, io, plots
-    from pyro_vi.data import binarize
+    from pyro_vi import io
+    from pyro_vi.vae import evaluate
+    from pyro_vi.plots import vae as plots
+    from pyro_vi.vae.data import binarize
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
-    from pyro_vi.train import fit
+    from pyro_vi.vae.train import fit
 
     # 1. Check everything before writing anything; then rank 0, which alone writes, creates OUT.
     is_main = data_parallel is None or data_parallel.is_main
@@ -283,10 +285,12 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
 
 
 def _train_in(args, data_parallel, setup, out, is_main) -> int:
-    from pyro_vi import evaluate, io, plots
-    from pyro_vi.data import binarize
+    from pyro_vi import io
+    from pyro_vi.vae import evaluate
+    from pyro_vi.plots import vae as plots
+    from pyro_vi.vae.data import binarize
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
-    from pyro_vi.train import fit
+    from pyro_vi.vae.train import fit
 
     device, config, dataset, loss, vae, model_config, _, checkpoint_path = setup
 

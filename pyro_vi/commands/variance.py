@@ -24,11 +24,11 @@ def _positive_list(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.cli import parse_seed
-    from pyro_vi.data import DATASETS
-    from pyro_vi.variance_models import MODELS
+    from pyro_vi.vae.data import DATASETS
+    from pyro_vi.estimators.problems import MODELS
 
     from pyro_vi.device import DEVICES
-    from pyro_vi.user_model import AUTO_GUIDES
+    from pyro_vi.commands.user_model import AUTO_GUIDES
 
     parser.add_argument("user_model", nargs="?", metavar="FILE.py:MODEL", help="your model function (instead of --model)")
     parser.add_argument("user_guide", nargs="?", metavar="GUIDE",
@@ -104,13 +104,14 @@ def _check_form(args) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vi import estimators, variance_models
+    from pyro_vi import estimators
+    from pyro_vi.estimators import problems as variance_models
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     _check_form(args)
     names = _validate(args)
     if args.user_model is not None:
-        from pyro_vi import user_model
+        from pyro_vi.commands import user_model
         from pyro_vi.device import resolve_device
 
         data = user_model.load_data(args.data, resolve_device(args.device))
@@ -136,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args, names, label, model, guide, model_args, reference, out) -> int:
-    from pyro_vi import io, plots_variance, variance
+    from pyro_vi import io
+    from pyro_vi.plots import variance as plots_variance
+    from pyro_vi.estimators import variance
 
     rows, summary, skipped = [], [], []
     for name in names:

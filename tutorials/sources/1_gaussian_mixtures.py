@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 import pyro_vi
-from pyro_vi import mixture_data, mixture_em, mixture_eval
-from pyro_vi.models import gmm
+from pyro_vi.mixture import data as mixture_data
+from pyro_vi.mixture import em as mixture_em
+from pyro_vi.mixture import eval as mixture_eval
+from pyro_vi.mixture import model as gmm
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
 MAP_STEPS = 15 if SMALL else 300          # SVI steps, MAP guide (enumerated assignments)
@@ -144,7 +146,7 @@ plt.show()
 # %% [markdown]
 # ## 2. The same model with SVI
 #
-# `pyro_vi.models.gmm.model` is the mixture written in Pyro, with priors on the weights,
+# `pyro_vi.mixture.model.model` is the mixture written in Pyro, with priors on the weights,
 # locations and covariances. SVI climbs the same kind of ELBO by stochastic gradient, with two
 # guides (`pyro_vi.fit_svi`, which starts from exactly EM's initialization for the same `seed`):
 #

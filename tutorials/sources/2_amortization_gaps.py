@@ -20,7 +20,7 @@
 # with q* the best Gaussian for each point: the approximation gap is the price of the Gaussian
 # family, the amortization gap the price of predicting q with a network. This tutorial trains
 # decoders with each kind of q (`pyro_vi.fit_images`, `pyro_vi.fit_local` with a
-# `pyro_vi.LocalGuide`), then measures the two gaps of a VAE (`pyro_vi.evaluate.gaps`, the same
+# `pyro_vi.LocalGuide`), then measures the two gaps of a VAE (`pyro_vi.vae.evaluate.gaps`, the same
 # functions as `pyro-vi gap`).
 #
 # Data: MNIST training subsets (6,000 images) in full mode when the files are in `/work/shared/data/mnist` (or
@@ -42,7 +42,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import pyro_vi
-from pyro_vi import evaluate
+from pyro_vi.vae import evaluate
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
 MNIST_DIR = Path(os.environ.get("PYRO_VI_MNIST_DIR", "/work/shared/data/mnist"))

@@ -29,7 +29,7 @@ import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 import pyro_vi
-from pyro_vi import variance_models
+from pyro_vi.estimators import problems as variance_models
 from pyro_vi.errors import ConfigError
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"

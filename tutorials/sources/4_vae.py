@@ -34,7 +34,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import pyro_vi
-from pyro_vi import evaluate
+from pyro_vi.vae import evaluate
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
 MNIST_DIR = Path(os.environ.get("PYRO_VI_MNIST_DIR", "/work/shared/data/mnist"))
@@ -82,7 +82,7 @@ plt.show()
 # `pyro_vi.VAE(pixels, z_dim, hidden_dims, likelihood)` holds the two networks; `vae.model` and
 # `vae.guide` are an ordinary Pyro model/guide pair. `pyro_vi.fit_images` trains them in epochs of
 # minibatches (`TrainConfig`), and calls `evaluate(epoch)` after every epoch: there we record the
-# test ELBO split into its two terms (`pyro_vi.evaluate.elbo_terms`, the KL in closed form) and the
+# test ELBO split into its two terms (`pyro_vi.vae.evaluate.elbo_terms`, the KL in closed form) and the
 # active units (section 2).
 #
 # `TrainConfig(kl_warmup_epochs=W)` multiplies the KL term by a weight rising linearly from 0 to 1

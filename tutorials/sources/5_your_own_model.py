@@ -184,11 +184,11 @@ plt.show()
 # The estimator is chosen outside the model: the model and guide are never rewritten.
 # `pyro_vi.gradient_variance` draws many gradient estimates at the current params (vectorized with
 # `torch.func.vmap`, the params unchanged) and reports their mean, variance, signal-to-noise ratio
-# and, given the exact gradient (`pyro_vi.variance_models.exact_elbo_gradient`, exact here since
+# and, given the exact gradient (`pyro_vi.estimators.problems.exact_elbo_gradient`, exact here since
 # the integrand is quadratic), the bias. We measure at the prior (the guide's initial params).
 
 # %%
-from pyro_vi import variance_models
+from pyro_vi.estimators import problems as variance_models
 
 estimator_names = ["reparam", "score", "score-baseline", "rloo"]
 pyro.clear_param_store()

@@ -1,0 +1,339 @@
+"""Trace the ELBO once, then replay it as a plain tensor program: no Pyro tracing per step.
+
+Each SVI step of ``Trace_ELBO`` runs the model and guide under Pyro's effect handlers (trace,
+replay, plates, param-store lookups) before any arithmetic happens. For a model whose structure
+does not change between steps (the same sites, shapes and plates each time; only the values of
+the data, the subsample indices, the KL weight and the noise differ) that bookkeeping always gives
+the same computation. ``compile_loss`` records that computation once with
+``torch.fx.experimental.proxy_tensor.make_fx`` at the level of tensor operations::
+
+    surrogate(params, *args) = -(sum_model log p(x, z) - sum_guide log q(z))    z = loc + scale * eps
+
+with the unconstrained Pyro params (and the parameters of modules registered by ``pyro.module``)
+as inputs, and the guide's noise drawn afresh on every call (the recorded ``normal_`` ops read the
+global torch RNG, in the order the plain path draws). The result is an ordinary function of
+tensors: ``loss = compiled(*args); loss.backward()`` fills the same ``.grad``s as
+``Trace_ELBO().loss_and_grads`` and, with the same RNG state, gives the same value and gradients
+(checked once when compiling, and by ``tests/test_compiled.py``).
+
+What it needs, and refuses otherwise (``ConfigError``): every guide site reparameterizable (the
+surrogate is the pathwise one; use the plain path for score-function estimators), a ``Trace_ELBO``
+loss (any ``num_particles``), and Python control flow that does not read tensor values (a model
+that branches on its data would be recorded along one branch only: the check at compile time
+catches a mismatch on the compiling batch, not on later ones). Non-tensor arguments are recorded
+as constants: pass what changes between steps (a KL weight) as a tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Callable, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils.stateless import _reparametrize_module
+
+from pyro_vi.errors import ConfigError
+
+__all__ = ["CompiledLoss", "compile_loss", "recorded_loss", "surrogate_loss"]
+
+
+def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particles: int = 1) -> Tensor:
+    """-ELBO of a reparameterized guide, summed as ``Trace_ELBO`` sums it (model sites, then guide).
+
+    Its value is ``Trace_ELBO``'s loss and its gradient ``Trace_ELBO``'s, for guides whose sites all
+    rsample; it reads no tensor value (no ``.item()``), so it can be recorded by ``make_fx``.
+    """
+    loss = 0.0
+    for _ in range(num_particles):
+        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
+        model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args))
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        elbo = 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo - site["log_prob_sum"]
+        loss = loss - elbo / num_particles
+    return loss
+
+
+class CompiledLoss:
+    """``surrogate_loss`` of one model/guide pair, recorded once; call it with the step's args.
+
+    Attributes:
+        params: the unconstrained tensors it differentiates (Pyro's params and registered module
+            parameters), the leaves whose ``.grad`` a backward pass fills.
+        names: their param-store names.
+    """
+
+    def __init__(self, graph: Callable, names: list[str], params: list[Tensor]):
+        self._graph = graph
+        self.names = names
+        self.params = params
+
+    def __call__(self, *args) -> Tensor:
+        return self._graph(self.params, *args)
+
+
+def compile_loss(
+    model: Callable,
+    guide: Callable,
+    args: Sequence,
+    loss=None,
+    *,
+    param_names: Sequence[str] | None = None,
+    check: bool = True,
+) -> CompiledLoss:
+    """Record ``loss`` (a ``Trace_ELBO``) of ``model``/``guide`` on ``args`` as a tensor program.
+
+    The params must exist already (run one plain step first, as ``pyro_vi.fit`` does).
+
+    Args:
+        model, guide: the pair, called as ``model(*args)``.
+        args: one step's arguments; later calls must pass tensors of the same shapes (and the same
+            non-tensor values, which are recorded as constants).
+        loss: a ``pyro.infer.Trace_ELBO`` (default ``Trace_ELBO()``); its ``num_particles`` is kept.
+        param_names: the param-store names to differentiate (default: every param the model and
+            guide read).
+        check: compare value and gradients with ``Trace_ELBO`` once, on ``args`` with the same noise
+            (the RNG state is restored afterwards, so the run's random stream is not disturbed).
+
+    Raises:
+        ConfigError: the loss is not a ``Trace_ELBO``, a guide site is not reparameterizable, or the
+            recorded program disagrees with the plain path (the model's structure depends on values).
+    """
+    loss = Trace_ELBO() if loss is None else loss
+    if type(loss) is not Trace_ELBO:
+        raise ConfigError(
+            f"compile works with Trace_ELBO (the pathwise estimator), not {type(loss).__name__}; drop --compile for this loss"
+        )
+    if loss.num_particles > 1 and loss.vectorize_particles:
+        raise ConfigError("compile records particles one after another; use Trace_ELBO(vectorize_particles=False) or drop --compile")
+    rng = torch.get_rng_state()  # recording draws noise; the run's random stream must not notice
+    try:
+        compiled = _compile(model, guide, args, loss, param_names)
+        if check:
+            _check(compiled, model, guide, args, loss)
+    finally:
+        torch.set_rng_state(rng)
+    return compiled
+
+
+def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
+    num_particles = loss.num_particles
+    with _recording_modules() as modules, poutine.trace(param_only=True) as capture:
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    for site in prune_subsample_sites(guide_trace).nodes.values():
+        if site["type"] == "sample" and not site["is_observed"] and not getattr(site["fn"], "has_rsample", False):
+            raise ConfigError(
+                f"compile needs a reparameterized guide, but site {site['name']!r} cannot rsample; drop --compile"
+            )
+    store = pyro.get_param_store()
+    if param_names is None:
+        read = {site["name"] for site in capture.trace.nodes.values()}
+        param_names = [name for name in store._params if name in read]
+    names = list(param_names)
+    params = [store._params[name] for name in names]
+    # PyroModules (AutoGuides, PyroModule models) hold their params as module attributes too, and
+    # re-wrap a store value that is not their own attribute as a new nn.Parameter (a constant to the
+    # recording): swap the attribute along with the store entry.
+    for candidate in (model, guide, getattr(model, "__self__", None), getattr(guide, "__self__", None)):
+        if isinstance(candidate, nn.Module):
+            modules.setdefault(f"__callable_{id(candidate)}", candidate)
+    owners = _owners(modules)
+
+    def program(values: list[Tensor], *step_args) -> Tensor:
+        saved = dict(store._params)
+        swaps: dict[int, tuple[nn.Module, dict[str, Tensor]]] = {}
+        for name, value, param in zip(names, values, params):
+            store._params[name] = value
+            for module, key in owners.get(id(param), ()):
+                swaps.setdefault(id(module), (module, {}))[1][key] = value
+        try:
+            with contextlib.ExitStack() as stack:
+                for module, replacements in swaps.values():
+                    stack.enter_context(_reparametrize_module(module, replacements))
+                return surrogate_loss(model, guide, step_args, num_particles)
+        finally:
+            store._params.clear()
+            store._params.update(saved)
+
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyro.module warns about parameters swapped for tracers
+        try:
+            graph = make_fx(program)([p.detach() for p in params], *args)
+        except RuntimeError as error:
+            if "tracing tensor" not in str(error):
+                raise
+            raise ConfigError(
+                "the model or guide reads a tensor's value (data-dependent control flow, .item()), which a "
+                "recorded program cannot follow; run without --compile"
+            ) from None
+    return CompiledLoss(_simplify(graph), names, params)
+
+
+_aten = torch.ops.aten
+# x op c == x for these constants c: the recorded arithmetic of broadcasting and default arguments.
+_IDENTITIES = {_aten.mul.Tensor: 1, _aten.div.Tensor: 1, _aten.add.Tensor: 0, _aten.sub.Tensor: 0}
+
+
+def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop what the recording repeats for nothing on every call, leaving values unchanged:
+
+    * operations on constants only (``Normal(z, 1.0)``'s scale, squared and logged each step) are
+      computed once and kept as constants; never a random or in-place operation, or one whose
+      result an in-place operation would change;
+    * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0``, aliases and expands to the same shape are ``x``.
+    """
+    graph = graph_module.graph
+    constants: dict[torch.fx.Node, Tensor] = {}
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            constants[node] = getattr(graph_module, node.target)
+            continue
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        inputs = node.all_input_nodes
+        if inputs and all(n in constants for n in inputs) and _foldable(node):
+            with torch.no_grad():
+                value = node.target(
+                    *torch.fx.node.map_arg(node.args, constants.__getitem__),
+                    **torch.fx.node.map_arg(node.kwargs, constants.__getitem__),
+                )
+            if isinstance(value, Tensor):
+                name = f"_folded_{folded}"
+                folded += 1
+                graph_module.register_buffer(name, value)  # registered: fx knows what get_attr reads (no warning)
+                with graph.inserting_before(node):
+                    constant = graph.get_attr(name)
+                constant.meta = dict(node.meta)
+                node.replace_all_uses_with(constant)
+                graph.erase_node(node)
+                constants[constant] = value
+                continue
+        source = _identity_source(node)
+        if source is not None:
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and (
+        target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
+    )
+
+
+def _foldable(node: torch.fx.Node) -> bool:
+    return not _mutates(node) and not any(_mutates(user) for user in node.users)
+
+
+def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The input ``node`` merely passes on (same shape and dtype), else ``None``."""
+    target, args = node.target, node.args
+    if not args or not isinstance(args[0], torch.fx.Node) or node.kwargs:
+        return None
+    source = args[0]
+    before, after = source.meta.get("val"), node.meta.get("val")
+    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
+        return None
+    if before.shape != after.shape or before.dtype != after.dtype or any(_mutates(user) for user in node.users):
+        return None
+    if target in _IDENTITIES and len(args) == 2 and not isinstance(args[1], torch.fx.Node):
+        return source if args[1] == _IDENTITIES[target] and not isinstance(args[1], bool) else None
+    if target in (_aten.alias.default, _aten.expand.default):
+        return source
+    return None
+
+
+def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> CompiledLoss:
+    """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
+
+    ``pyro_vi.fit`` calls this after its first (plain) step. The program is reused by a later call
+    with the same model, guide, argument shapes and non-tensor arguments while the param store
+    still holds the very tensors it was recorded with (a cleared store, a resumed checkpoint or new
+    parameters record it afresh), so calling ``fit`` epoch by epoch records once.
+    """
+    key = (_identity(model), _identity(guide), _signature(args))
+    cached = getattr(loss, "_pyro_vi_recorded", None)
+    store = pyro.get_param_store()
+    if cached is not None and cached[0] == key and all(store._params.get(n) is p for n, p in zip(cached[1].names, cached[1].params)):
+        return cached[1]
+    program = compile_loss(model, guide, args, loss)
+    loss._pyro_vi_recorded = (key, program)
+    return program
+
+
+def _identity(function) -> tuple[int, int]:
+    """Bound methods are made afresh at each attribute access: key them by object and function."""
+    return id(getattr(function, "__self__", None)), id(getattr(function, "__func__", function))
+
+
+def _signature(args) -> tuple:
+    return tuple(
+        (tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else ("value", type(a).__name__, repr(a)) for a in args
+    )
+
+
+def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
+    """Value and gradients of the recorded program equal ``Trace_ELBO``'s on ``args``, same noise."""
+    rng = torch.get_rng_state()
+    with pyro.validation_enabled(False):
+        plain = loss.differentiable_loss(model, guide, *args)
+        plain_grads = torch.autograd.grad(plain, compiled.params, allow_unused=True)
+        torch.set_rng_state(rng)
+        value = compiled(*args)
+        grads = torch.autograd.grad(value, compiled.params, allow_unused=True)
+    tolerance = 1e-4 * (1.0 + abs(float(plain.detach())))
+    mismatch = not math.isclose(float(value.detach()), float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
+    for param, got, want in zip(compiled.params, grads, plain_grads):
+        got = torch.zeros_like(param) if got is None else got  # a param the loss does not reach
+        want = torch.zeros_like(param) if want is None else want
+        mismatch |= not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max())))
+    if mismatch:
+        raise ConfigError(
+            "the compiled ELBO differs from Trace_ELBO on the same batch and noise (the model's structure "
+            "depends on values, or a changing argument is not a tensor); run without --compile"
+        )
+
+
+@contextlib.contextmanager
+def _recording_modules():
+    """The nn.Modules passed to ``pyro.module`` while the block runs, by name."""
+    modules: dict[str, nn.Module] = {}
+    original = pyro.module
+
+    def recording(name, nn_module, update_module_params=False):
+        modules[name] = nn_module
+        return original(name, nn_module, update_module_params)
+
+    pyro.module = pyro.primitives.module = recording
+    try:
+        yield modules
+    finally:
+        pyro.module = pyro.primitives.module = original
+
+
+def _owners(modules: dict[str, nn.Module]) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) -> the (module, key) pairs holding it, so the recording swaps it everywhere."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in modules.values():
+        for key, parameter in module.named_parameters(remove_duplicate=False):
+            owners.setdefault(id(parameter), []).append((module, key))
+    return owners

@@ -1,0 +1,141 @@
+"""Adam over all parameters in one call: ``pyro.optim.Adam``'s update, without its per-parameter loop.
+
+``pyro.optim.Adam`` builds one ``torch.optim.Adam`` per parameter and steps them one by one; for a
+model with few, small tensors that Python loop costs more than the arithmetic, and for a large one
+the unfused update reads and writes each parameter-sized buffer several times. ``Adam`` here keeps
+a single ``torch.optim.Adam`` over every parameter it has seen, either
+
+* ``fused=True`` (the default): one fused kernel per device and dtype, one pass over memory; the
+  update equals Pyro's up to float rounding (a test bounds the difference), or
+* ``foreach=True``: a handful of batched ``torch._foreach_*`` kernels, bit for bit Pyro's update.
+
+It is a ``pyro.optim.PyroOptim``, so ``pyro.infer.SVI`` takes it too, and it keeps the interface the
+SVI loop and checkpoints use:
+
+* ``optimizer(params)`` steps the given (unconstrained) parameters, adding new ones as they appear;
+* ``get_state()`` / ``set_state()`` use Pyro's format, ``{param name: torch optimizer state dict}``,
+  so a checkpoint written with one optimizer resumes with the other; state set before a parameter
+  exists is applied when the parameter is first stepped, as in Pyro.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pyro
+import pyro.optim
+import torch
+from torch import Tensor
+
+__all__ = ["Adam"]
+
+
+class Adam(pyro.optim.PyroOptim):
+    """Adam on every parameter at once (one ``torch.optim.Adam``, fused unless told otherwise).
+
+    Args:
+        optim_args: ``torch.optim.Adam`` options, as for ``pyro.optim.Adam`` (``lr``, ``betas``,
+            ``eps``, ``weight_decay``, ``amsgrad``, ``fused``, ``foreach``). With neither ``fused``
+            nor ``foreach`` given, the fused kernel is used where torch has one, else foreach.
+            A callable (per-parameter options) is not supported: use ``pyro.optim.Adam`` for that.
+    """
+
+    def __init__(self, optim_args: dict | None = None):
+        if callable(optim_args):
+            raise TypeError("pyro_vi.engine.optim.Adam takes one dict of options; use pyro.optim.Adam for per-parameter options")
+        super().__init__(torch.optim.Adam, {"lr": 1e-3, **(optim_args or {})})
+        self._optimizer: torch.optim.Adam | None = None
+        self._params: dict[Tensor, None] = {}  # every parameter stepped so far, in order (an ordered set)
+        self._waiting: dict[str, dict] = {}  # per-name state set before the parameter appeared
+
+    def __call__(self, params: Iterable[Tensor], *args, **kwargs) -> None:
+        """Take one Adam step on ``params`` (those without a gradient are left alone)."""
+        params = list(params)
+        new = [p for p in params if p not in self._params]
+        if new:
+            self._add(new)
+        if len(params) == len(self._params):
+            self._optimizer.step()
+            return
+        # Step only the given parameters, as pyro.optim does: hide the others' gradients.
+        given = set(map(id, params))
+        hidden = [(p, p.grad) for p in self._params if id(p) not in given and p.grad is not None]
+        for p, _ in hidden:
+            p.grad = None
+        try:
+            self._optimizer.step()
+        finally:
+            for p, grad in hidden:
+                p.grad = grad
+
+    def _add(self, params: list[Tensor]) -> None:
+        if self._optimizer is None:
+            options = self.pt_optim_args
+            if "fused" not in options and "foreach" not in options:
+                fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+                options = {**options, "fused": True} if fusable else {**options, "foreach": True}
+            self._optimizer = torch.optim.Adam(params, **options)
+        else:
+            self._optimizer.add_param_group({"params": params})
+        store = pyro.get_param_store()
+        for p in params:
+            self._params[p] = None
+            state = self._waiting.pop(_name(store, p), None)
+            if state is not None:
+                self._optimizer.state[p] = _to_param(state, p, self._step_on_device)
+
+    @property
+    def _step_on_device(self) -> bool:
+        group = self._optimizer.param_groups[0]
+        return bool(group.get("fused") or group.get("capturable"))
+
+    def get_state(self) -> dict:
+        """``{param name: state dict of a one-parameter torch.optim.Adam}``, as ``pyro.optim`` writes it."""
+        state = dict(self._waiting)
+        if self._optimizer is None:
+            return state
+        store = pyro.get_param_store()
+        for group in self._optimizer.param_groups:
+            # Without "params", and without the kernel choice, so any torch Adam can load it.
+            options = {key: value for key, value in group.items() if key not in ("params", "fused", "foreach")}
+            for p in group["params"]:
+                name = _name(store, p)
+                if name is None:
+                    continue
+                saved = {key: value.clone() if torch.is_tensor(value) else value for key, value in self._optimizer.state.get(p, {}).items()}
+                state[name] = {"state": {0: saved} if saved else {}, "param_groups": [{**options, "params": [0]}]}
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """Load per-name state (from this class or ``pyro.optim``); applied as parameters appear."""
+        store = pyro.get_param_store()
+        for name, saved in state.items():
+            per_param = saved.get("state", {}).get(0)
+            if per_param is None:
+                continue
+            current = next((p for p in self._params if _name(store, p) == name), None)
+            if current is not None:
+                self._optimizer.state[current] = _to_param(per_param, current, self._step_on_device)
+            else:
+                self._waiting[name] = per_param
+
+
+def _name(store, param: Tensor) -> str | None:
+    try:
+        return store.param_name(param)
+    except KeyError:
+        return None
+
+
+def _to_param(state: dict, param: Tensor, step_on_device: bool) -> dict:
+    """Per-parameter Adam state moved next to ``param``; ``step`` is a float32 scalar, on the
+    parameter's device for the fused kernel, on the CPU otherwise (as torch keeps it)."""
+    moved = {}
+    for key, value in state.items():
+        if torch.is_tensor(value) and key != "step":
+            moved[key] = value.detach().to(device=param.device, dtype=param.dtype).clone()
+        elif torch.is_tensor(value):
+            moved[key] = value.detach().to(device=param.device if step_on_device else "cpu", dtype=torch.float32).clone()
+        else:
+            moved[key] = value
+    return moved

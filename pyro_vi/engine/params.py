@@ -1,0 +1,198 @@
+"""The param store as function inputs and back: the one module that reads Pyro's internals.
+
+Pyro keeps every param unconstrained in its global ``ParamStoreDict`` and every ``pyro.module`` /
+``PyroModule`` parameter there as well. Three jobs want "the loss as a function of the param
+tensors": the gradient lab (``vmap(grad(loss))`` over replicates), the compiled step (a recorded
+program whose inputs are the params) and the benchmarks (one store per contender). Pyro's public API
+reads the store (``named_parameters``, ``get_state``, ``scope``) but cannot put another tensor in a
+param's place for one call without re-registering it, so this module does that, here and nowhere
+else. Everything outside ``pyro_vi.engine.params`` uses only the functions below.
+
+* :func:`unconstrained`, :func:`constraint`        one param's tensor and constraint, by name
+* :func:`discover`                                 the params a model/guide pair differentiates
+* :func:`substituted`                              other tensors in the params' places for a block
+* :func:`snapshot` / :func:`restore`               the whole store (names, tensors, constraints)
+* :class:`StoreSlot`                               a store of one's own, swapped in for a block
+* :func:`recording_modules`, :func:`owners`        the nn.Modules behind the params, and where each
+  param lives in them (so a swap reaches the module attribute as well as the store entry)
+* :func:`compute_log_r`                            Trace_ELBO's detached log p - log q per plate
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Mapping
+
+import pyro
+from pyro import poutine
+from pyro.infer.trace_elbo import _compute_log_r
+from torch import Tensor, nn
+
+from pyro_vi.errors import ConfigError
+
+__all__ = [
+    "unconstrained",
+    "constraint",
+    "names",
+    "discover",
+    "substituted",
+    "snapshot",
+    "restore",
+    "StoreSlot",
+    "recording_modules",
+    "PYRO_MODULE_PREFIX",
+    "owners",
+    "module_parameters_swapped",
+    "compute_log_r",
+]
+
+# Trace_ELBO's per-plate detached log-ratio (score-function estimators' cost): Pyro's own function,
+# re-exported here so that no other module imports a private Pyro name.
+compute_log_r = _compute_log_r
+
+PYRO_MODULE_PREFIX = "__pyro_module_"  # recording_modules' key of a PyroModule (not a pyro.module name)
+
+
+def _store():
+    return pyro.get_param_store()
+
+
+def names() -> list[str]:
+    """The names of every param in the store, in insertion order."""
+    return list(_store().keys())
+
+
+def unconstrained(name: str) -> Tensor:
+    """The unconstrained tensor the optimizer steps for param ``name`` (the leaf autograd sees)."""
+    return _store()._params[name]
+
+
+def constraint(name: str):
+    """The constraint of param ``name`` (``constraints.real`` for an unconstrained one)."""
+    return _store()._constraints[name]
+
+
+def discover(model: Callable, guide: Callable, *args, **kwargs) -> tuple[list[str], list[Tensor]]:
+    """Names and unconstrained tensors of every param that one run of the guide, then the model
+    replayed on it, reads and that requires a gradient, in the order they are first read."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    store = _store()
+    found: list[str] = []
+    for trace in (guide_trace, model_trace):
+        for site in trace.nodes.values():
+            name = site["name"]
+            if site["type"] == "param" and name not in found and name in store._params and store._params[name].requires_grad:
+                found.append(name)
+    if not found:
+        raise ConfigError("the model and guide have no Pyro params to differentiate; register them with pyro.param or pyro.module")
+    return found, [store._params[name] for name in found]
+
+
+@contextlib.contextmanager
+def substituted(values: Mapping[str, Tensor]) -> Iterator[None]:
+    """Within the block, ``pyro.param(name)`` reads ``values[name]`` (an unconstrained tensor, e.g. a
+    vmap/fx tracer) instead of the stored tensor; the store is exactly as before afterwards.
+
+    Only the store entries are swapped: a module holding the same tensor as an attribute computes with
+    the attribute, so swap those too (:func:`owners` says where they are)."""
+    store = _store()
+    saved = dict(store._params)
+    try:
+        for name, value in values.items():
+            store._params[name] = value
+        yield
+    finally:
+        store._params.clear()
+        store._params.update(saved)
+
+
+def snapshot() -> tuple[dict, dict, dict]:
+    """The whole store: tensors, constraints and the tensor -> name index (for :func:`restore`)."""
+    store = _store()
+    return dict(store._params), dict(store._constraints), dict(store._param_to_name)
+
+
+def restore(state: tuple[dict, dict, dict]) -> None:
+    """Put back what :func:`snapshot` returned, the very tensors included."""
+    store = _store()
+    params, constraints, param_to_name = state
+    store._params.clear()
+    store._params.update(params)
+    store._constraints.clear()
+    store._constraints.update(constraints)
+    store._param_to_name.clear()
+    store._param_to_name.update(param_to_name)
+
+
+class StoreSlot:
+    """A param store of one's own (say, one benchmark contender's: contenders share site and module
+    names), swapped in for a block with ``with slot.active():`` and kept between blocks."""
+
+    def __init__(self):
+        self._state: tuple[dict, dict, dict] = ({}, {}, {})
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = snapshot()
+        restore(self._state)
+        try:
+            yield
+        finally:
+            self._state = snapshot()
+            restore(outer)
+
+
+@contextlib.contextmanager
+def recording_modules(pyro_modules: bool = True) -> Iterator[dict[str, nn.Module]]:
+    """Record, by name, the nn.Modules passed to ``pyro.module`` while the block runs, and (with
+    ``pyro_modules``) every ``PyroModule`` whose attributes are read, keyed ``PYRO_MODULE_PREFIX +
+    id`` (a PyroModule registers its params itself, not through ``pyro.module``)."""
+    modules: dict[str, nn.Module] = {}
+    original = pyro.module
+    original_getattr = pyro.nn.PyroModule.__getattr__
+
+    def recording(name, nn_module, update_module_params=False):
+        modules[name] = nn_module
+        return original(name, nn_module, update_module_params)
+
+    def recording_getattr(self, name):
+        modules.setdefault(PYRO_MODULE_PREFIX + str(id(self)), self)
+        return original_getattr(self, name)
+
+    pyro.module = pyro.primitives.module = recording
+    if pyro_modules:
+        pyro.nn.PyroModule.__getattr__ = recording_getattr
+    try:
+        yield modules
+    finally:
+        pyro.module = pyro.primitives.module = original
+        pyro.nn.PyroModule.__getattr__ = original_getattr
+
+
+def owners(modules: Mapping[str, nn.Module], direct: bool = False) -> dict[int, list[tuple[nn.Module, str]]]:
+    """``id(parameter)`` -> the (module, key) pairs holding that tensor, so a swap reaches it
+    everywhere. ``direct``: only a module's own ``_parameters`` (keys without dots, as a PyroModule
+    holds its nn.Parameters and its PyroParams' ``*_unconstrained`` tensors); else every
+    ``named_parameters`` key, submodules included."""
+    found: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in modules.values():
+        items = module._parameters.items() if direct else module.named_parameters(remove_duplicate=False)
+        for key, parameter in items:
+            if parameter is not None:
+                found.setdefault(id(parameter), []).append((module, key))
+    return found
+
+
+@contextlib.contextmanager
+def module_parameters_swapped(swaps: Mapping[int, tuple[nn.Module, Mapping[str, Tensor]]]) -> Iterator[None]:
+    """Within the block each module's own ``_parameters[key]`` is the given tensor; put back after."""
+    saved = [(module, key, module._parameters[key]) for module, replacements in swaps.values() for key in replacements]
+    try:
+        for module, replacements in swaps.values():
+            for key, value in replacements.items():
+                module._parameters[key] = value
+        yield
+    finally:
+        for module, key, parameter in saved:
+            module._parameters[key] = parameter

@@ -1,0 +1,9 @@
+"""Figures, one module per job; every figure is written with :func:`pyro_vi.io.save_figure`.
+
+* :mod:`~pyro_vi.plots.vae`       ELBO curves, reconstructions, prior samples, latent space, manifold
+* :mod:`~pyro_vi.plots.gmm`       assignments and convergence of EM vs SVI
+* :mod:`~pyro_vi.plots.gap`       the refinement curve of the amortization gap
+* :mod:`~pyro_vi.plots.variance`  gradient variance by estimator and particle count
+"""
+
+from pyro_vi.plots import gap, gmm, vae, variance

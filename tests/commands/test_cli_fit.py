@@ -1,0 +1,279 @@
+"""`pyro-vi fit FILE.py:MODEL GUIDE --data DATA`: the coin's closed-form posterior, auto guides, npz
+keyword arguments, exact resume after a crash or Ctrl-C, and one-line errors (exit 2)."""
+
+import csv
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vi import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "my_model.py"
+EXAMPLE_DATA = ROOT / "examples" / "my_model_data.npz"
+QUIET = ["--no-progress", "--elbo-samples", "5", "--posterior-samples", "50"]
+
+# Bayesian regression y = w x + b + N(0, 1) noise: two data arrays, given by name (npz keywords).
+REGRESSION = """
+import pyro
+import pyro.distributions as dist
+
+
+def model(x, y):
+    w = pyro.sample("w", dist.Normal(0.0, 10.0))
+    b = pyro.sample("b", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Normal(w * x + b, 1.0), obs=y)
+"""
+
+# The coin with a guide of its own, which raises (or sends itself Ctrl-C) at model call STOP_AT_CALL.
+STOPPING_COIN = """
+import os
+import signal
+
+import pyro
+import pyro.distributions as dist
+from pyro.distributions import constraints
+
+CALLS = 0
+
+
+def model(data):
+    global CALLS
+    CALLS += 1
+    if CALLS == int(os.environ.get("STOP_AT_CALL", "0")):
+        if os.environ["STOP_HOW"] == "raise":
+            raise RuntimeError("simulated crash")
+        os.kill(os.getpid(), signal.SIGINT)
+    f = pyro.sample("f", dist.Beta(10.0, 10.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("obs", dist.Bernoulli(f), obs=data)
+
+
+def guide(data):
+    alpha = pyro.param("alpha", data.new_tensor(15.0), constraint=constraints.positive)
+    beta = pyro.param("beta", data.new_tensor(15.0), constraint=constraints.positive)
+    pyro.sample("f", dist.Beta(alpha, beta))
+"""
+
+
+def _posterior(out: Path) -> dict:
+    with open(out / "posterior.csv") as file:
+        return {(row["site"], row["index"]): {key: float(row[key]) for key in ("mean", "sd", "q5", "q50", "q95")}
+                for row in csv.DictReader(file)}
+
+
+def test_coin_reaches_the_beta_16_14_posterior(tmp_path):
+    """Beta(10, 10) prior, 6 heads and 4 tails: the posterior is Beta(16, 14), mean 16/30 = 0.5333,
+    sd 0.0896, and the Beta guide contains it. Two checks, each at 4 standard errors:
+    (a) optimization: the fitted q's mean alpha / (alpha + beta) from params.pt. With these options
+        its sd over seeds 0-5 was 0.0052 (measured; their mean was 0.5374), so |q - 16/30| < 0.021,
+        which a guide left at its start (mean 0.5) fails;
+    (b) Monte Carlo: posterior.csv's mean and sd of 2000 draws from q against q's exact mean and sd,
+        standard errors sd / sqrt(2000) = 0.0020 and about sd / sqrt(2 * 2000) = 0.0014."""
+    out = tmp_path / "coin"
+    argv = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "300",
+            "--learning-rate", "0.02", "--particles", "100", "--vectorize-particles", "--posterior-samples", "2000",
+            "--elbo-samples", "20", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    params = torch.load(out / "params.pt", weights_only=True)
+    assert set(params) == {"alpha_q", "beta_q"}
+    alpha, beta = float(params["alpha_q"]), float(params["beta_q"])
+    q_mean, q_sd = alpha / (alpha + beta), (alpha * beta / ((alpha + beta) ** 2 * (alpha + beta + 1))) ** 0.5
+    exact_mean, exact_sd = 16 / 30, (16 * 14 / (30**2 * 31)) ** 0.5
+    assert q_mean == pytest.approx(exact_mean, abs=4 * 0.0052)
+    assert q_sd == pytest.approx(exact_sd, rel=0.25)  # the concentration alpha + beta drifts more than the mean
+    row = _posterior(out)[("latent_fairness", "")]
+    assert row["mean"] == pytest.approx(q_mean, abs=4 * q_sd / 2000**0.5)
+    assert row["sd"] == pytest.approx(q_sd, abs=4 * q_sd / (2 * 2000) ** 0.5)
+    assert row["q5"] < row["q50"] < row["q95"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_steps"] == metrics["steps"] == len(metrics["losses"]) == 300
+    assert metrics["loss"] == "trace" and metrics["seed"] == 0 and metrics["latent_sites"] == {"latent_fairness": []}
+    # log p(x) = log B(16, 14) - log B(10, 10) = -7.0597; the ELBO is below it by KL(q || posterior) >= 0.
+    log_evidence = float(torch.lgamma(torch.tensor([16.0, 14.0, 20.0])).sum() - torch.lgamma(torch.tensor([30.0, 10.0, 10.0])).sum())
+    assert log_evidence - 0.05 < metrics["final_elbo"] < log_evidence + 4 * metrics["final_elbo_standard_error"] + 1e-3
+    assert metrics["steps_per_second"] > 0 and metrics["seconds"] > 0
+    assert (out / "loss.png").stat().st_size > 0 and (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("guide", ["auto-normal", "auto-diagonal-normal", "auto-mvn", "auto-lowrank-mvn", "auto-delta"])
+def test_auto_guides_and_npz_keywords(tmp_path, guide):
+    """model(x, y) receives the npz's arrays by name; every latent site gets posterior rows."""
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    x = np.linspace(-1, 1, 20)
+    np.savez(tmp_path / "data.npz", x=x, y=2 * x + 1)
+    out = tmp_path / guide
+    assert cli.main(["fit", f"{tmp_path / 'regression.py'}:model", guide, "--data", str(tmp_path / "data.npz"),
+                     "--num-steps", "5", *QUIET, "--out", str(out)]) == 0
+    rows = _posterior(out)
+    assert set(rows) == {("w", ""), ("b", "")}
+    if guide == "auto-delta":  # a point mass: no spread
+        assert all(row["sd"] == 0 for row in rows.values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data_shapes"] == {"x": [20], "y": [20]} and metrics["guide"] == guide
+
+
+def test_positional_csv_data(tmp_path):
+    """A .csv with a header row is one tensor, passed positionally: model(data)."""
+    path = tmp_path / "coin.csv"
+    path.write_text("heads\n" + "\n".join(["1"] * 6 + ["0"] * 4) + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(path), "--num-steps", "3",
+                     *QUIET, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["data_shapes"] == {"arg0": [10]}
+
+
+def test_data_files_become_the_model_arguments(tmp_path):
+    """npz and a .pt dict: keyword arguments; npy, csv, a .pt tensor or list: positional. Floats
+    become the default dtype; integers stay integers."""
+    from pyro_vi.commands import user_model
+
+    x = np.arange(6.0).reshape(3, 2)
+    np.savez(tmp_path / "a.npz", x=x, counts=np.array([1, 2, 3]))
+    np.save(tmp_path / "a.npy", x)
+    np.savetxt(tmp_path / "a.csv", x, delimiter=",")
+    torch.save(torch.from_numpy(x), tmp_path / "tensor.pt")
+    torch.save({"x": torch.from_numpy(x)}, tmp_path / "dict.pt")
+    torch.save([torch.from_numpy(x), torch.ones(2)], tmp_path / "list.pt")
+    loaded = {name: user_model.load_data(tmp_path / name) for name in ("a.npz", "a.npy", "a.csv", "tensor.pt", "dict.pt", "list.pt")}
+    assert set(loaded["a.npz"].kwargs) == {"x", "counts"} and loaded["a.npz"].args == ()
+    assert loaded["a.npz"].kwargs["counts"].dtype == torch.int64 and loaded["dict.pt"].kwargs["x"].dtype == torch.float32
+    for name in ("a.npy", "a.csv", "tensor.pt"):
+        (value,) = loaded[name].args
+        assert loaded[name].kwargs == {} and value.dtype == torch.float32 and torch.equal(value, torch.tensor(x, dtype=torch.float32))
+    assert [tuple(value.shape) for value in loaded["list.pt"].args] == [(3, 2), (2,)]
+
+
+@pytest.mark.parametrize("how, status", [("raise", 2), ("interrupt", 130)])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys, how, status):
+    """Checkpoints every 10 steps; the model raises (or Ctrl-C arrives) during step 25; --resume
+    finishes the 40 steps with params bit for bit those of a run never stopped."""
+    (tmp_path / "coin.py").write_text(STOPPING_COIN)
+    spec = [f"{tmp_path / 'coin.py'}:model", f"{tmp_path / 'coin.py'}:guide", "--data", str(EXAMPLE_DATA)]
+    options = ["--num-steps", "40", "--checkpoint-every", "10", "--learning-rate", "0.05", "--seed", "3", *QUIET]
+    assert cli.main(["fit", *spec, *options, "--out", str(tmp_path / "whole")]) == 0
+
+    stopped = tmp_path / "stopped"
+    monkeypatch.setenv("STOP_HOW", how)
+    monkeypatch.setenv("STOP_AT_CALL", "26")  # call 1 is the check before training; call 26 is step 25
+    capsys.readouterr()
+    assert cli.main(["fit", *spec, *options, "--out", str(stopped)]) == status
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--resume" in error
+    assert ("step 25" in error and "simulated crash" in error and "coin.py:" in error) if how == "raise" else "step 25" in error
+    assert not (stopped / "metrics.json").exists() and not (stopped / "params.pt").exists()
+    monkeypatch.delenv("STOP_AT_CALL")
+
+    assert cli.main(["fit", *spec, *options, "--resume", "--out", str(stopped)]) == 0
+    whole = torch.load(tmp_path / "whole" / "params.pt", weights_only=True)
+    resumed = torch.load(stopped / "params.pt", weights_only=True)
+    assert set(whole) == set(resumed) == {"alpha", "beta"}
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    whole_losses = json.loads((tmp_path / "whole" / "metrics.json").read_text())["losses"]
+    resumed_metrics = json.loads((stopped / "metrics.json").read_text())
+    assert resumed_metrics["losses"] == whole_losses and resumed_metrics["steps_this_call"] == 40 - (20 if how == "raise" else 25)
+
+
+def test_a_crash_before_any_checkpoint_leaves_no_output_directory(tmp_path, monkeypatch, capsys):
+    (tmp_path / "coin.py").write_text(STOPPING_COIN)
+    monkeypatch.setenv("STOP_HOW", "raise")
+    monkeypatch.setenv("STOP_AT_CALL", "3")  # step 2
+    out = tmp_path / "out"
+    assert cli.main(["fit", f"{tmp_path / 'coin.py'}:model", f"{tmp_path / 'coin.py'}:guide", "--data", str(EXAMPLE_DATA),
+                     "--num-steps", "10", *QUIET, "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "training failed at step 2" in error and "simulated crash" in error
+    assert not out.exists()
+
+
+def test_an_auto_guide_resumes_to_more_steps_exactly(tmp_path):
+    """20 steps, then --resume --num-steps 40, equals 40 steps at once: AutoNormal's params (a
+    PyroModule's) are restored in place with the optimizer and RNG state."""
+    argv = ["fit", f"{EXAMPLE}:model", "auto-normal", "--data", str(EXAMPLE_DATA), "--checkpoint-every", "7", *QUIET]
+    assert cli.main([*argv, "--num-steps", "40", "--out", str(tmp_path / "whole")]) == 0
+    assert cli.main([*argv, "--num-steps", "20", "--out", str(tmp_path / "halves")]) == 0
+    assert cli.main([*argv, "--num-steps", "40", "--resume", "--out", str(tmp_path / "halves")]) == 0
+    whole = torch.load(tmp_path / "whole" / "params.pt", weights_only=True)
+    halves = torch.load(tmp_path / "halves" / "params.pt", weights_only=True)
+    assert set(whole) == {"AutoNormal.locs.latent_fairness", "AutoNormal.scales.latent_fairness"} == set(halves)
+    assert all(torch.equal(whole[name], halves[name]) for name in whole)
+
+
+def test_a_finished_run_is_not_overwritten_without_a_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "2", *QUIET,
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "holds an earlier run" in error and "--resume" in error and "--overwrite" in error
+    assert cli.main([*argv, "--overwrite"]) == 0
+
+
+BROKEN = {
+    "syntax.py": "def model(data)\n    pass\n",
+    "imports.py": "import numpy\nraise ValueError('no config found')\n",
+    "raises.py": "def model(data):\n    return 1 / 0\n\n\ndef guide(data):\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("model, guide, data, message", [
+    ("missing.py:model", "missing.py:guide", "coin.npz", "does not exist"),
+    ("syntax.py:model", "auto-normal", "coin.npz", "syntax error at line 1"),
+    ("imports.py:model", "auto-normal", "coin.npz", "does not import: ValueError: no config found (imports.py:2)"),
+    ("raises.py:model_typo", "raises.py:guide", "coin.npz", "has no function 'model_typo'; it defines guide, model"),
+    ("raises.py:model", "raises.py:guide", "coin.npz", "raised ZeroDivisionError: division by zero (raises.py:2)"),
+    ("raises.py", "raises.py:guide", "coin.npz", "is not FILE.py:NAME"),
+    ("EXAMPLE:model", "auto-gaussian", "coin.npz", "unknown auto guide 'auto-gaussian'"),
+    ("EXAMPLE:model", "EXAMPLE:guide", "text.npz", "cannot be read as .npz"),
+    ("EXAMPLE:model", "EXAMPLE:guide", "coin.txt", "has suffix '.txt'"),
+    ("EXAMPLE:model", "EXAMPLE:guide", "nan.npy", "holds NaN or inf"),
+    ("EXAMPLE:model", "EXAMPLE:guide", "wrong_name.npz", "unexpected keyword argument 'flips'"),
+], ids=["missing-file", "syntax-error", "import-error", "missing-function", "model-raises", "no-colon",
+        "unknown-auto-guide", "bad-npz", "bad-suffix", "nan-data", "wrong-argument-name"])
+def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, model, guide, data, message):
+    for name, text in BROKEN.items():
+        (tmp_path / name).write_text(text)
+    np.savez(tmp_path / "coin.npz", data=np.ones(10))
+    np.savez(tmp_path / "wrong_name.npz", flips=np.ones(10))
+    (tmp_path / "text.npz").write_text("not a zip archive")
+    (tmp_path / "coin.txt").write_text("1\n0\n")
+    np.save(tmp_path / "nan.npy", np.array([1.0, np.nan]))
+
+    def where(spec):
+        return spec.replace("EXAMPLE", str(EXAMPLE)) if spec.startswith("EXAMPLE") or spec.startswith("auto-") else str(tmp_path / spec)
+
+    out = tmp_path / "out"
+    status = cli.main(["fit", where(model), where(guide), "--data", str(tmp_path / data), "--num-steps", "2", *QUIET,
+                       "--out", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(error.splitlines()) == 1 and error.startswith("pyro-vi fit: error:") and message in error, error
+    assert not out.exists()
+
+
+@pytest.mark.smoke
+def test_example_and_the_readme_fit_command(tmp_path, monkeypatch, capsys):
+    """The example script (in-process: its imports are the test's) and the README's fit command as a
+    subprocess, as a user runs it."""
+    data = tmp_path / "my_model_data.npz"
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--write-data", str(data)])
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert np.array_equal(np.load(data)["data"], np.load(EXAMPLE_DATA)["data"])  # the committed file is what it writes
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--num-steps", "20"])
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    assert "exact posterior Beta(16, 14)" in capsys.readouterr().out
+    out = tmp_path / "fit"
+    command = [str(Path(sys.executable).parent / "pyro-vi"), "fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(data),
+               "--num-steps", "20", "--no-progress", "--posterior-samples", "20", "--elbo-samples", "5", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "latent_fairness" in result.stdout and (out / "posterior.csv").is_file()
