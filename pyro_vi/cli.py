@@ -1,6 +1,7 @@
 """The ``pyro-vi`` command: one subcommand per job, each in ``pyro_vi/commands/<name>.py``.
 
-A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+the argument helpers they share are in ``pyro_vi.commands._args`` (commands never import this module).
 User errors (``PyroVIError``) are printed as one line on stderr with exit status 2, no traceback;
 so is any other exception (its type named, with a hint); an interrupt exits 130.
 """
@@ -13,7 +14,10 @@ import os
 import sys
 
 from pyro_vi import _interrupt
+from pyro_vi.commands._args import ArgumentParser, parse_seed  # noqa: F401 - parse_seed: its old home
 from pyro_vi.errors import PyroVIError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # subcommand name -> module; add a line here when adding a command.
 COMMANDS = {
@@ -27,28 +31,10 @@ COMMANDS = {
 }
 
 
-def parse_seed(text: str) -> int:
-    """The ``type`` of every ``--seed``: an integer that NumPy (seeded by ``pyro.set_rng_seed``)
-    accepts, 0 to 2**32 - 1; anything else is a one-line usage error before any work."""
-    try:
-        seed = int(text)
-    except ValueError:
-        seed = None
-    if seed is None or not 0 <= seed <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {text!r}")
-    return seed
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line (its default already exits 2)."""
-
-    def error(self, message: str):  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="pyro-vi", description="Variational inference on Pyro.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    """The ``pyro-vi`` parser: one subparser per entry of ``COMMANDS`` (each module imported here)."""
+    parser = ArgumentParser(prog="pyro-vi", description="Variational inference on Pyro.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     subparsers.required = True
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

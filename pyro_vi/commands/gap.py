@@ -29,7 +29,7 @@ def _steps(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyro_vi.cli import parse_seed
+    from pyro_vi.commands._args import parse_seed
     from pyro_vi.commands.vae import _hidden_dims
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES

@@ -72,7 +72,7 @@ def _default_help(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyro_vi.cli import parse_seed
+    from pyro_vi.commands._args import parse_seed
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
     from pyro_vi.vae.model import LIKELIHOODS

@@ -1,0 +1,93 @@
+"""Argument helpers shared by the ``pyro-vi`` subcommands (``pyro_vi.cli`` builds the parser from them).
+
+The subcommands import these, never ``pyro_vi.cli``: the command table lives in ``cli``, the pieces
+every command uses live here, so the two never import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = [
+    "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "add_output", "add_no_progress",
+    "estimator_names",
+]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line naming ``--help`` (exit status 2, as argparse)."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def parse_seed(text: str) -> int:
+    """The ``type`` of every ``--seed``: an integer that NumPy (seeded by ``pyro.set_rng_seed``)
+    accepts, 0 to 2**32 - 1; anything else is a one-line usage error before any work.
+
+    Returns:
+        The seed as an ``int``.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer in that range.
+    """
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {text!r}")
+    return seed
+
+
+def parse_int_list(text: str) -> list[int]:
+    """The ``type`` of a comma-separated integer option (``--particles 1,4,16``): the integers, in order.
+
+    Raises:
+        argparse.ArgumentTypeError: an element is not an integer.
+    """
+    try:
+        return [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_seed(parser: argparse.ArgumentParser) -> None:
+    """``--seed`` (default 0), checked by :func:`parse_seed`."""
+    parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto", what: str = "where the data go") -> None:
+    """``--device`` with the choices of ``pyro_vi.device.DEVICES``."""
+    from pyro_vi.device import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, default=default, help=f"{what} (default {default})")
+
+
+def add_output(parser: argparse.ArgumentParser, default: str, overwrite: str | None = None) -> None:
+    """``--out`` (the output directory, default ``default``) and, unless ``overwrite`` is None,
+    ``--overwrite`` with that help text."""
+    parser.add_argument("--out", default=default, help=f"output directory (default {default})")
+    if overwrite is not None:
+        parser.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bar."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def estimator_names(text: str) -> list[str]:
+    """The pyro_vi estimators of a comma-separated ``--estimators`` value, duplicates dropped, in order.
+
+    Raises:
+        ConfigError: an unknown name, or none given; the line lists ``pyro_vi.estimators.ESTIMATORS``.
+    """
+    from pyro_vi.errors import ConfigError
+    from pyro_vi.estimators import ESTIMATORS
+
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in ESTIMATORS]
+    if not names or unknown:
+        raise ConfigError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+    return names
