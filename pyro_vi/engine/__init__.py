@@ -1,7 +1,10 @@
 """The engine: one SVI loop for any Pyro model and guide, and what it stands on.
 
-* :mod:`~pyro_vi.engine.loop`         ``fit``, ``PerStep``, ``EpochSubsample``, ``FitResult``
-* :mod:`~pyro_vi.engine.checkpoint`   atomic, weights-only checkpoints and bit-exact resume
+* :mod:`~pyro_vi.engine.loop`         ``fit`` and ``FitResult``: the SVI loop
+* :mod:`~pyro_vi.engine.subsample`    ``PerStep``, ``EpochSubsample``: per-step arguments, minibatches
+* :mod:`~pyro_vi.engine.resume`       a resumed run: params restored as created, the warm-up
+* :mod:`~pyro_vi.engine.checkpoint`   atomic, weights-only checkpoints; the one param-store restore
+* :mod:`~pyro_vi.engine.checkpoint_format`  what a checkpoint file holds, and its check on load
 * :mod:`~pyro_vi.engine.compiled`     one step recorded once and replayed (``fit(..., compile=True)``)
 * :mod:`~pyro_vi.engine.distributed`  torch.distributed: gradient all-reduce, agreed interrupts
 * :mod:`~pyro_vi.engine.optim`        optimizers and learning-rate schedules by name
@@ -10,7 +13,8 @@
 * :mod:`~pyro_vi.engine.rng`          save and restore every RNG (Python, NumPy, torch, CUDA)
 """
 
-from pyro_vi.engine import checkpoint, compiled, distributed, loop, optim, params, rng
-from pyro_vi.engine.loop import EpochSubsample, FitResult, PerStep, fit
+from pyro_vi.engine import checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, resume, rng, subsample
+from pyro_vi.engine.loop import FitResult, fit
+from pyro_vi.engine.subsample import EpochSubsample, PerStep
 
 __all__ = ["EpochSubsample", "FitResult", "PerStep", "fit"]

@@ -1,96 +1,51 @@
-"""Checkpoint files: versioned, carrying their config, written atomically, checked on load.
+"""Checkpoint files: versioned, carrying their config, written atomically, checked on load; and
+the one way a checkpoint's params go back into the param store.
 
-A checkpoint is one ``torch.save`` dict of tensors and plain values only (no pickled objects), read
-back with ``torch.load(weights_only=True)``, so a crafted file cannot run code::
+* :func:`save` / :func:`load`         write and read a file (layout and checks:
+  :mod:`~pyro_vi.engine.checkpoint_format`); a file is read once per run: :func:`load` takes an
+  already loaded checkpoint (``loaded=``) and only checks its config again
+* :func:`restore_param`, :func:`restore_params`   a checkpoint's values into the param store, in
+  place where the param exists (so an ``nn.Module`` registered with ``pyro.module`` holds them)
+* :func:`check_params`, :func:`expected_params`, :func:`module_params`, :func:`check_permutation`,
+  :func:`check_run`                   checks a trainer makes against its own model
 
-    format_version  int, FORMAT_VERSION at writing time
-    config          {"train": ..., "model": ...}: what produced it
-    param_store     {"params": {name: tensor}, "constraints": {name: constraint spec}}
-    optimizer       the Pyro optimizer's get_state(): {param name: torch optimizer state dict}
-    rng             RNG states of torch (CPU and CUDA), Python and NumPy, as tensors and numbers
-    run             epoch, step in epoch, permutation, running loss, history
-
-A constraint is stored as its name in ``pyro.distributions.constraints`` (``"positive"``) or, for
-the parametrized ones, ``{"type": "interval", "args": [0.0, 1.0]}``; ``load`` maps it back. Loading
-checks every entry (presence, types, RNG state sizes, float and finite parameters); ``save``
-refuses to write non-finite parameters or optimizer state.
+``save`` refuses to write non-finite parameters or optimizer state; ``load`` refuses a file that is
+not exactly what ``save`` writes (format 2: tensors and plain values only, ``weights_only=True``).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import random
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
-import numpy as np
 import pyro
-import pyro.distributions.constraints as constraints
 import torch
 import torch.distributed
+from torch import Tensor
 
+from pyro_vi.engine import checkpoint_format as file_format
+from pyro_vi.engine import rng
+from pyro_vi.engine.checkpoint_format import FORMAT_VERSION, KEYS
 from pyro_vi.errors import CheckpointError, OutputError
 from pyro_vi.io import atomic_write
 
-FORMAT_VERSION = 2  # 2: weights-only (tensors and plain values); 1 pickled constraint and NumPy objects
-
-KEYS = ("format_version", "config", "param_store", "optimizer", "rng", "run")
-
-# Train options that may change between a run and its resumption.
-_RESUMABLE_CHANGES = {"epochs", "checkpoint_every_steps", "on_nan", "compile"}  # compile: same numbers
-
-# Constraint objects by name (pyro's module re-exports torch's), and the parametrized families.
-_NAMED_CONSTRAINTS = {
-    name: value for name in sorted(dir(constraints))
-    if isinstance(value := getattr(constraints, name), constraints.Constraint)
-}
-_PARAMETRIZED = {
-    "greater_than": (constraints.greater_than, ("lower_bound",)),
-    "greater_than_eq": (constraints.greater_than_eq, ("lower_bound",)),
-    "less_than": (constraints.less_than, ("upper_bound",)),
-    "interval": (constraints.interval, ("lower_bound", "upper_bound")),
-    "half_open_interval": (constraints.half_open_interval, ("lower_bound", "upper_bound")),
-    "integer_interval": (constraints.integer_interval, ("lower_bound", "upper_bound")),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state, as tensors and numbers.
-
-
-def get_rng_state() -> dict:
-    """RNG states of torch (CPU, and CUDA if present), Python and NumPy, in a weights-only form."""
-    version, internal, gauss_next = random.getstate()
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what ``get_rng_state`` returned (checked by ``load``)."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(_python_state(state["python"]))
-    np.random.set_state(_numpy_state(state["numpy"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state(saved: dict) -> tuple:
-    return saved["version"], tuple(int(v) for v in saved["internal"].tolist()), saved["gauss_next"]
-
-
-def _numpy_state(saved: dict) -> tuple:
-    keys = saved["keys"].numpy().astype(np.uint32)
-    return "MT19937", keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]
+__all__ = [
+    "FORMAT_VERSION",
+    "KEYS",
+    "save",
+    "load",
+    "check_config",
+    "restore_param",
+    "restore_params",
+    "check_params",
+    "expected_params",
+    "module_params",
+    "check_permutation",
+    "check_run",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +54,12 @@ def _numpy_state(saved: dict) -> tuple:
 
 def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
     """Write a checkpoint atomically: the previous one survives any failure of this write.
+
+    Args:
+        path: the file to write.
+        config: ``{"model": ..., "train": ...}``: what identifies the run.
+        run: the trainer's run state (tensors and plain values).
+        optimizer: the Pyro optimizer, whose ``get_state()`` is saved.
 
     Raises:
         CheckpointError: a parameter or optimizer state is NaN/inf, or something is not a tensor
@@ -116,16 +77,19 @@ def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
                 "lower the learning rate or check the data"
             )
     optimizer_state = optimizer.get_state()
-    bad = _first_non_finite(optimizer_state, "optimizer")
+    bad = file_format.first_non_finite(optimizer_state, "optimizer")
     if bad is not None:
         raise CheckpointError(f"{bad} holds NaN/inf, so it was not saved to {str(path)!r} ({kept}); lower the learning rate")
     payload = {
         "format_version": FORMAT_VERSION,
-        "config": _plain(config, "config"),
-        "param_store": {"params": params, "constraints": {name: _constraint_spec(name, c) for name, c in store["constraints"].items()}},
+        "config": file_format.plain(config, "config"),
+        "param_store": {
+            "params": params,
+            "constraints": {name: file_format.constraint_spec(name, c) for name, c in store["constraints"].items()},
+        },
         "optimizer": optimizer_state,
-        "rng": get_rng_state(),
-        "run": _plain(dict(run), "run"),
+        "rng": rng.get_state(),
+        "run": file_format.plain(dict(run), "run"),
     }
     buffer = io.BytesIO()  # serialize first: torch.save hides a failed write (disk full) in a RuntimeError
     torch.save(payload, buffer)
@@ -141,73 +105,26 @@ def save(path: str | os.PathLike, config: dict, run: dict, optimizer) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _constraint_spec(name: str, constraint) -> Any:
-    for known, value in _NAMED_CONSTRAINTS.items():
-        if constraint is value:
-            return known
-    if isinstance(constraint, constraints.independent):
-        return {"type": "independent", "args": [_constraint_spec(name, constraint.base_constraint),
-                                                 int(constraint.reinterpreted_batch_ndims)]}
-    for kind, (family, fields) in _PARAMETRIZED.items():
-        if type(constraint) is family:
-            try:
-                return {"type": kind, "args": [float(getattr(constraint, field)) for field in fields]}
-            except (TypeError, ValueError, RuntimeError):
-                break  # tensor-valued bounds
-    raise CheckpointError(
-        f"parameter {name!r} has constraint {constraint!r}, which a checkpoint cannot store; use a constraint "
-        "from pyro.distributions.constraints with scalar bounds"
-    )
-
-
-def _first_non_finite(value: Any, where: str) -> str | None:
-    if torch.is_tensor(value):
-        return where if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _first_non_finite(item, f"{where}.{key}")
-        if found is not None:
-            return found
-    return None
-
-
-def _plain(value: Any, where: str) -> Any:
-    """``value`` as what ``torch.load(weights_only=True)`` reads back: tensors, Python numbers,
-    str, None, lists, tuples and dicts (NumPy scalars become Python numbers, subclasses their base)."""
-    if value is None or torch.is_tensor(value):
-        return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return value.item()
-    for kind in (bool, int, float, str):
-        if isinstance(value, kind):
-            return kind(value)
-    if isinstance(value, dict):
-        for key in value:
-            if type(key) not in (str, int):
-                raise CheckpointError(f"checkpoint entry {where} has a key of type {type(key).__name__}; use str keys")
-        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
-        return items if isinstance(value, list) else tuple(items)
-    raise CheckpointError(f"checkpoint entry {where} is a {type(value).__name__}; store tensors, numbers, strings, lists or dicts")
-
-
 # --------------------------------------------------------------------------------------------
 # Reading.
 
 
-def load(path: str | os.PathLike, expected_config: dict | None = None, broadcast: bool = True) -> dict:
+def load(
+    path: str | os.PathLike, expected_config: dict | None = None, broadcast: bool = True, loaded: dict | None = None
+) -> dict:
     """Read and check a checkpoint.
 
     In a data-parallel run (an initialized ``torch.distributed`` group of several ranks) with
     ``broadcast``, this is a collective that every rank must call: rank 0, the one that writes
     checkpoints, reads the file and sends it (or its error) to the others, so OUT need not be on a
     filesystem shared between machines. ``broadcast=False`` reads the local file on any rank.
+
+    Args:
+        path: the checkpoint file.
+        expected_config: the run's config; a checkpoint made with another one is refused.
+        broadcast: see above.
+        loaded: what an earlier ``load`` of ``path`` returned on this rank (e.g. a command's
+            preflight): not read again, only its config checked against ``expected_config``.
 
     Returns:
         The checkpoint dict, constraints mapped back to constraint objects.
@@ -217,19 +134,42 @@ def load(path: str | os.PathLike, expected_config: dict | None = None, broadcast
             entry missing or of the wrong type, an unusable RNG state, NaN/inf or non-float
             parameters, or a config that differs from ``expected_config`` (other than the epochs).
     """
+
+    def read() -> dict:
+        if loaded is None:
+            return _read(path, expected_config)
+        check_config(loaded, expected_config, path)
+        return loaded
+
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not (broadcast and distributed and torch.distributed.get_world_size() > 1):
-        return _read(path, expected_config)
+        return read()
     box: list = [None]
     if torch.distributed.get_rank() == 0:
         try:
-            box = [_read(path, expected_config)]
+            box = [read()]
         except CheckpointError as error:
             box = [error]
     torch.distributed.broadcast_object_list(box, src=0)
     if isinstance(box[0], CheckpointError):
         raise box[0]
     return box[0]
+
+
+def check_config(saved: dict, expected_config: dict | None, path: str | os.PathLike | None = None) -> None:
+    """Refuse a loaded checkpoint made with another config than ``expected_config`` (``None``: any).
+
+    Raises:
+        CheckpointError: the options that differ, other than those a resumed run may change.
+    """
+    if expected_config is None:
+        return
+    difference = file_format.config_difference(saved["config"], expected_config)
+    if difference:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was made with a different configuration ({difference}); "
+            "use the same options as the original run, or a new --out"
+        )
 
 
 def _read(path: str | os.PathLike | None, expected_config: dict | None) -> dict:
@@ -267,110 +207,55 @@ def _read(path: str | os.PathLike | None, expected_config: dict | None) -> dict:
     if version < FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format {version}, older than this pyro_vi's {FORMAT_VERSION}; train again")
     try:
-        _validate(saved)
-    except _Invalid as error:
+        file_format.validate(saved)
+    except file_format.Invalid as error:
         raise CheckpointError(f"checkpoint {str(path)!r}: {error}; it is damaged or was edited, restore a good copy") from None
-    if expected_config is not None:
-        difference = _config_difference(saved["config"], expected_config)
-        if difference:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} was made with a different configuration ({difference}); "
-                "use the same options as the original run, or a new --out"
-            )
+    check_config(saved, expected_config, path)
     return saved
 
 
-class _Invalid(Exception):
-    """What is wrong with a checkpoint's content (the path is added by ``_read``)."""
+# --------------------------------------------------------------------------------------------
+# Restoring params: the one way a checkpoint's values go back into the param store.
 
 
-def _require(container: dict, key: str, kind, where: str):
-    if key not in container:
-        raise _Invalid(f"{where}{key!r} is missing")
-    value = container[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _Invalid(f"{where}{key!r} is a {type(value).__name__}, not a {getattr(kind, '__name__', kind)}")
-    return value
+def restore_param(name: str, value: Tensor) -> None:
+    """Copy a checkpoint's unconstrained ``value`` into the store's param ``name``, in place.
+
+    In place, so an ``nn.Module`` registered with ``pyro.module`` (whose own ``nn.Parameter`` is the
+    store's tensor) and a ``PyroModule`` hold the restored values, and an optimizer keeps its
+    tensor. The engine calls it as the model and guide create each param on a resumed run;
+    :func:`restore_params` for a whole checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint's value has another shape or dtype than the param.
+    """
+    target = pyro.get_param_store().get_param(name).unconstrained()
+    if target.shape != value.shape or value.dtype != target.dtype:
+        raise CheckpointError(
+            f"checkpoint param {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}; the model makes it "
+            f"{tuple(target.shape)} {target.dtype}; resume with the model and options that wrote it"
+        )
+    with torch.no_grad():
+        target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
-def _validate(saved: dict) -> None:
-    """Check every entry, and map the constraint specs back to objects (in place)."""
-    for key in KEYS:
-        _require(saved, key, (int if key == "format_version" else dict), "entry ")
-    config = saved["config"]
-    for section in ("model", "train"):
-        if section in config and not isinstance(config[section], dict):
-            raise _Invalid(f"config {section!r} is a {type(config[section]).__name__}, not a dict")
-    store = saved["param_store"]
-    params = _require(store, "params", dict, "param_store ")
-    specs = _require(store, "constraints", dict, "param_store ")
-    for name, value in params.items():
-        if not isinstance(name, str) or not torch.is_tensor(value):
-            raise _Invalid(f"parameter {name!r} is a {type(value).__name__}, not a tensor")
-        if not value.is_floating_point():
-            raise _Invalid(f"parameter {name!r} has dtype {value.dtype}, not a floating-point dtype")
-        if not bool(torch.isfinite(value).all()):
-            raise _Invalid(f"parameter {name!r} holds NaN/inf")
-    if set(specs) != set(params):
-        name = sorted(set(specs) ^ set(params))[0]
-        raise _Invalid(f"parameter {name!r} has " + ("a constraint but no value" if name in specs else "no constraint"))
-    store["constraints"] = {name: _constraint(name, spec) for name, spec in specs.items()}
-    for name, state in saved["optimizer"].items():
-        if not isinstance(name, str) or not isinstance(state, dict):
-            raise _Invalid(f"optimizer state of {name!r} is a {type(state).__name__}, not a dict")
-        if name not in params:
-            raise _Invalid(f"optimizer state for {name!r}, which is not a parameter")
-        bad = _first_non_finite(state, f"optimizer state of {name!r}")
-        if bad is not None:
-            raise _Invalid(f"{bad} holds NaN/inf")
-    _validate_rng(saved["rng"])
+def restore_params(saved: dict, device: torch.device | str | None = None) -> None:
+    """Put a loaded checkpoint's params into the param store: in place (:func:`restore_param`)
+    into each param that already exists (register modules with ``pyro.module`` first), as a new
+    entry with the checkpoint's constraint, on ``device``, otherwise (bit for bit: the stored
+    unconstrained tensor, no transform round trip).
 
-
-def _constraint(name: str, spec: Any):
-    if isinstance(spec, str) and spec in _NAMED_CONSTRAINTS:
-        return _NAMED_CONSTRAINTS[spec]
-    if isinstance(spec, dict) and isinstance(spec.get("args"), list):
-        kind, args = spec.get("type"), spec["args"]
-        if kind == "independent" and len(args) == 2 and type(args[1]) is int and args[1] >= 0:
-            return constraints.independent(_constraint(name, args[0]), args[1])
-        if kind in _PARAMETRIZED:
-            family, fields = _PARAMETRIZED[kind]
-            if len(args) == len(fields) and all(type(a) in (int, float) for a in args):
-                return family(*args)
-    raise _Invalid(f"parameter {name!r} has an unknown constraint {spec!r}")
-
-
-def _validate_rng(rng: dict) -> None:
-    try:
-        torch.Generator().set_state(_require(rng, "torch", torch.Tensor, "rng "))
-    except (RuntimeError, TypeError) as error:
-        raise _Invalid(f"rng 'torch' is not a CPU generator state ({str(error).splitlines()[0]})") from None
-    python, numpy = _require(rng, "python", dict, "rng "), _require(rng, "numpy", dict, "rng ")
-    try:
-        for name, words, size in (("python", python.get("internal"), 625), ("numpy", numpy.get("keys"), 624)):
-            if not torch.is_tensor(words) or words.dtype != torch.int64 or tuple(words.shape) != (size,):
-                raise ValueError(f"{name} words are not {size} int64 numbers")
-            if bool(((words < 0) | (words > 2**32 - 1)).any()):
-                raise ValueError(f"{name} words are not 32-bit")
-        random.Random().setstate(_python_state(python))
-        np.random.RandomState().set_state(_numpy_state(numpy))
-    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, IndexError) as error:
-        raise _Invalid(f"rng Python/NumPy state is unusable ({error})") from None
-    cuda = rng.get("cuda", [])
-    if not isinstance(cuda, list) or not all(torch.is_tensor(s) and s.dtype == torch.uint8 for s in cuda):
-        raise _Invalid("rng 'cuda' is not a list of byte tensors")
-
-
-def _config_difference(saved: dict, expected: dict) -> str:
-    changes = []
-    for section in ("model", "train"):
-        old, new = saved.get(section, {}), expected.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            if section == "train" and key in _RESUMABLE_CHANGES:
-                continue
-            if old.get(key) != new.get(key):
-                changes.append(f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
-    return "; ".join(changes)
+    Raises:
+        CheckpointError: a value of another shape or dtype than the existing param.
+    """
+    store = pyro.get_param_store()
+    values, constraints = saved["param_store"]["params"], saved["param_store"]["constraints"]
+    for name, value in values.items():
+        if name in store:
+            restore_param(name, value)
+        else:
+            fresh = value.to(device if device is not None else value.device).detach().clone().requires_grad_()
+            store.set_state({"params": {name: fresh}, "constraints": {name: constraints[name]}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,17 +306,16 @@ def expected_params(model, guide, *args, **kwargs) -> dict[str, tuple[tuple[int,
     from pyro import poutine
 
     store = pyro.get_param_store()
-    saved_store, saved_rng = store.get_state(), get_rng_state()
+    saved_store = store.get_state()
     store.clear()
     try:
-        with torch.no_grad(), poutine.block():
+        with rng.preserved(), torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             poutine.replay(model, trace=guide_trace)(*args, **kwargs)
-        return {name: (tuple(value.shape), value.dtype) for name, value in store.get_state()["params"].items()}
+            return {name: (tuple(value.shape), value.dtype) for name, value in store.get_state()["params"].items()}
     finally:
         store.clear()
         store.set_state(saved_store)
-        set_rng_state(saved_rng)
 
 
 def module_params(name: str, module: torch.nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

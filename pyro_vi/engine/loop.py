@@ -15,7 +15,7 @@ around which the engine keeps the guarantees of a long run, for every model:
   continues the run bit for bit on CPU. Params are restored *in place* as the model and guide create
   them on the first resumed step, so modules registered with ``pyro.module`` (without
   ``update_module_params``) and ``PyroModule`` instances train on the restored values; a checkpoint missing a
-  param the model creates, or holding one of another shape, is refused.
+  param the model creates, or holding one of another shape, is refused (``pyro_vi.engine.resume``).
 * **Ctrl-C / SIGTERM** is deferred to the end of the current step; the engine writes a checkpoint and
   raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``): a script never carries on as if training
   had finished.
@@ -28,7 +28,8 @@ around which the engine keeps the guarantees of a long run, for every model:
   own subsample needs nothing more. For epochs (each point once per epoch, order from the seed),
   pass ``EpochSubsample(N, B)`` as an argument: any argument that is a ``PerStep`` is evaluated once
   per step (with the step number) and the value given to model and guide alike. The model passes it
-  to its plate (``pyro.plate("data", N, subsample=indices)``) and indexes its data with it.
+  to its plate (``pyro.plate("data", N, subsample=indices)``) and indexes its data with it
+  (``pyro_vi.engine.subsample``).
 * ``data_parallel``: torch.distributed data parallelism (``pyro_vi.engine.distributed``): gradients averaged
   over ranks before the update, interrupts agreed, rank 0 alone writes checkpoints. Each rank must
   see its shard of the data plate: ``EpochSubsample(..., data_parallel=dp)`` shards each batch.
@@ -49,83 +50,18 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance
-from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
-from pyro_vi.errors import CheckpointError, ConfigError, DataError, OutputError, TrainingDivergedError, TrainingInterrupted
+from pyro_vi.engine import resume as resuming
+from pyro_vi.engine.subsample import EpochSubsample, PerStep  # noqa: F401 - re-exported (older imports)
+from pyro_vi.engine.subsample import check_subsamples, explain_plate_mismatch, step_values
+from pyro_vi.errors import ConfigError, OutputError, TrainingDivergedError, TrainingInterrupted
 
-__all__ = ["EpochSubsample", "FitResult", "PerStep", "fit"]
+__all__ = ["FitResult", "fit"]  # PerStep, EpochSubsample: pyro_vi.engine.subsample
 
 ON_NAN = ("raise", "skip")
-
-
-class PerStep:
-    """An argument of ``fit`` recomputed at every step: ``value = per_step(step)``.
-
-    Wrap any function of the step number (``PerStep(lambda step: ...)``), or subclass it. Values are
-    computed in argument order, once per step, and the same value goes to the model and the guide.
-    They must be functions of the step and the global RNG only, so that resuming reproduces them.
-    """
-
-    def __init__(self, function: Callable[[int], Any] | None = None):
-        self._function = function
-
-    def __call__(self, step: int) -> Any:
-        return self._function(step)
-
-
-class EpochSubsample(PerStep):
-    """The indices of step ``step``'s minibatch: every point once per epoch, in an order drawn from
-    ``(seed, epoch)`` alone (so a resumed run, and every rank of a distributed one, agree).
-
-    Pass it to ``fit`` as an argument and give it to the data plate:
-    ``with pyro.plate("data", len(x), subsample=indices): ...x[indices]...``.
-    The last, smaller batch of an epoch is dropped (``drop_last=True``) unless told otherwise.
-    """
-
-    def __init__(
-        self,
-        num_data: int,
-        batch_size: int,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        drop_last: bool = True,
-        data_parallel=None,
-    ):
-        for name, value in (("num_data", num_data), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if batch_size > num_data:
-            raise ConfigError(f"batch size {batch_size} is larger than the {num_data} data points; lower it")
-        if data_parallel is not None:
-            data_parallel.validate(batch_size)
-        super().__init__()
-        self.num_data, self.batch_size, self.seed = num_data, batch_size, seed
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        self.drop_last = drop_last
-        self.data_parallel = data_parallel
-        self.steps_per_epoch = num_data // batch_size if drop_last else -(-num_data // batch_size)
-        self._epoch, self._permutation = None, None
-        self._cached_step, self._cached = None, None
-
-    def epoch_of(self, step: int) -> tuple[int, int]:
-        """``(epoch, position in the epoch)`` of step ``step`` (both from 0)."""
-        return divmod(step, self.steps_per_epoch)
-
-    def __call__(self, step: int) -> Tensor:
-        if step == self._cached_step:  # the same step asked twice (e.g. by a data transform): same indices
-            return self._cached
-        epoch, position = self.epoch_of(step)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + epoch)
-            self._epoch, self._permutation = epoch, torch.randperm(self.num_data, generator=generator).to(self.device)
-        indices = self._permutation[position * self.batch_size : (position + 1) * self.batch_size]
-        if self.data_parallel is not None:
-            indices = self.data_parallel.shard(indices)
-        self._cached_step, self._cached = step, indices
-        return indices
 
 
 class FitResult(NamedTuple):
@@ -167,6 +103,7 @@ def fit(
     checkpoint_config: dict | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    loaded_checkpoint: dict | None = None,
     state: dict | None = None,
     on_nan: str = "raise",
     progress: bool = True,
@@ -196,6 +133,8 @@ def fit(
             checkpoint made with another one is refused on resume.
         resume: continue from ``checkpoint``.
         overwrite: without ``resume``, replace the checkpoint already at ``checkpoint``.
+        loaded_checkpoint: with ``resume``, the checkpoint as ``checkpoint.load(checkpoint)``
+            already returned it (a command's preflight): not read again, its config checked.
         state: a dict of the caller's own run state (floats, lists, tensors), saved in every
             checkpoint and restored into the same dict on resume.
         on_nan: ``"raise"`` (``TrainingDivergedError``) or ``"skip"`` the step, without an update.
@@ -230,12 +169,12 @@ def fit(
     if checkpoint is not None and not resume:
         _check_fresh_checkpoint(Path(checkpoint), overwrite, data_parallel)
 
-    run = _Run(step=0, losses=[], skipped=0)
+    run = resuming.Run(step=0, losses=[], skipped=0)
     pending: dict[str, Tensor] = {}
     checkpoint_params: dict[str, Tensor] = {}
     if resume:
-        saved = checkpoints.load(checkpoint, expected_config=saved_config)
-        run = _restore(saved, optim, state, num_steps, checkpoint)
+        saved = checkpoints.load(checkpoint, expected_config=saved_config, loaded=loaded_checkpoint)
+        run = resuming.restore_run(saved, optim, state, num_steps, checkpoint)
         pending = {name: value for name, value in saved["param_store"]["params"].items()}
         checkpoint_params = dict(pending)
         pyro.clear_param_store()
@@ -260,16 +199,14 @@ def fit(
     if resume and run.step >= num_steps and num_steps > 0:
         # Nothing left to train: still put the checkpoint's values into the params the model and
         # guide create (modules included), so the caller evaluates the trained model, not a fresh one.
-        step_args = [value(run.step - 1) if isinstance(value, PerStep) else value for value in args]
-        step_kwargs = {key: value(run.step - 1) if isinstance(value, PerStep) else value for key, value in kwargs.items()}
-        restorer = _Restore(pending, active=True)
-        _warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
-        _refuse_unused(pending, checkpoint)
+        step_args, step_kwargs = step_values(args, kwargs, run.step - 1)
+        restorer = resuming.Restore(pending, active=True)
+        resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
+        resuming.refuse_unused(pending, checkpoint)
     try:
         with interrupt:
             while run.step < num_steps:
-                step_args = [value(run.step) if isinstance(value, PerStep) else value for value in args]
-                step_kwargs = {key: value(run.step) if isinstance(value, PerStep) else value for key, value in kwargs.items()}
+                step_args, step_kwargs = step_values(args, kwargs, run.step)
                 if recorded is not None:
                     value = recorded(*step_args)
                     value.backward()
@@ -277,18 +214,17 @@ def fit(
                 else:
                     first = run.step == first_step
                     if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
-                        restorer = _Restore(pending, active=resume)
+                        restorer = resuming.Restore(pending, active=resume)
                         if resume:
-                            _warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
+                            resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
                         with pyro.validation_enabled(validate), restorer:
                             step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first, restorer)
                     else:  # later steps: the NaN/inf check covers what can change from step to step
                         with pyro.validation_enabled(False):
                             step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first)
                     if first:
-                        _check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
-                    if first:
-                        _refuse_unused(pending, checkpoint)
+                        check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
+                        resuming.refuse_unused(pending, checkpoint)
                     if compile:
                         from pyro_vi.engine import compiled
 
@@ -341,20 +277,6 @@ def fit(
                      run.skipped, stopped_early)
 
 
-class _Run:
-    """The engine's own run state (mutated in place: the per-step cost stays constant)."""
-
-    __slots__ = ("step", "losses", "skipped")
-
-    def __init__(self, step: int, losses: list, skipped: int):
-        self.step = step  # steps completed
-        self.losses = losses  # loss of every step (NaN: skipped)
-        self.skipped = skipped
-
-    def as_dict(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses), "skipped": self.skipped}
-
-
 def _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume) -> None:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ConfigError(f"num_steps must be a non-negative integer, got {num_steps!r}")
@@ -384,61 +306,6 @@ def _check_fresh_checkpoint(path: Path, overwrite: bool, data_parallel) -> None:
             raise OutputError(f"the directory of checkpoint {str(path)!r} does not exist; create it or choose another path")
 
 
-def _restore(saved: dict, optim, state: dict | None, num_steps: int, path) -> _Run:
-    run = saved["run"]
-    if not isinstance(run, dict) or not isinstance(run.get("step"), int) or not isinstance(run.get("losses"), list):
-        raise CheckpointError(f"checkpoint {str(path)!r} was not written by pyro_vi.fit (no step count); resume it with the command that wrote it")
-    if run["step"] > num_steps:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} is at step {run['step']}, past num_steps={num_steps}; "
-            "ask for at least as many steps as it has done"
-        )
-    optim.set_state(saved["optimizer"])
-    checkpoints.set_rng_state(saved["rng"])
-    if state is not None:
-        state.clear()
-        state.update(run.get("state", {}))
-    return _Run(run["step"], list(run["losses"]), int(run.get("skipped", 0)))
-
-
-class _Restore(Messenger):
-    """Copy checkpointed values into params, in place, as the model and guide create them.
-
-    In place, so a module registered by ``pyro.module`` (whose own ``nn.Parameter`` is the store's
-    tensor) trains on the restored values; ``pending`` loses each name it restores."""
-
-    def __init__(self, pending: dict[str, Tensor], active: bool):
-        super().__init__()
-        self.pending, self.active, self.restored = pending, active, set()
-        self.plates: set[tuple[str, int, int | None]] = set()  # (name, size, full size) of every plate seen
-
-    def _postprocess_message(self, msg) -> None:
-        if msg["type"] == "sample":
-            for frame in msg["cond_indep_stack"]:
-                self.plates.add((frame.name, int(frame.size), None if frame.full_size is None else int(frame.full_size)))
-        super()._postprocess_message(msg)
-
-    def _pyro_param(self, msg) -> None:
-        name = msg["name"]
-        if not self.active or name not in self.pending:
-            return
-        store = pyro.get_param_store()
-        if name not in store:
-            if len(msg["args"]) < 2:
-                return
-            store.setdefault(name, msg["args"][1], msg["kwargs"].get("constraint", torch.distributions.constraints.real))
-        target = store.get_param(name).unconstrained()
-        value = self.pending.pop(name)
-        if target.shape != value.shape or value.dtype != target.dtype:
-            raise CheckpointError(
-                f"checkpoint param {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}; the model makes it "
-                f"{tuple(target.shape)} {target.dtype}; resume with the model and options that wrote it"
-            )
-        with torch.no_grad():
-            target.copy_(value.to(dtype=target.dtype, device=target.device))
-        self.restored.add(name)
-
-
 def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer=None) -> float | None:
     """One SVI step; the loss, or ``None`` (and no update) if the loss or a gradient is not finite."""
     with poutine.trace(param_only=True) as capture:
@@ -446,16 +313,10 @@ def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer
             value = loss.loss_and_grads(model, guide, *args, **kwargs)
         except ValueError as error:
             if first:
-                _explain_plate_mismatch(error, model, args, kwargs)
+                explain_plate_mismatch(error, model, args, kwargs)
             raise
     if restorer is not None and restorer.active:
-        missing = sorted(name for name in capture.trace.nodes if name not in restorer.restored)
-        if missing:
-            raise CheckpointError(
-                f"the checkpoint has no value for param {missing[0]!r}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                + "; it was written by another model or guide, or edited: resume with the one that wrote it, or start over"
-            )
+        resuming.refuse_missing(restorer, capture.trace.nodes)
     _untrack_provenance(capture.trace.nodes)
     # In trace order (a set's order differs between processes, and the all-reduce packs by order).
     params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
@@ -473,83 +334,6 @@ def _untrack_provenance(names) -> None:
     for name in names:
         if name in store and isinstance(store.get_param(name).unconstrained(), ProvenanceTensor):
             store[name] = detach_provenance(store[name]).detach()
-
-
-def _refuse_unused(pending: dict, checkpoint) -> None:
-    """After the first resumed step every checkpointed param must have been restored."""
-    if pending:
-        raise CheckpointError(
-            f"checkpoint {str(checkpoint)!r} holds params the model and guide do not create "
-            f"({', '.join(sorted(pending)[:5])}); resume with the model and guide that wrote it"
-        )
-
-
-def _check_subsamples(arguments: list, values: list, plates: set) -> None:
-    """An ``EpochSubsample`` argument must reach a plate of its size: a model whose plate ignores
-    the indices would scale the minibatch's log-likelihood by 1 instead of N/B (under-weighting the
-    data against the prior) without a word."""
-    for argument, value in zip(arguments, values):
-        if not isinstance(argument, EpochSubsample):
-            continue
-        batch = int(value.shape[0])
-        if not any(full == argument.num_data and size == batch for _, size, full in plates):
-            seen = ", ".join(f"{name!r} of size {full if full is not None else size}" for name, size, full in sorted(plates, key=str))
-            raise ConfigError(
-                f"EpochSubsample(num_data={argument.num_data}, batch_size={argument.batch_size}) is passed but no plate "
-                f"subsamples {argument.num_data} points {batch} at a time (plates seen: {seen or 'none'}); give the indices "
-                f"to the data plate: pyro.plate('data', {argument.num_data}, subsample=indices)"
-            )
-
-
-def _warm_up(model, guide, loss, args, kwargs, restorer, validate: bool, checkpoint_params: dict) -> None:
-    """Resume: take the run's first ``loss_and_grads`` call once, without an update, then put the
-    params and the RNG state back as the checkpoint has them.
-
-    The first call of a run draws random numbers that later calls do not (a random param init such
-    as AutoGuides' ``init_to_median`` or ``pyro.param(name, lambda: torch.randn(...))``, the ELBO's
-    ``max_plate_nesting`` guess, a JIT compile); drawn after the checkpoint's RNG state they would
-    shift every later draw of the resumed run. (A loss's own state kept in the param store, e.g.
-    TraceGraph's decaying-average baselines, is put back with the params.)"""
-    rng = checkpoints.get_rng_state()
-    with pyro.validation_enabled(validate), restorer, poutine.trace(param_only=True) as capture:
-        try:
-            loss.loss_and_grads(model, guide, *args, **kwargs)
-        except ValueError as error:
-            _explain_plate_mismatch(error, model, args, kwargs)
-            raise
-    store = pyro.get_param_store()
-    with torch.no_grad():
-        for site in capture.trace.nodes.values():
-            site["value"].unconstrained().grad = None
-        for name, value in checkpoint_params.items():
-            if name in store:
-                target = store.get_param(name).unconstrained()
-                if target.shape == value.shape:
-                    target.copy_(value.to(dtype=target.dtype, device=target.device))
-    checkpoints.set_rng_state(rng)
-
-
-def _explain_plate_mismatch(error: ValueError, model, args, kwargs) -> None:
-    """Raise a one-line ``DataError`` naming the plate if ``error`` is an observed site whose data do
-    not fit its plate (Pyro reports it as a broadcasting or plate shape error)."""
-    text = str(error)
-    if "Shape mismatch inside plate" not in text and "not broadcastable" not in text:
-        return
-    try:
-        with pyro.validation_enabled(False), poutine.block():
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-    except Exception:
-        return
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"] or f"'{name}'" not in text and f" {name} " not in text:
-            continue
-        frames = [frame for frame in site["cond_indep_stack"] if frame.vectorized]
-        data_shape = tuple(torch.as_tensor(site["value"]).shape)
-        plates = ", ".join(f"plate {frame.name!r} of size {frame.size} at dim {frame.dim}" for frame in frames) or "no plate"
-        raise DataError(
-            f"observed site {name!r} holds data of shape {data_shape} inside {plates}: the data do not match the "
-            "plate; give the plate the data's size (pyro.plate(name, len(data))) or index the data by the plate's subsample"
-        ) from error
 
 
 def _apply(optim, params, value, reduce) -> float | None:

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["get_state", "set_state", "preserved"]
+__all__ = ["get_state", "set_state", "preserved", "python_state", "numpy_state"]
 
 
 def get_state() -> dict:
@@ -38,13 +38,21 @@ def get_state() -> dict:
 def set_state(state: dict) -> None:
     """Restore what :func:`get_state` returned."""
     torch.set_rng_state(state["torch"])
-    python = state["python"]
-    random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    random.setstate(python_state(state["python"]))
+    np.random.set_state(numpy_state(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def python_state(saved: dict) -> tuple:
+    """``get_state()["python"]`` as the tuple ``random.setstate`` takes."""
+    return saved["version"], tuple(int(v) for v in saved["internal"].tolist()), saved["gauss_next"]
+
+
+def numpy_state(saved: dict) -> tuple:
+    """``get_state()["numpy"]`` as the tuple ``np.random.set_state`` takes."""
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return "MT19937", keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pyro_vi import cli, io
-from pyro_vi.engine import checkpoint
+from pyro_vi.engine import checkpoint, rng
 from pyro_vi.errors import CheckpointError, OutputError
 from pyro_vi.vae.model import VAE
 from pyro_vi.engine.optim import Adam
@@ -384,7 +384,7 @@ def test_rng_state_round_trip(tmp_path):
     checkpoint.save(tmp_path / "checkpoint.pt", {}, {}, optimizer)
     expected = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(123), random.seed(5), np.random.seed(7)
-    checkpoint.set_rng_state(checkpoint.load(tmp_path / "checkpoint.pt")["rng"])
+    rng.set_state(checkpoint.load(tmp_path / "checkpoint.pt")["rng"])
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
 
 
