@@ -20,9 +20,9 @@ Beyond the ELBO: ``normal_normal_log_evidence`` (log p(x) of the conjugate model
 bound equals for every k at the exact posterior) and ``pyro_test_iwae_gradient`` (the gradient
 of minus the k-particle IWAE bound of ``pyro-test``, by Gauss-Hermite quadrature).
 
-For any small pair: ``exact_elbo`` / ``exact_elbo_gradient`` (symmetric sigma points, exact for
-Gaussian noise and quadratic integrands, times enumeration of discrete guide sites), the reference
-of the estimator matrix in ``tests/test_estimator_matrix.py``.
+The references are computed by :mod:`~pyro_vi.estimators.exact` (``exact_gradient``: autograd
+through a closed-form -ELBO); its ``exact_elbo`` / ``exact_elbo_gradient``, for any small pair, are
+also reachable from here as ``problems.exact_elbo`` / ``problems.exact_elbo_gradient``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ from pyro.distributions import constraints
 from torch import Tensor, nn
 
 from pyro_vi.errors import ConfigError
+from pyro_vi.estimators.exact import exact_elbo, exact_elbo_gradient, exact_gradient  # noqa: F401 (exact_elbo*: re-exported)
+
+__all__ = [
+    "MODELS",
+    "VarianceProblem",
+    "make_problem",
+    "normal_normal_log_evidence",
+    "pyro_test_iwae_gradient",
+    "BERNOULLI_TARGETS",
+    "TinyVAE",
+]
 
 MODELS = ("gaussian", "normal-normal", "pyro-test", "bernoulli", "gmm", "vae")
 
@@ -89,16 +100,6 @@ def make_problem(
     problem.guide(*problem.args, **problem.kwargs)  # register the params at their initial values
     return problem
 
-
-def exact_gradient(negative_elbo: Callable[[dict[str, Tensor]], Tensor], names: list[str]) -> dict[str, Tensor]:
-    """d negative_elbo / d (unconstrained param) at the param store's current values."""
-    store = pyro.get_param_store()
-    unconstrained = {name: store._params[name].detach().clone().requires_grad_(True) for name in names}
-    constrained = {
-        name: torch.distributions.transform_to(store._constraints[name])(value) for name, value in unconstrained.items()
-    }
-    grads = torch.autograd.grad(negative_elbo(constrained), list(unconstrained.values()))
-    return {name: grad.detach() for name, grad in zip(names, grads)}
 
 
 def _normal_entropy(scale: Tensor) -> Tensor:
@@ -360,112 +361,3 @@ _BUILDERS = {
     "gmm": _gmm,
     "vae": _vae,
 }
-
-
-# -- exact ELBO of any small model/guide pair ----------------------------------------------------
-
-
-def exact_elbo(model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
-    """E_q[log p(x, z) - log q(z)] exactly (scales, masks and subsampling as the traces apply them).
-
-    Exact when (i) the guide's continuous sites are affine in the standard normal noise torch draws
-    for them (Normal, MultivariateNormal, their AutoGuides, Delta sites, transforms whose Jacobian
-    cancels against the model's) and log p - log q is at most quadratic in that noise, and (ii) the
-    discrete guide sites have a small joint support that does not depend on the noise. The Gaussian
-    expectation uses the 2D symmetric sigma points eps = +-sqrt(D) e_j (their mean of eps eps^T is the
-    identity and odd moments vanish, so every quadratic is integrated exactly); discrete sites are
-    summed over their joint support with weights q(c). Differentiable in the params.
-    """
-    import itertools
-
-    from pyro import poutine
-    from pyro.poutine.util import prune_subsample_sites
-
-    sizes = []
-    with _noise(lambda shape: sizes.append(int(torch.Size(shape).numel())) or torch.zeros(shape)):
-        dry_run = poutine.trace(guide).get_trace(*args, **kwargs)
-    num_noise = sum(sizes)
-    discrete = [
-        site
-        for site in dry_run.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample"
-        and site["fn"].support.is_discrete
-    ]
-    supports = [site["fn"].enumerate_support(expand=True) for site in discrete]  # (K, *batch)
-    element_choices = []  # one entry per (site, batch element): its K possible values
-    for site, support in zip(discrete, supports):
-        flat = support.reshape(support.shape[0], -1)
-        element_choices += [(site["name"], index, flat[:, index]) for index in range(flat.shape[1])]
-    if num_noise:
-        eye = torch.eye(num_noise, dtype=torch.float64) * math.sqrt(num_noise)
-        points = torch.cat([eye, -eye])  # (2D, D)
-    else:
-        points = torch.zeros(1, 0, dtype=torch.float64)
-    total = 0.0
-    for choice in itertools.product(*[range(len(values)) for _, _, values in element_choices]):
-        config = {site["name"]: support[0].clone() for site, support in zip(discrete, supports)}
-        for (name, index, values), k in zip(element_choices, choice):
-            config[name].reshape(-1)[index] = values[k]
-        elbo = 0.0
-        for point in points:
-            position = [0]
-
-            def draw(shape, point=point, position=position):
-                size = int(torch.Size(shape).numel())
-                value = point[position[0] : position[0] + size].reshape(shape)
-                position[0] += size
-                return value.to(torch.get_default_dtype())
-
-            with _noise(draw):
-                guide_trace = poutine.trace(poutine.condition(guide, data=config)).get_trace(*args, **kwargs)
-            for name in config:
-                guide_trace.nodes[name]["is_observed"] = False  # replayed into the model as a latent
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-            guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-            guide_trace.compute_log_prob()
-            model_trace.compute_log_prob()
-            elbo = elbo + model_trace.log_prob_sum() - guide_trace.log_prob_sum()
-        weight = 1.0
-        if config:
-            weight = torch.exp(sum(guide_trace.nodes[name]["unscaled_log_prob"].sum() for name in config))
-        total = total + weight * elbo / len(points)
-    return total
-
-
-def exact_elbo_gradient(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, Tensor]:
-    """d(-ELBO)/d(unconstrained param) for every param the guide and model read, by autograd
-    through ``exact_elbo``."""
-    from pyro import poutine
-
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    store = pyro.get_param_store()
-    names = []
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            if site["type"] == "param" and site["name"] not in names and store._params[site["name"]].requires_grad:
-                names.append(site["name"])
-    grads = torch.autograd.grad(-exact_elbo(model, guide, *args, **kwargs), [store._params[n] for n in names], allow_unused=True)
-    return {name: torch.zeros_like(store._params[name]) if g is None else g.detach() for name, g in zip(names, grads)}
-
-
-class _noise:
-    """Replace torch.distributions' ``_standard_normal`` (the noise of every Gaussian rsample) by
-    ``draw(shape)`` inside the block."""
-
-    def __init__(self, draw):
-        self.draw = draw
-
-    def __enter__(self):
-        import sys
-
-        self.patched = []
-        for name, module in list(sys.modules.items()):
-            if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
-                self.patched.append((module, module._standard_normal))
-                module._standard_normal = lambda shape, dtype=None, device=None: self.draw(shape)
-        return self
-
-    def __exit__(self, *exc):
-        for module, original in self.patched:
-            module._standard_normal = original

@@ -15,21 +15,23 @@ the swap missed would get a silent zero gradient); models that fail the probe or
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import pyro
-import pyro.ops.special
 import pyro.optim
 import torch
 from pyro import poutine
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_vi import engine
-from pyro_vi.estimators import core as estimators
+from pyro_vi.engine import params, rng
 from pyro_vi.errors import ConfigError, DataError, PyroVIError
+from pyro_vi.estimators import score, vectorized
+from pyro_vi.estimators.base import GradientEstimator, get_estimator
+
+__all__ = ["GradientVariance", "gradient_variance", "VarianceOverTraining", "variance_over_training", "snr_table", "BASELINE_WARMUP"]
 
 
 class GradientVariance(NamedTuple):
@@ -51,14 +53,14 @@ class GradientVariance(NamedTuple):
 
 
 # score-baseline: evaluations that warm up its running average when the store has none.
-BASELINE_WARMUP = estimators.BASELINE_WARMUP
+BASELINE_WARMUP = score.BASELINE_WARMUP
 
 
 def gradient_variance(
     model: Callable,
     guide: Callable,
     *args,
-    estimator: str | estimators.GradientEstimator = "reparam",
+    estimator: str | GradientEstimator = "reparam",
     num_replicates: int = 1000,
     num_particles: int = 1,
     seed: int = 0,
@@ -95,16 +97,16 @@ def gradient_variance(
     if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 2:
         raise ConfigError(f"num_replicates must be an integer >= 2 (a variance needs two draws), got {num_replicates!r}")
     if isinstance(estimator, str):
-        estimator = estimators.get_estimator(estimator, num_particles=num_particles)
+        estimator = get_estimator(estimator, num_particles=num_particles)
     if baseline_warmup is not None and (isinstance(baseline_warmup, bool) or not isinstance(baseline_warmup, int) or baseline_warmup < 0):
         raise ConfigError(f"baseline_warmup must be a non-negative integer, got {baseline_warmup!r}")
     _check_finite(args, kwargs)
-    rng_state = _rng_state()
+    rng_state = rng.get_state()
     pyro.set_rng_seed(seed)
     snapshot = None
     try:
-        with _recording_modules() as modules, _data_errors():
-            names, params = _discover_params(model, guide, args, kwargs)
+        with params.recording_modules() as modules, _data_errors():
+            names, tensors = params.discover(model, guide, *args, **kwargs)
         with _data_errors():
             estimator.check(model, guide, *args, **kwargs)
             _score_once(model, guide, args, kwargs)
@@ -112,16 +114,16 @@ def gradient_variance(
             missing = sorted(set(names) - set(reference))
             if missing:
                 raise ConfigError(f"reference lacks gradients for params {', '.join(missing)}; give one per param")
-        snapshot = _store_snapshot()  # the warmed-up baseline is removed when we are done
+        snapshot = params.snapshot()  # the warmed-up baseline is removed when we are done
         num_warmup = estimator.warm_up(model, guide, args, kwargs, baseline_warmup)
         with estimator.measuring():  # a baseline is read at its (warmed-up) value, never moved
             statistics, vectorized, seconds = _replicates(
-                estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size, vectorize
+                estimator, model, guide, args, kwargs, names, tensors, modules, num_replicates, chunk_size, vectorize
             )
     finally:
         if snapshot is not None:
-            _store_restore(snapshot)
-        _set_rng_state(rng_state)
+            params.restore(snapshot)
+        rng.set_state(rng_state)
     mean, variance = statistics
     return _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized)._replace(
         baseline_warmup=num_warmup
@@ -139,13 +141,9 @@ def _check_finite(args, kwargs) -> None:
 
 def _score_once(model, guide, args, kwargs) -> None:
     """Compute every log-density of one draw, so that data outside a likelihood's support fail here."""
-    state = _rng_state()  # the replicates' draws stay those of the seed
-    try:
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs).compute_log_prob()
-    finally:
-        _set_rng_state(state)
+    with rng.preserved(), torch.no_grad():  # the replicates' draws stay those of the seed
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs).compute_log_prob()
 
 
 @contextlib.contextmanager
@@ -162,22 +160,22 @@ def _data_errors():
         raise DataError(" ".join(lines[:2])[:300] + "; check the data against the model's likelihood") from None
 
 
-def _replicates(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size, vectorize):
+def _replicates(estimator, model, guide, args, kwargs, names, tensors, modules, num_replicates, chunk_size, vectorize):
     """(mean and variance per param, vectorized?, seconds): one batched pass, else the loop."""
-    replicate_rng = _rng_state()
+    replicate_rng = rng.get_state()
     start = time.perf_counter()
     if vectorize is not False:
         try:
-            statistics = _vectorized(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size)
-            return statistics, True, time.perf_counter() - start
+            chunks = vectorized.gradients(estimator, model, guide, args, kwargs, names, tensors, modules, num_replicates, chunk_size)
+            return _combine(chunks), True, time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - anything vmap refuses sends us to the loop
             if vectorize:
                 raise
             warnings.warn(f"gradient_variance: vmap failed ({type(error).__name__}: {str(error)[:160]}); using the loop")
-            _set_rng_state(replicate_rng)
+            rng.set_state(replicate_rng)
             start = time.perf_counter()
-    statistics = _looped(estimator, model, guide, args, kwargs, names, params, num_replicates)
-    return statistics, False, time.perf_counter() - start
+    chunks = _looped(estimator, model, guide, args, kwargs, tensors, num_replicates)
+    return _combine(chunks), False, time.perf_counter() - start
 
 
 class VarianceOverTraining(NamedTuple):
@@ -193,7 +191,7 @@ def variance_over_training(
     guide: Callable,
     *args,
     estimators_measured: Sequence[str] = ("reparam", "score"),
-    train_estimator: str | estimators.GradientEstimator = "reparam",
+    train_estimator: str | GradientEstimator = "reparam",
     num_steps: int = 1000,
     measure_at: Sequence[int] = (0, 500, 1000),
     learning_rate: float = 0.01,
@@ -210,7 +208,7 @@ def variance_over_training(
     if bad:
         raise ConfigError(f"measure_at steps {bad} are outside [0, {num_steps}]; choose steps within the run")
     if isinstance(train_estimator, str):
-        train_estimator = estimators.get_estimator(train_estimator, num_particles=num_particles)
+        train_estimator = get_estimator(train_estimator, num_particles=num_particles)
     steps = sorted(set(measure_at))
     results = {name: [] for name in estimators_measured}
 
@@ -235,97 +233,23 @@ def variance_over_training(
     return VarianceOverTraining(steps, results, losses)
 
 
-# -- the two ways to draw replicates -------------------------------------------------------------
+# -- the reference path and the statistics ----------------------------------------------------
 
 
-def _vectorized(estimator, model, guide, args, kwargs, names, params, modules, num_replicates, chunk_size):
-    """Mean and variance over replicates from batched passes of vmap(grad(loss))."""
-    store = pyro.get_param_store()
-    module_parameters = _module_parameters(modules, names, params)  # param name -> functional key
-    pyro_module_parameters = _pyro_module_parameters(modules, names, params)  # name -> (module, key)
-    runner = _Runner(modules)
-
-    def loss(values: tuple[Tensor, ...]) -> Tensor:
-        functional = {}
-        for name, value in zip(names, values):
-            if name in module_parameters:
-                functional[module_parameters[name]] = value
-                continue
-            store._params[name] = value
-            if name in pyro_module_parameters:
-                # A PyroModule computes with its own attribute; a PyroParam reads the store only
-                # while the store holds the very tensor the module holds.
-                module, key = pyro_module_parameters[name]
-                module._parameters[key] = value
-        return torch.func.functional_call(
-            runner, functional, (lambda: estimator.differentiable_loss(model, guide, *args, **kwargs),), strict=False
-        )
-
-    values = tuple(p.detach() for p in params)
-    if chunk_size is None:
-        size = sum(p.numel() for p in params)
-        chunk_size = max(1, min(num_replicates, int(256e6 / (4 * 4 * max(size, 1)))))
-    snapshot = _store_snapshot()
-    chunks = []
-    try:
-        with _restoring(pyro_module_parameters.values()):
-            _check_functional_inputs_are_reached(loss, values, estimator, model, guide, args, kwargs, names, params, snapshot)
-            gradient = torch.func.grad(loss)
-            with _out_of_place_noise(), pyro.validation_enabled(False):
-                batched = torch.func.vmap(lambda _: gradient(values), randomness="different")
-                done = 0
-                while done < num_replicates:
-                    size = min(chunk_size, num_replicates - done)
-                    grads = batched(torch.arange(size))
-                    chunks.append([g.detach().double() for g in grads])
-                    done += size
-    finally:
-        _store_restore(snapshot)
-    return _combine(chunks)
-
-
-def _check_functional_inputs_are_reached(loss, values, estimator, model, guide, args, kwargs, names, params, snapshot):
-    """Raise if a param the loop differentiates gets no gradient through its functional input.
-
-    ``torch.func.grad`` returns zeros for an input the loss never touches, so a param the swap
-    missed (a module we did not see, a tensor cached before the call) would look like an exactly
-    zero gradient. One unbatched evaluation of each path shows which params each reaches.
-    """
-    loop_loss = estimator.differentiable_loss(model, guide, *args, **kwargs)
-    loop_reached = _reached(loop_loss, params)
-    _store_restore(snapshot)
-    leaves = tuple(value.clone().requires_grad_(True) for value in values)
-    functional_reached = _reached(loss(leaves), leaves)
-    _store_restore(snapshot)
-    missed = [name for name, by_loop, by_functional in zip(names, loop_reached, functional_reached) if by_loop and not by_functional]
-    if missed:
-        raise RuntimeError(
-            f"params {', '.join(missed)} get gradients in the loop but none through the functional inputs "
-            "(they are not swapped); vmap would report zeros for them"
-        )
-
-
-def _reached(loss: Tensor, inputs) -> list[bool]:
-    if not getattr(loss, "requires_grad", False):
-        return [False] * len(inputs)
-    grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
-    return [grad is not None for grad in grads]
-
-
-def _looped(estimator, model, guide, args, kwargs, names, params, num_replicates):
-    """The reference path: one differentiable_loss + autograd.grad per replicate."""
-    snapshot = _store_snapshot()
+def _looped(estimator, model, guide, args, kwargs, tensors, num_replicates) -> list:
+    """The reference path: one differentiable_loss + autograd.grad per replicate (chunks of one)."""
+    snapshot = params.snapshot()
     chunks = []
     try:
         for _ in range(num_replicates):
             loss = estimator.differentiable_loss(model, guide, *args, **kwargs)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
             chunks.append([g.detach().double().unsqueeze(0) for g in grads])
-            _store_restore(snapshot)  # e.g. a decaying-average baseline must not move
+            params.restore(snapshot)  # e.g. a decaying-average baseline must not move
     finally:
-        _store_restore(snapshot)
-    return _combine(chunks)
+        params.restore(snapshot)
+    return chunks
 
 
 def _combine(chunks):
@@ -379,199 +303,6 @@ def _snr(mean: Tensor, variance: Tensor) -> Tensor:
 def _nanmean(values: Tensor) -> float:
     values = values[~torch.isnan(values)]
     return float(values.mean()) if values.numel() else float("nan")
-
-
-# -- params, modules and the param store ---------------------------------------------------------
-
-
-def _discover_params(model, guide, args, kwargs) -> tuple[list[str], list[Tensor]]:
-    """Names and unconstrained tensors of every param the guide and model touch."""
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    store = pyro.get_param_store()
-    names = []
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            if site["type"] == "param" and site["name"] not in names and site["name"] in store._params:
-                if store._params[site["name"]].requires_grad:
-                    names.append(site["name"])
-    if not names:
-        raise ConfigError("the model and guide have no Pyro params to differentiate; register them with pyro.param or pyro.module")
-    return names, [store._params[name] for name in names]
-
-
-_PYRO_MODULE_PREFIX = "__pyro_module_"  # recorded PyroModules; swapped by hand, not by functional_call
-
-
-def _registered(modules: dict[str, nn.Module]) -> list[nn.Module]:
-    """The modules passed to ``pyro.module`` (not the recorded PyroModules)."""
-    return [module for key, module in modules.items() if not key.startswith(_PYRO_MODULE_PREFIX)]
-
-
-@contextlib.contextmanager
-def _recording_modules():
-    """Record the nn.Modules passed to ``pyro.module`` and the ``PyroModule``s whose attributes are
-    read while the block runs (a PyroModule registers its params itself, not via pyro.module)."""
-    modules: dict[str, nn.Module] = {}
-    original = pyro.module
-    original_getattr = pyro.nn.PyroModule.__getattr__
-
-    def recording(name, nn_module, update_module_params=False):
-        modules[name] = nn_module
-        return original(name, nn_module, update_module_params)
-
-    def recording_getattr(self, name):
-        modules.setdefault(_PYRO_MODULE_PREFIX + str(id(self)), self)
-        return original_getattr(self, name)
-
-    pyro.module = recording
-    pyro.primitives.module = recording
-    pyro.nn.PyroModule.__getattr__ = recording_getattr
-    try:
-        yield modules
-    finally:
-        pyro.module = original
-        pyro.primitives.module = original
-        pyro.nn.PyroModule.__getattr__ = original_getattr
-
-
-class _Runner(nn.Module):
-    """Holds the recorded modules so ``functional_call`` can swap all their parameters at once."""
-
-    def __init__(self, modules: dict[str, nn.Module]):
-        super().__init__()
-        self.nets = nn.ModuleList(_registered(modules))
-
-    def forward(self, function):
-        return function()
-
-
-def _module_parameters(modules, names, params) -> dict[str, str]:
-    """Param-store name -> functional_call key, for params that are module parameters."""
-    owner = {}
-    for index, module in enumerate(_registered(modules)):
-        for key, parameter in module.named_parameters(remove_duplicate=False):
-            owner.setdefault(id(parameter), f"nets.{index}.{key}")
-    keys = {}
-    for name, param in zip(names, params):
-        if "$$$" in name:
-            if id(param) not in owner:
-                raise RuntimeError(f"module parameter {name} not found among the recorded modules")
-            keys[name] = owner[id(param)]
-    return keys
-
-
-def _pyro_module_parameters(modules, names, params) -> dict[str, tuple[nn.Module, str]]:
-    """Param-store name -> (PyroModule, key in its ``_parameters``) for params a PyroModule holds
-    directly (its nn.Parameters and the ``*_unconstrained`` tensors of its PyroParams)."""
-    owner = {}
-    for name, module in modules.items():
-        if name.startswith(_PYRO_MODULE_PREFIX):
-            for key, parameter in module._parameters.items():
-                if parameter is not None:
-                    owner.setdefault(id(parameter), (module, key))
-    return {name: owner[id(param)] for name, param in zip(names, params) if "$$$" not in name and id(param) in owner}
-
-
-@contextlib.contextmanager
-def _restoring(module_keys):
-    """Put back the PyroModule parameters the vectorized loss swaps."""
-    saved = [(module, key, module._parameters[key]) for module, key in module_keys]
-    try:
-        yield
-    finally:
-        for module, key, parameter in saved:
-            module._parameters[key] = parameter
-
-
-def _store_snapshot():
-    store = pyro.get_param_store()
-    return dict(store._params), dict(store._constraints), dict(store._param_to_name)
-
-
-def _store_restore(snapshot) -> None:
-    store = pyro.get_param_store()
-    params, constraints, param_to_name = snapshot
-    store._params.clear()
-    store._params.update(params)
-    store._constraints.clear()
-    store._constraints.update(constraints)
-    store._param_to_name.clear()
-    store._param_to_name.update(param_to_name)
-
-
-@contextlib.contextmanager
-def _out_of_place_noise():
-    """Make the samplers and log-sum-exps of torch and Pyro vmap-friendly for the block; restored after.
-
-    - torch.distributions' in-place ``_standard_normal`` becomes ``torch.randn`` (vmap draws
-      different noise per replicate only out of place);
-    - Dirichlet (and so Beta) ``rsample`` draws normalized independent standard gammas: the same
-      distribution, differentiated through torch's own gamma derivative, where torch's sampler is
-      an autograd.Function without ``setup_context``, which vmap refuses;
-    - Pyro's ``safe_log`` (in TraceEnum_ELBO's log-space einsum) gets a ``setup_context`` twin.
-    """
-
-    def standard_normal(shape, dtype, device):
-        return torch.randn(shape, dtype=dtype, device=device)
-
-    patched = []
-    safe_log = pyro.ops.special.safe_log
-    for name, module in list(sys.modules.items()):
-        if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
-            patched.append((module, "_standard_normal", module._standard_normal))
-            module._standard_normal = standard_normal
-        if name.startswith("pyro.") and getattr(module, "safe_log", None) is safe_log:
-            patched.append((module, "safe_log", module.safe_log))
-            module.safe_log = _safe_log
-    dirichlet = torch.distributions.Dirichlet
-    patched.append((dirichlet, "rsample", dirichlet.rsample))
-    dirichlet.rsample = _dirichlet_rsample
-    try:
-        yield
-    finally:
-        for owner, attribute, original in reversed(patched):
-            setattr(owner, attribute, original)
-
-
-def _dirichlet_rsample(self, sample_shape=torch.Size()):
-    shape = self._extended_shape(sample_shape)
-    gammas = torch._standard_gamma(self.concentration.expand(shape))
-    gammas = gammas.clamp(min=torch.finfo(gammas.dtype).tiny)
-    return gammas / gammas.sum(-1, keepdim=True)
-
-
-class _SafeLog(torch.autograd.Function):
-    """``pyro.ops.special.safe_log`` (log with the gradient's 1/x clamped at 1/eps) for functorch."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return x.log()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / x.clamp(min=torch.finfo(x.dtype).eps)
-
-
-def _safe_log(x):
-    return _SafeLog.apply(x)
-
-
-def _rng_state():
-    return torch.get_rng_state(), pyro.util.get_rng_state()
-
-
-def _set_rng_state(state) -> None:
-    torch_state, pyro_state = state
-    pyro.util.set_rng_state(pyro_state)
-    torch.set_rng_state(torch_state)
 
 
 def snr_table(results: Sequence[GradientVariance]) -> list[dict]:

@@ -1,7 +1,7 @@
 """Small model/guide pairs ("cells") on which every estimator is checked against an exact gradient.
 
 Each cell registers its params and returns a ``Cell``: the pair, its arguments and the exact
-gradient of -ELBO (``exact``). The exact gradients come from ``variance_models.exact_elbo`` (sigma
+gradient of -ELBO (``exact``). The exact gradients come from ``exact.exact_elbo`` (sigma
 points, exact for the Gaussian integrands here, plus enumeration of discrete guide sites), checked
 against hand-written closed forms on the cells that have one (``closed_form``).
 
@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import autoguide, config_enumerate
 
+from pyro_vi.estimators import exact
 from pyro_vi.estimators import problems as variance_models
 
 DATA = torch.tensor([-0.5, 2.0, 1.0, 0.3])
@@ -43,7 +44,7 @@ class Cell(NamedTuple):
 
 
 def _exact(model, guide, args):
-    return lambda: variance_models.exact_elbo_gradient(model, guide, *args)
+    return lambda: exact.exact_elbo_gradient(model, guide, *args)
 
 
 def _local(kl_weight=1.0):

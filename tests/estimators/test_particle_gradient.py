@@ -27,7 +27,8 @@ import torch
 
 import estimator_cells
 from pyro_vi import estimators
-from pyro_vi.estimators import problems as variance_models
+from pyro_vi.engine import params as param_store
+from pyro_vi.estimators import exact
 
 NOISE = torch.tensor([[0.3, -1.1], [1.4, 0.2]])  # (particles, minibatch)
 BETA, S = estimator_cells.KL_WEIGHT, 2.0
@@ -89,8 +90,8 @@ def test_particle_gradient(name, monkeypatch):
     draws = iter([NOISE] if vectorized else NOISE)  # one (|B|,) draw per particle, or all at once
     # Every Gaussian draw, rsample or sample (score estimators), takes the next fixed noise.
     monkeypatch.setattr(torch.distributions.Normal, "sample", lambda self, sample_shape=torch.Size(): self.rsample(sample_shape).detach())
-    params = [store._params["loc"], store._params["scale"]]  # unconstrained: loc, log scale
-    with variance_models._noise(lambda shape: next(draws).reshape(shape)):
+    params = [param_store.unconstrained("loc"), param_store.unconstrained("scale")]  # unconstrained: loc, log scale
+    with exact.noise_from(lambda shape: next(draws).reshape(shape)):
         loss = estimator.differentiable_loss(cell.model, cell.guide, *cell.args)
     actual = torch.autograd.grad(loss, params)
     loc, log_scale = (p.detach().clone().requires_grad_(True) for p in params)
