@@ -1,27 +1,37 @@
 """Trace the ELBO once, then replay it as a plain tensor program: no Pyro tracing per step.
 
-Each SVI step of ``Trace_ELBO`` runs the model and guide under Pyro's effect handlers (trace,
-replay, plates, param-store lookups) before any arithmetic happens. For a model whose structure
-does not change between steps (the same sites, shapes and plates each time; only the values of
-the data, the subsample indices, the KL weight and the noise differ) that bookkeeping always gives
-the same computation. ``compile_loss`` records that computation once with
+Each SVI step runs the model and guide under Pyro's effect handlers (trace, replay, plates,
+param-store lookups) before any arithmetic happens. For a model whose structure does not change
+between steps (the same sites, shapes and plates each time; only the values of the data, the
+subsample indices, the KL weight and the noise differ) that bookkeeping always gives the same
+computation. ``compile_loss`` records that computation once with
 ``torch.fx.experimental.proxy_tensor.make_fx`` at the level of tensor operations::
 
     surrogate(params, *args) = -(sum_model log p(x, z) - sum_guide log q(z))    z = loc + scale * eps
 
-with the unconstrained Pyro params (and the parameters of modules registered by ``pyro.module``)
-as inputs, and the guide's noise drawn afresh on every call (the recorded ``normal_`` ops read the
-global torch RNG, in the order the plain path draws). The result is an ordinary function of
-tensors: ``loss = compiled(*args); loss.backward()`` fills the same ``.grad``s as
-``Trace_ELBO().loss_and_grads`` and, with the same RNG state, gives the same value and gradients
-(checked once when compiling, and by ``tests/test_compiled.py``).
+with the unconstrained Pyro params (and the parameters of modules registered by ``pyro.module`` or
+held by ``PyroModule``s, AutoGuides included) as inputs, and the guide's noise drawn afresh on every
+call (the recorded random ops read the global torch RNG, in the order the plain path draws). The
+result is an ordinary function of tensors: ``loss = compiled(*args); loss.backward()`` fills the
+same ``.grad``s as ``Trace_ELBO().loss_and_grads`` and, with the same RNG state, gives the same
+value and gradients (checked once when compiling, and by ``tests/engine/test_compiled.py``).
 
-What it needs, and refuses otherwise (``ConfigError``): every guide site reparameterizable (the
-surrogate is the pathwise one; use the plain path for score-function estimators), a ``Trace_ELBO``
-loss (any ``num_particles``), and Python control flow that does not read tensor values (a model
-that branches on its data would be recorded along one branch only: the check at compile time
-catches a mismatch on the compiling batch, not on later ones). Non-tensor arguments are recorded
-as constants: pass what changes between steps (a KL weight) as a tensor.
+Three things stand between a Pyro step and a recording, and are handled here:
+
+* sample validation: a distribution built with ``validate_args`` (a ``PyroSample`` prior made
+  while Pyro's validation was on keeps it) checks each value's support, which reads the value;
+  the recording runs with it off (the first, plain step has validated the pair);
+* Beta and Dirichlet samplers (torch's autograd.Function): recorded through
+  :mod:`pyro_vi.engine.samplers`, the same draws and gradients as torch's;
+* PyroModules (AutoGuides, ``PyroModule[nn.Linear]``) hold their params as attributes as well as
+  in the store: both are swapped for the recording's inputs (:mod:`pyro_vi.engine.params`).
+
+What it refuses (``ConfigError``, one line; :func:`can_compile` says it without recording): a loss
+other than ``Trace_ELBO`` (any ``num_particles``, particles one after another), a guide site that
+cannot rsample (the surrogate is the pathwise one), and Python control flow that reads tensor values
+(a model that branches on its data would be recorded along one branch only: the check at compile
+time catches a mismatch on the compiling batch, not on later ones). Non-tensor arguments are
+recorded as constants: pass what changes between steps (a KL weight) as a tensor.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyro
 import torch
@@ -38,11 +48,12 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.nn.utils.stateless import _reparametrize_module
 
+from pyro_vi.engine import params as param_store
+from pyro_vi.engine import rng, samplers
 from pyro_vi.errors import ConfigError
 
-__all__ = ["CompiledLoss", "compile_loss", "recorded_loss", "surrogate_loss"]
+__all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "surrogate_loss"]
 
 
 def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particles: int = 1) -> Tensor:
@@ -86,6 +97,21 @@ class CompiledLoss:
         return self._graph(self.params, *args)
 
 
+def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str | None:
+    """``None`` if ``compile_loss`` covers this loss and these arguments, else the one-line reason.
+
+    Cheap: it looks at the loss and the arguments only (no tracing, no recording, no random draw).
+    What only a trace shows (a guide site that cannot rsample, a model that branches on its data) is
+    refused by :func:`compile_loss` with a ``ConfigError``, after the first plain step.
+    """
+    loss = Trace_ELBO() if loss is None else loss
+    if type(loss) is not Trace_ELBO:
+        return f"compile works with Trace_ELBO (the pathwise estimator), not {type(loss).__name__}; drop --compile for this loss"
+    if loss.num_particles > 1 and loss.vectorize_particles:
+        return "compile records particles one after another; use Trace_ELBO(vectorize_particles=False) or drop --compile"
+    return None
+
+
 def compile_loss(
     model: Callable,
     guide: Callable,
@@ -107,32 +133,42 @@ def compile_loss(
         param_names: the param-store names to differentiate (default: every param the model and
             guide read).
         check: compare value and gradients with ``Trace_ELBO`` once, on ``args`` with the same noise
-            (the RNG state is restored afterwards, so the run's random stream is not disturbed).
+            (every RNG is restored afterwards, so the run's random stream is not disturbed).
 
     Raises:
-        ConfigError: the loss is not a ``Trace_ELBO``, a guide site is not reparameterizable, or the
-            recorded program disagrees with the plain path (the model's structure depends on values).
+        ConfigError: the loss is not covered (see :func:`can_compile`), a guide site is not
+            reparameterizable, or the recorded program disagrees with the plain path (the model's
+            structure depends on values).
     """
     loss = Trace_ELBO() if loss is None else loss
-    if type(loss) is not Trace_ELBO:
-        raise ConfigError(
-            f"compile works with Trace_ELBO (the pathwise estimator), not {type(loss).__name__}; drop --compile for this loss"
-        )
-    if loss.num_particles > 1 and loss.vectorize_particles:
-        raise ConfigError("compile records particles one after another; use Trace_ELBO(vectorize_particles=False) or drop --compile")
-    rng = torch.get_rng_state()  # recording draws noise; the run's random stream must not notice
-    try:
+    reason = can_compile(model, guide, args, loss)
+    if reason is not None:
+        raise ConfigError(reason)
+    with rng.preserved():  # recording draws noise; the run's random stream must not notice
         compiled = _compile(model, guide, args, loss, param_names)
         if check:
             _check(compiled, model, guide, args, loss)
-    finally:
-        torch.set_rng_state(rng)
     return compiled
+
+
+@contextlib.contextmanager
+def _recordable() -> Iterator[None]:
+    """What a recording of a Pyro step needs: no value checks (they read values), torch's Beta and
+    Dirichlet samplers as differentiable operations, and no warnings (``pyro.module`` warns about
+    parameters swapped for the recording's inputs)."""
+    validate_sample = torch.distributions.Distribution._validate_sample
+    torch.distributions.Distribution._validate_sample = lambda self, value: None
+    try:
+        with pyro.validation_enabled(False), samplers.traceable(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.distributions.Distribution._validate_sample = validate_sample
 
 
 def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     num_particles = loss.num_particles
-    with _recording_modules() as modules, poutine.trace(param_only=True) as capture:
+    with param_store.recording_modules() as modules, poutine.trace(param_only=True) as capture, _recordable():
         guide_trace = poutine.trace(guide).get_trace(*args)
         poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     for site in prune_subsample_sites(guide_trace).nodes.values():
@@ -140,40 +176,30 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
             raise ConfigError(
                 f"compile needs a reparameterized guide, but site {site['name']!r} cannot rsample; drop --compile"
             )
-    store = pyro.get_param_store()
     if param_names is None:
         read = {site["name"] for site in capture.trace.nodes.values()}
-        param_names = [name for name in store._params if name in read]
+        param_names = [name for name in param_store.names() if name in read]
     names = list(param_names)
-    params = [store._params[name] for name in names]
-    # PyroModules (AutoGuides, PyroModule models) hold their params as module attributes too, and
-    # re-wrap a store value that is not their own attribute as a new nn.Parameter (a constant to the
-    # recording): swap the attribute along with the store entry.
+    params = [param_store.unconstrained(name) for name in names]
+    # Modules (pyro.module'd nets, PyroModules: AutoGuides, PyroModule models) hold their params as
+    # attributes too, and compute with the attribute (a PyroModule re-wraps a store value that is not
+    # its own attribute as a new nn.Parameter, a constant to the recording): swap both.
     for candidate in (model, guide, getattr(model, "__self__", None), getattr(guide, "__self__", None)):
         if isinstance(candidate, nn.Module):
             modules.setdefault(f"__callable_{id(candidate)}", candidate)
-    owners = _owners(modules)
+    holders = _holders(param_store.owners(modules))
 
     def program(values: list[Tensor], *step_args) -> Tensor:
-        saved = dict(store._params)
         swaps: dict[int, tuple[nn.Module, dict[str, Tensor]]] = {}
-        for name, value, param in zip(names, values, params):
-            store._params[name] = value
-            for module, key in owners.get(id(param), ()):
+        for value, param in zip(values, params):
+            for module, key in holders.get(id(param), ()):
                 swaps.setdefault(id(module), (module, {}))[1][key] = value
-        try:
-            with contextlib.ExitStack() as stack:
-                for module, replacements in swaps.values():
-                    stack.enter_context(_reparametrize_module(module, replacements))
-                return surrogate_loss(model, guide, step_args, num_particles)
-        finally:
-            store._params.clear()
-            store._params.update(saved)
+        with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps):
+            return surrogate_loss(model, guide, step_args, num_particles)
 
-    with pyro.validation_enabled(False), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyro.module warns about parameters swapped for tracers
+    with _recordable():
         try:
-            graph = make_fx(program)([p.detach() for p in params], *args)
+            graph = make_fx(program, pre_dispatch=True)([p.detach() for p in params], *args)
         except RuntimeError as error:
             if "tracing tensor" not in str(error):
                 raise
@@ -182,6 +208,19 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "recorded program cannot follow; run without --compile"
             ) from None
     return CompiledLoss(_simplify(graph), names, params)
+
+
+def _holders(owners: dict[int, list[tuple[nn.Module, str]]]) -> dict[int, list[tuple[nn.Module, str]]]:
+    """``params.owners``' dotted keys (``encoder.fc.weight``) as (the submodule, its own key): where
+    ``params.module_parameters_swapped`` puts a tensor. Each holder once."""
+    found: dict[int, list[tuple[nn.Module, str]]] = {}
+    for identity, places in owners.items():
+        for module, key in places:
+            path, _, leaf = key.rpartition(".")
+            holder = (module.get_submodule(path) if path else module, leaf)
+            if not any(h[0] is holder[0] and h[1] == leaf for h in found.get(identity, ())):
+                found.setdefault(identity, []).append(holder)
+    return found
 
 
 _aten = torch.ops.aten
@@ -195,7 +234,9 @@ def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     * operations on constants only (``Normal(z, 1.0)``'s scale, squared and logged each step) are
       computed once and kept as constants; never a random or in-place operation, or one whose
       result an in-place operation would change;
-    * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0``, aliases and expands to the same shape are ``x``.
+    * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0`` and aliases to the same shape are ``x``. (Not an
+      expand to the same shape: its autograd node changes the order in which a tensor used three or
+      more times sums its gradients, so the run would drift from the plain one by float rounding.)
     """
     graph = graph_module.graph
     constants: dict[torch.fx.Node, Tensor] = {}
@@ -257,7 +298,7 @@ def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
         return None
     if target in _IDENTITIES and len(args) == 2 and not isinstance(args[1], torch.fx.Node):
         return source if args[1] == _IDENTITIES[target] and not isinstance(args[1], bool) else None
-    if target in (_aten.alias.default, _aten.expand.default):
+    if target is _aten.alias.default:
         return source
     return None
 
@@ -272,12 +313,16 @@ def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> Com
     """
     key = (_identity(model), _identity(guide), _signature(args))
     cached = getattr(loss, "_pyro_vi_recorded", None)
-    store = pyro.get_param_store()
-    if cached is not None and cached[0] == key and all(store._params.get(n) is p for n, p in zip(cached[1].names, cached[1].params)):
+    if cached is not None and cached[0] == key and _same_tensors(cached[1]):
         return cached[1]
     program = compile_loss(model, guide, args, loss)
     loss._pyro_vi_recorded = (key, program)
     return program
+
+
+def _same_tensors(program: CompiledLoss) -> bool:
+    present = set(param_store.names())
+    return all(name in present and param_store.unconstrained(name) is p for name, p in zip(program.names, program.params))
 
 
 def _identity(function) -> tuple[int, int]:
@@ -293,11 +338,12 @@ def _signature(args) -> tuple:
 
 def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
     """Value and gradients of the recorded program equal ``Trace_ELBO``'s on ``args``, same noise."""
-    rng = torch.get_rng_state()
-    with pyro.validation_enabled(False):
+    state = rng.get_state()
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         plain = loss.differentiable_loss(model, guide, *args)
         plain_grads = torch.autograd.grad(plain, compiled.params, allow_unused=True)
-        torch.set_rng_state(rng)
+        rng.set_state(state)
         value = compiled(*args)
         grads = torch.autograd.grad(value, compiled.params, allow_unused=True)
     tolerance = 1e-4 * (1.0 + abs(float(plain.detach())))
@@ -311,29 +357,3 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
             "the compiled ELBO differs from Trace_ELBO on the same batch and noise (the model's structure "
             "depends on values, or a changing argument is not a tensor); run without --compile"
         )
-
-
-@contextlib.contextmanager
-def _recording_modules():
-    """The nn.Modules passed to ``pyro.module`` while the block runs, by name."""
-    modules: dict[str, nn.Module] = {}
-    original = pyro.module
-
-    def recording(name, nn_module, update_module_params=False):
-        modules[name] = nn_module
-        return original(name, nn_module, update_module_params)
-
-    pyro.module = pyro.primitives.module = recording
-    try:
-        yield modules
-    finally:
-        pyro.module = pyro.primitives.module = original
-
-
-def _owners(modules: dict[str, nn.Module]) -> dict[int, list[tuple[nn.Module, str]]]:
-    """id(parameter) -> the (module, key) pairs holding it, so the recording swaps it everywhere."""
-    owners: dict[int, list[tuple[nn.Module, str]]] = {}
-    for module in modules.values():
-        for key, parameter in module.named_parameters(remove_duplicate=False):
-            owners.setdefault(id(parameter), []).append((module, key))
-    return owners
