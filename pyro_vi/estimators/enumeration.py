@@ -24,6 +24,7 @@ class Enumeration(GradientEstimator, names=("enum",)):
         self._pyro_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
 
     def wrap(self, model, guide):
+        """Both model and guide with every discrete site marked for parallel enumeration."""
         return config_enumerate(model, "parallel"), config_enumerate(guide, "parallel")
 
     def _check_model_only_sites(self, sites):

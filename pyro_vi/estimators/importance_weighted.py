@@ -50,6 +50,7 @@ class ImportanceWeighted(GradientEstimator, names=("iwae", "dreg")):
         self._particle_dims = {}  # (id(model), id(guide)) -> the particles plate's dim
 
     def check(self, model, guide, *args, **kwargs) -> None:
+        """As :meth:`GradientEstimator.check`, then (``vectorize_particles``) find the particles dim."""
         super().check(model, guide, *args, **kwargs)
         if self.vectorize_particles:
             self._particle_dims[(id(model), id(guide))] = _particle_dim(model, guide, args, kwargs)

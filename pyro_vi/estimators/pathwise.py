@@ -77,6 +77,7 @@ class Relaxed(GradientEstimator, names=("gumbel",)):
     """gumbel: Concrete relaxation of Bernoulli / OneHotCategorical sites; biased."""
 
     def wrap(self, model, guide):
+        """The guide with its Bernoulli / OneHotCategorical sites drawn from their Concrete relaxation."""
         return model, traces.with_handler(guide, lambda: _Relaxed(self.temperature))
 
     def _check_sites(self, sites):

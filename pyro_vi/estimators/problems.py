@@ -319,12 +319,14 @@ class TinyVAE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(z_dim, hidden_dim), nn.Softplus(), nn.Linear(hidden_dim, pixels))
 
     def model(self, x: Tensor) -> None:
+        """z_n ~ N(0, I);  x_n | z_n ~ Bernoulli(sigmoid(decoder(z_n)))."""
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
 
     def guide(self, x: Tensor) -> None:
+        """q(z_n | x_n) = N(loc(x_n), diag(scale(x_n)^2)) from the encoder."""
         pyro.module("encoder", self.encoder)
         loc, log_scale = self.encoder(x).chunk(2, -1)
         with pyro.plate("data", x.shape[0]):

@@ -38,6 +38,7 @@ class ScoreFunction(GradientEstimator, names=("score", "score-naive")):
     times the summed score): rsample off at every guide site but point masses."""
 
     def wrap(self, model, guide):
+        """The guide with rsample turned off at every site but point masses."""
         return model, traces.with_handler(guide, lambda: _ScoreFunction(self, None))
 
     def _particle(self, model_trace, guide_trace):
@@ -96,6 +97,7 @@ class GraphScore(GradientEstimator, names=("score-graph",)):
         self._pyro_elbo = TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
 
     def wrap(self, model, guide):
+        """The guide with rsample turned off and this family's baseline options in each site's infer dict."""
         return model, traces.with_handler(guide, lambda: _ScoreFunction(self, self.baseline))
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):

@@ -27,6 +27,23 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numpy.polynomial import hermite_e
 
+__all__ = [
+    "COSTS",
+    "ESTIMATORS",
+    "PARAMS",
+    "K_RANGES",
+    "Moments",
+    "cost",
+    "cost_derivative",
+    "estimator_function",
+    "expectation",
+    "optimal_baseline",
+    "exact_gradient",
+    "exact_moments",
+    "gradient_samples",
+    "closed_form_expectation",
+]
+
 COSTS = ("square", "exp", "cos")
 ESTIMATORS = ("score", "score-optimal-baseline", "reparam")
 PARAMS = ("loc", "scale")

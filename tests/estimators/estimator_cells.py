@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import autoguide, config_enumerate
 
+from pyro_vi.engine import params as param_store
 from pyro_vi.estimators import exact
 from pyro_vi.estimators import problems as variance_models
 
@@ -165,9 +166,8 @@ def _enumerated():
 
     def exact():
         # -ELBO = -log p(locs) - sum_n log sum_c p(c) N(x_n; locs_c, 1), the assignments summed out.
-        store = pyro.get_param_store()
         name = "AutoDelta.locs"
-        locs = store._params[name]
+        locs = param_store.unconstrained(name)
         log_prior = dist.Normal(0.0, 5.0).log_prob(locs).sum()
         log_lik = torch.logsumexp(dist.Normal(locs, 1.0).log_prob(GMM_DATA[:, None]) - torch.log(torch.tensor(2.0)), -1).sum()
         (grad,) = torch.autograd.grad(-(log_prior + log_lik), [locs])

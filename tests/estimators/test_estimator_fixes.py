@@ -17,6 +17,7 @@ from pyro.infer import RenyiELBO, TraceMeanField_ELBO
 
 import estimator_cells
 from pyro_vi import estimators
+from pyro_vi.engine import params as param_store
 from pyro_vi.estimators import variance
 from pyro_vi.errors import ConfigError, DataError
 from pyro_vi.vae.model import VAE
@@ -275,8 +276,7 @@ def _dirichlet():
 
 
 def _exact_gradient(negative_elbo, names):
-    store = pyro.get_param_store()
-    unconstrained = [store._params[name] for name in names]
+    unconstrained = [param_store.unconstrained(name) for name in names]
     constrained = [pyro.param(name) for name in names]
     grads = torch.autograd.grad(negative_elbo(*constrained), unconstrained)
     return {name: grad.detach() for name, grad in zip(names, grads)}
@@ -349,9 +349,8 @@ def test_global_latent_bound_without_subsampling():
     nodes, weights = torch.tensor(nodes), torch.tensor(weights) / math.sqrt(2 * math.pi)
     eps = torch.stack(torch.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
     weight = (weights[:, None] * weights[None, :]).reshape(-1)
-    store = pyro.get_param_store()
-    loc = store._params["loc"].detach().double().requires_grad_(True)
-    log_scale = store._params["scale"].detach().double().requires_grad_(True)
+    loc = param_store.unconstrained("loc").detach().double().requires_grad_(True)
+    log_scale = param_store.unconstrained("scale").detach().double().requires_grad_(True)
     z = loc + log_scale.exp() * eps  # (nodes^2, 2)
     normal = torch.distributions.Normal
     log_w = normal(z[..., None], 1.0).log_prob(data.double()).sum(-1) + beta * (

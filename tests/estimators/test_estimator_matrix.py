@@ -17,6 +17,7 @@ import torch
 
 import estimator_cells
 from pyro_vi import estimators
+from pyro_vi.engine import params as param_store
 from pyro_vi.estimators import variance
 from pyro_vi.errors import ConfigError
 
@@ -72,9 +73,8 @@ def local_bound_gradient(kl_weight: float, num_particles: int = 2, num_nodes: in
     nodes, weights = torch.tensor(nodes), torch.tensor(weights) / math.sqrt(2 * math.pi)
     noise = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([nodes] * num_particles), indexing="ij")], -1)
     weight = torch.stack(torch.meshgrid(*([weights] * num_particles), indexing="ij"), -1).reshape(-1, num_particles).prod(-1)
-    store = pyro.get_param_store()
-    loc = store._params["loc"].detach().double().requires_grad_(True)
-    log_scale = store._params["scale"].detach().double().requires_grad_(True)  # unconstrained: log
+    loc = param_store.unconstrained("loc").detach().double().requires_grad_(True)
+    log_scale = param_store.unconstrained("scale").detach().double().requires_grad_(True)  # unconstrained: log
     data = estimator_cells.DATA.double()
     batch = torch.tensor([0, 2])
     m, s, x = loc[batch, None, None], log_scale.exp()[batch, None, None], data[batch, None, None]

@@ -15,6 +15,7 @@ import torch
 from pyro import poutine
 
 from pyro_vi import estimators
+from pyro_vi.engine import params as param_store
 from pyro_vi.estimators import variance
 from pyro_vi.estimators import problems as variance_models
 from pyro_vi.errors import ConfigError
@@ -164,7 +165,7 @@ def test_enum_has_zero_variance_on_the_mixture_with_fixed_locs():
     model = poutine.condition(problem.model, data={"locs": locs})
     guide = poutine.block(problem.guide, hide=["locs"])
     result = variance.gradient_variance(model, guide, data, estimator="enum", num_replicates=3)  # exact: 3 suffice
-    logits = pyro.get_param_store()._params["assignment_logits"].detach().clone().requires_grad_(True)
+    logits = param_store.unconstrained("assignment_logits").detach().clone().requires_grad_(True)
     log_q = torch.log_softmax(logits, -1)  # (num_data, num_components)
     log_likelihood = dist.Normal(locs, 1.0).log_prob(data[:, None])
     negative_elbo = -(log_q.exp() * (log_likelihood - math.log(2) - log_q)).sum()  # + a constant log p(locs)
@@ -225,18 +226,18 @@ def test_sign_convention_gradient_of_loss_points_uphill():
     """mean is d(-ELBO)/dparam: a small step against it lowers the exact -ELBO."""
     problem = variance_models.make_problem("gaussian")
     result = _measure(problem, "reparam", 1, num_replicates=1000)
-    store = pyro.get_param_store()
     exact = problem.reference()
     for param in result.mean:
         assert (torch.sign(result.mean[param]) == torch.sign(exact[param])).float().mean() > 0.8
     # Pyro's own Trace_ELBO puts the same quantity in param.grad.
     pyro.set_rng_seed(0)
-    total = {name: torch.zeros_like(value) for name, value in store._params.items()}
+    unconstrained = {name: param_store.unconstrained(name) for name in param_store.names()}
+    total = {name: torch.zeros_like(value) for name, value in unconstrained.items()}
     for _ in range(200):
-        for value in store._params.values():
+        for value in unconstrained.values():
             value.grad = None
         pyro.infer.Trace_ELBO().loss_and_grads(problem.model, problem.guide, *problem.args)
-        for name, value in store._params.items():
+        for name, value in unconstrained.items():
             total[name] += value.grad
     for name in total:  # 200 draws, 5 standard errors (sd from the 1000-replicate measurement)
         assert ((total[name] / 200 - exact[name]).abs() < 5 * (result.variance[name] / 200).sqrt()).all()

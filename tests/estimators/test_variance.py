@@ -8,6 +8,7 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 
+from pyro_vi.engine import params as param_store
 from pyro_vi.estimators import variance
 from pyro_vi.estimators import problems as variance_models
 from pyro_vi.errors import ConfigError
@@ -84,7 +85,7 @@ def test_vectorized_equals_loop_on_a_pyro_module_guide(name):
         # gradients), more for score; a factor e^0.5 = 1.65 is over 7 of those.
         assert ((vectorized.variance[param] / looped.variance[param]).log().abs() < 0.5).all(), param
     # The module holds its own params again, the same tensors as the param store.
-    assert problem.guide.loc_unconstrained is pyro.get_param_store()._params["loc"]
+    assert problem.guide.loc_unconstrained is param_store.unconstrained("loc")
     assert isinstance(problem.guide.linear.weight, torch.nn.Parameter)
 
 
