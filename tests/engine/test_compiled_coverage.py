@@ -1,0 +1,186 @@
+"""What ``fit(..., compile=True)`` covers (issue 14): PyroModule/PyroSample models, Beta, Gamma and
+Dirichlet guides, code that detaches; each compiled run ends with the plain run's parameters, bit for
+bit, and prints no warning. Tutorial pairs from tests/tutorial_models, code as the tutorials write it.
+
+Bit for bit holds because the recorded program runs the same tensor operations, in the same order,
+on the same random draws as the plain step (torch's own samplers are recorded, not replaced), so
+every check here is ``torch.equal``: no tolerance to derive.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
+from pyro.infer import autoguide as autoguides
+
+import pyro_vi
+from pyro_vi.engine import compiled, samplers
+from pyro_vi.errors import ConfigError
+from tutorial_models import load
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second intra-op thread only contends with other jobs
+    yield
+    torch.set_num_threads(previous)
+
+
+def _plain_and_compiled(make_pair, args, num_steps=25, loss=None, lr=0.01):
+    """The params after ``num_steps`` of ``fit`` without and with compile, from seed 0, and the
+    warnings the compiled run raised (every warning recorded, none filtered)."""
+    finals, caught = {}, []
+    for flag in (False, True):
+        pyro.clear_param_store()
+        model, guide = make_pair()
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            result = pyro_vi.fit(model, guide, *args, num_steps=num_steps, compile=flag, seed=0, progress=False,
+                                 loss=loss() if loss else None, optim=pyro_vi.engine.optim.Adam({"lr": lr}))
+        finals[flag] = result.params
+        if flag:
+            caught = [f"{w.category.__name__}: {w.message}" for w in records]
+    return finals[False], finals[True], caught
+
+
+def _assert_same(plain, fast):
+    assert plain.keys() == fast.keys() and plain
+    for name in plain:
+        assert torch.equal(plain[name], fast[name]), (name, (plain[name] - fast[name]).abs().max())
+
+
+def _regression_data():
+    data = load("bayesian_regression").make_data()
+    return torch.as_tensor(data["x"]), torch.as_tensor(data["y"])
+
+
+@pytest.mark.parametrize("autoguide", ["AutoDiagonalNormal", "AutoNormal", "AutoMultivariateNormal"])
+def test_pyro_module_regression_compiles_to_the_plain_run_bit_for_bit(autoguide):
+    """The Bayesian regression tutorial (PyroModule[nn.Linear], PyroSample priors). It was refused
+    ("reads a tensor's value"): the PyroSample priors are built while Pyro's validation is on and
+    keep ``validate_args``, so their ``log_prob`` checks the value's support, which reads it. The
+    recording runs without sample validation (the first, plain step validated the pair)."""
+
+    def make_pair():
+        module = load("bayesian_regression")
+        return module.model, getattr(autoguides, autoguide)(module.model)
+
+    plain, fast, caught = _plain_and_compiled(make_pair, _regression_data())
+    _assert_same(plain, fast)  # AutoNormal's locs also pin the kept same-shape expands (see _simplify)
+    assert caught == []
+
+
+@pytest.mark.parametrize("name", ["coin", "eight_schools"])
+def test_tutorial_pairs_compile_to_the_plain_run_bit_for_bit(name):
+    """The coin of SVI Part I (a Beta guide: torch's Dirichlet sampler, an autograd.Function, was
+    recorded as ``_sample_dirichlet``, which has no derivative) and eight schools."""
+
+    def make_pair():
+        module = load(name)
+        return module.model, module.guide
+
+    args = [torch.as_tensor(v) for v in load(name).make_data().values()]
+    plain, fast, caught = _plain_and_compiled(make_pair, args)
+    _assert_same(plain, fast)
+    assert caught == []
+
+
+def _gamma_dirichlet_pair():
+    """A Gamma rate and Dirichlet weights, both latent, both guided by their own families."""
+
+    def model(x):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3)))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Exponential(rate * weights).to_event(1), obs=x)
+
+    def guide(x):
+        shape = pyro.param("shape", torch.tensor(2.0), constraint=constraints.positive)
+        rate = pyro.param("rate_of_rate", torch.tensor(1.0), constraint=constraints.positive)
+        concentration = pyro.param("concentration", torch.ones(3), constraint=constraints.positive)
+        pyro.sample("rate", dist.Gamma(shape, rate))
+        pyro.sample("weights", dist.Dirichlet(concentration))
+
+    return model, guide
+
+
+def test_gamma_and_dirichlet_guides_compile_to_the_plain_run_bit_for_bit():
+    x = torch.distributions.Exponential(torch.tensor([1.0, 2.0, 4.0])).sample((20,))
+    plain, fast, caught = _plain_and_compiled(_gamma_dirichlet_pair, (x,))
+    _assert_same(plain, fast)
+    assert caught == []
+
+
+@pytest.mark.parametrize("shape", [(2,), (4, 3)])
+def test_traceable_dirichlet_is_torchs_draw_and_gradient(shape):
+    """samplers.dirichlet_rsample: the same draw from the same RNG state as torch's Dirichlet, and
+    the same vector-Jacobian product (torch's _Dirichlet_backward), bit for bit; Beta through it."""
+    generator = torch.Generator().manual_seed(1)
+    alpha = (torch.rand(shape, generator=generator) * 3 + 0.2).requires_grad_()
+    beta = (torch.rand(shape, generator=generator) * 3 + 0.2).requires_grad_()
+    weights = torch.randn(shape, generator=generator)
+
+    def draw_and_grad(sample):
+        torch.manual_seed(7)
+        value = sample()
+        return value.detach(), torch.autograd.grad((value * weights).sum(), [alpha, beta], allow_unused=True)
+
+    want, want_grad = draw_and_grad(lambda: torch.distributions.Dirichlet(alpha).rsample())
+    got, got_grad = draw_and_grad(lambda: samplers.dirichlet_rsample(alpha))
+    assert torch.equal(got, want) and torch.equal(got_grad[0], want_grad[0])
+    want, want_grad = draw_and_grad(lambda: dist.Beta(alpha, beta).rsample())
+    with samplers.traceable():
+        got, got_grad = draw_and_grad(lambda: dist.Beta(alpha, beta).rsample())
+    assert torch.equal(got, want) and all(torch.equal(g, w) for g, w in zip(got_grad, want_grad))
+    assert torch.distributions.dirichlet._Dirichlet is not samplers._TraceableDirichlet  # put back
+
+
+def test_a_detached_param_stays_detached_in_the_recording():
+    """A guide that detaches (here its scale) gets no gradient there on the plain path; a recording
+    below autograd turned ``detach`` into ``alias`` and sent one (refused by the compile-time check).
+    The recording keeps ``detach`` and ``no_grad`` (make_fx pre_dispatch)."""
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        with torch.no_grad():
+            shift = loc * 0.5  # read under no_grad: a constant to autograd
+        pyro.sample("z", dist.Normal(loc + shift, scale.detach()))
+
+    x = torch.randn(10) + 2.0
+    plain, fast, caught = _plain_and_compiled(lambda: (model, guide), (x,), num_steps=10, lr=0.1)
+    _assert_same(plain, fast)
+    assert plain["scale"] == 1.0  # never stepped: no gradient reached it, on either path
+    assert caught == []
+
+
+def test_can_compile_names_what_it_refuses_in_one_line():
+    x = torch.randn(3)
+    assert compiled.can_compile(None, None, (x,), Trace_ELBO()) is None
+    assert compiled.can_compile(None, None, (x,), None) is None
+    for loss, cause in [
+        (TraceGraph_ELBO(), "TraceGraph_ELBO"),
+        (Trace_ELBO(num_particles=2, vectorize_particles=True), "vectorize"),
+    ]:
+        reason = compiled.can_compile(None, None, (x,), loss)
+        assert reason is not None and cause in reason and "\n" not in reason
+
+
+def test_compiled_module_reads_no_pyro_internals():
+    """Pyro's internals (the store's dicts, pyro.module) are reached through engine.params only."""
+    source = (Path(compiled.__file__)).read_text()
+    assert not re.findall(r"store\._|_params\b|pyro\.module = ", source)
