@@ -108,6 +108,7 @@ class NormalNormal:
 
     @property
     def dim(self) -> int:
+        """D, the dimension of z."""
         return self.prior_loc.shape[-1]
 
     def model(self, data: Tensor) -> None:
@@ -125,6 +126,7 @@ class NormalNormal:
         _gaussian_full_rank_guide("z", self.dim, data)
 
     def posterior(self, data: Tensor) -> dist.MultivariateNormal:
+        """p(z | data), exact: precision Lambda_0 + N Lambda_x, mean from the precision-weighted sum."""
         prior_precision = torch.linalg.inv(self.prior_covariance)
         noise_precision = torch.linalg.inv(self.noise_covariance)
         precision = prior_precision + data.shape[0] * noise_precision
@@ -183,6 +185,7 @@ class BayesianLinearRegression:
         _gaussian_full_rank_guide("weights", features.shape[-1], features)
 
     def posterior(self, features: Tensor, targets: Tensor) -> dist.MultivariateNormal:
+        """p(weights | X, y), exact: precision I / prior_scale^2 + X^T X / noise_scale^2."""
         dim = features.shape[-1]
         eye = torch.eye(dim, dtype=features.dtype, device=features.device)
         precision = eye / self.prior_scale**2 + features.T @ features / self.noise_scale**2
@@ -197,6 +200,7 @@ class BayesianLinearRegression:
         return log_likelihood + log_prior - posterior.log_prob(weights)
 
     def optimal_mean_field(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(loc, scale) of the best diagonal Gaussian q: the posterior mean, 1 / sqrt(diag precision)."""
         return _optimal_mean_field(self.posterior(features, targets))
 
     def elbo(self, q: dist.Distribution, features: Tensor, targets: Tensor) -> Tensor:
@@ -234,10 +238,12 @@ class BetaBernoulli:
         pyro.sample("probs", dist.Beta(concentration1, concentration0))
 
     def posterior(self, data: Tensor) -> dist.Beta:
+        """p(probs | data) = Beta(a + k, b + N - k), k the number of ones."""
         successes = data.sum()
         return dist.Beta(self.concentration1 + successes, self.concentration0 + data.shape[0] - successes)
 
     def log_evidence(self, data: Tensor) -> Tensor:
+        """log p(data) = log B(a + k, b + N - k) - log B(a, b), in nats."""
         posterior = self.posterior(data)
         return _log_beta_function(posterior.concentration1, posterior.concentration0) - _log_beta_function(
             data.new_tensor(self.concentration1), data.new_tensor(self.concentration0)
@@ -267,6 +273,7 @@ class ProbabilisticPCA:
 
     @property
     def z_dim(self) -> int:
+        """The dimension of z (columns of W)."""
         return self.weight.shape[-1]
 
     def model(self, data: Tensor) -> None:

@@ -6,7 +6,9 @@ import torch
 
 from pyro_vi.errors import ConfigError, DeviceError
 
-DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["DEVICES", "resolve_device"]
+
+DEVICES = ("auto", "cpu", "cuda")  # the choices of every --device
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

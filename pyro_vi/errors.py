@@ -5,6 +5,11 @@ its message is one line saying what was wrong and what to do. The CLI prints tha
 non-zero without a traceback; the Python API raises the precise subclass.
 """
 
+__all__ = [
+    "PyroVIError", "ConfigError", "DataError", "DataNotFoundError", "CheckpointError", "DeviceError",
+    "TrainingDivergedError", "OutputError", "TrainingInterrupted",
+]
+
 
 class PyroVIError(Exception):
     """Base class of the errors a user can cause and fix."""

@@ -16,6 +16,10 @@ from typing import Any, Callable, Iterator
 
 from pyro_vi.errors import OutputError
 
+__all__ = [
+    "check_output_path", "prepare_output_dir", "check_writable", "lock_output", "OWNER_FILE", "claim_output",
+    "run_output", "atomic_write", "write_json", "save_figure",
+]
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """Check an output path's spelling before anything touches it (no file system writes): not
@@ -150,7 +154,7 @@ def lock_output(directory: str | os.PathLike) -> Iterator[Path]:
         os.close(descriptor)
 
 
-OWNER_FILE = ".pyro-vi-command"
+OWNER_FILE = ".pyro-vi-command"  # in OUT: the name of the command whose outputs it holds
 
 
 def claim_output(directory: str | os.PathLike, command: str, overwrite: bool = False) -> None:

@@ -16,6 +16,8 @@ import torch
 
 from pyro_vi.errors import ConfigError
 
+__all__ = ["FLOAT32_BYTES", "available_bytes", "check_allocation", "mlp_floats", "vae_floats", "check_vae"]
+
 FLOAT32_BYTES = 4
 
 

@@ -17,7 +17,8 @@ __all__ = [
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line naming ``--help`` (exit status 2, as argparse)."""
 
-    def error(self, message: str):  # noqa: D102
+    def error(self, message: str):
+        """Exit with status 2 after one line: the problem and where to look (``--help``)."""
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 

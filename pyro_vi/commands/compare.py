@@ -9,6 +9,10 @@ the ELBO of every run is estimated with one common estimator (``Trace_ELBO``, ``
 evaluations). An estimator that cannot run on the model (its ``check`` refuses) is skipped with one
 line. Writes OUT/compare.json (one row per estimator) and OUT/compare.png (ELBO against steps and
 against seconds, gradient variance against steps), and prints the table.
+
+Preflight, once, before OUT is touched: the options, the data file (read once, its tensors shared by
+every run), the model and guide (imported and called once; that import is the first run's, later
+runs import the file afresh) and every estimator's ``check``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import sys
 import time
 import warnings
 
+__all__ = ["HELP", "add_arguments", "variance_steps", "run"]
+
 HELP = "train your own model once per gradient estimator from the same start; ELBO, time and gradient variance side by side"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``fit``'s model, data and training options, and the estimators and variance measurements."""
     from pyro_vi.commands import fit
 
     fit.add_model_arguments(parser, "runs/compare")
@@ -36,15 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
-    from pyro_vi.commands import fit
+    from pyro_vi.commands import _args, fit
     from pyro_vi.errors import ConfigError
-    from pyro_vi.estimators import ESTIMATORS
 
     fit.validate_common(args)
-    names = list(dict.fromkeys(name.strip() for name in args.estimators.split(",") if name.strip()))
-    unknown = [name for name in names if name not in ESTIMATORS]
-    if not names or unknown:
-        raise ConfigError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+    names = _args.estimator_names(args.estimators)
     if args.replicates < 2:
         raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
     if args.variance_points < 1:
@@ -60,6 +63,7 @@ def variance_steps(num_steps: int, num_points: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Preflight (options, data, model and guide, estimators), then one run per estimator; 0 on success."""
     from pyro_vi import io
     from pyro_vi.commands import user_model
     from pyro_vi.device import resolve_device
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     io.check_output_path(args.out)
     device = resolve_device(args.device)
     data = user_model.load_data(args.data, device)
-    pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # the file and data work
+    pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # the file and data work; the first run's pair
     initial = _unconstrained_params()
     steps = variance_steps(args.num_steps, args.variance_points)
 
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                           + "; ".join(f"{s['estimator']}: {s['reason']}" for s in skipped))
 
     with io.run_output(args.out, "compare", args.overwrite) as out:  # locked; removed again if this run made it and fails
-        rows = [_run_one(args, name, data, initial, steps) for name in runnable]
+        rows = [_run_one(args, name, data, initial, steps, pair if i == 0 else None) for i, name in enumerate(runnable)]
         report = _report(args, data, device, steps, initial, pair, rows, skipped)
         figure = _figure(rows, args)
         io.save_figure(figure, out / "compare.png", dpi=100)
@@ -131,8 +135,12 @@ def _unconstrained_params() -> dict:
     return {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
 
 
-def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
-    """Train with estimator ``name`` from ``initial``; the row for compare.json."""
+def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) -> dict:
+    """Train with estimator ``name`` from ``initial``; the row for compare.json.
+
+    ``pair`` is the preflight's (its file imported once, its params at ``initial``): the first run
+    trains it instead of importing the file again; later runs build their own, afresh.
+    """
     import pyro
     import torch
     from pyro.infer import Trace_ELBO
@@ -143,8 +151,11 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int]) -> dict:
     from pyro_vi.commands import fit
     from pyro_vi.errors import PyroVIError
 
-    pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # afresh: modules at their initial values
+    if pair is None:
+        pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # afresh: modules at their initial values
     store = pyro.get_param_store()
+    for param in [param for param in store.keys() if param not in initial]:  # made by an estimator's check
+        del store[param]
     with torch.no_grad():
         for param, value in initial.items():
             if param in store and store.get_param(param).unconstrained().shape == value.shape:

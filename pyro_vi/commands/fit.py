@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = [
+    "HELP", "LOSSES", "OPTIMIZERS", "add_model_arguments", "add_arguments", "validate_common", "make_optimizer",
+    "make_loss", "elbo_evaluator", "run",
+]
+
 HELP = "fit your own Pyro model and guide (FILE.py:NAME, or an auto guide) to a data file with SVI"
 
 # --loss names -> pyro.infer ELBO classes.
@@ -54,8 +59,7 @@ OPTIMIZERS = {
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     """The model, guide, data and training options ``fit`` and ``compare`` share."""
-    from pyro_vi.cli import parse_seed
-    from pyro_vi.device import DEVICES
+    from pyro_vi.commands import _args
     from pyro_vi.commands.user_model import AUTO_GUIDES
 
     parser.add_argument("model", metavar="FILE.py:MODEL", help="the model function, e.g. my_model.py:model")
@@ -66,16 +70,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> No
     parser.add_argument("--num-steps", type=int, default=1000, help="SVI steps (default 1000)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="default 0.01")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam", help="default adam")
-    parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the data go (default auto)")
+    _args.add_seed(parser)
+    _args.add_device(parser)
     parser.add_argument("--elbo-samples", type=int, default=100,
                         help="evaluations averaged for the final ELBO and its standard error (at least 2; default 100)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--overwrite", action="store_true", help="replace the outputs (and checkpoint) already in OUT")
-    parser.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
+    _args.add_no_progress(parser)
+    _args.add_output(parser, default_out, overwrite="replace the outputs (and checkpoint) already in OUT")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared model options, the objective (``--loss`` or ``--estimator``), checkpoints and the summary."""
     from pyro_vi.estimators import ESTIMATORS
 
     add_model_arguments(parser, "runs/fit")
@@ -93,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_common(args: argparse.Namespace) -> None:
+    """Check the options of :func:`add_model_arguments` that argparse cannot (ranges).
+
+    Raises:
+        ConfigError: ``--num-steps`` or ``--particles`` below 1, ``--elbo-samples`` below 2, or a
+            learning rate that is not a positive finite number.
+    """
     from pyro_vi.errors import ConfigError
 
     for option, value, least in (("--num-steps", args.num_steps, 1), ("--elbo-samples", args.elbo_samples, 2),
@@ -105,6 +115,7 @@ def validate_common(args: argparse.Namespace) -> None:
 
 
 def make_optimizer(name: str, learning_rate: float):
+    """The ``pyro.optim`` optimizer named by ``--optimizer`` (``adam``: pyro_vi's fused Adam) at ``learning_rate``."""
     import pyro.optim
 
     from pyro_vi.engine import optim
@@ -152,6 +163,7 @@ def elbo_evaluator(loss, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Preflight (options, OUT and its checkpoint, data, model and guide, each once), train, write OUT; 0 on success."""
     import torch
 
     from pyro_vi import io, preflight

@@ -34,8 +34,9 @@ from torch import Tensor
 
 from pyro_vi.errors import CheckpointError, DataError, PyroVIError
 
-__all__ = ["AUTO_GUIDES", "ModelError", "Data", "Pair", "load_data", "load_function", "build", "latent_sites",
-           "posterior_summary", "estimate_elbo", "restore_params", "describe_failure"]
+__all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
+           "make_guide", "build", "probe", "latent_sites", "posterior_summary", "estimate_elbo", "restore_params",
+           "describe_failure"]
 
 
 class ModelError(PyroVIError):
@@ -308,6 +309,8 @@ def latent_sites(model_trace) -> dict[str, tuple]:
 
 
 class SiteSummary(NamedTuple):
+    """One row of posterior.csv: a latent site's element and its posterior mean, sd and 5/50/95% quantiles."""
+
     site: str
     index: str  # "" for a scalar site, "i" or "i,j,..." for an element
     mean: float

@@ -11,34 +11,27 @@ import io as _io
 import math
 import warnings
 
+__all__ = ["HELP", "add_arguments", "run"]
+
 HELP = "measure gradient variance / SNR / bias of estimators on a built-in model or your own (FILE.py:MODEL GUIDE)"
 
 
-def _positive_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    return values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyro_vi.cli import parse_seed
-    from pyro_vi.vae.data import DATASETS
-    from pyro_vi.estimators.problems import MODELS
-
-    from pyro_vi.device import DEVICES
+    """The model (built-in ``--model`` or FILE.py:MODEL GUIDE with ``--data``), estimators, particles and output."""
+    from pyro_vi.commands import _args
     from pyro_vi.commands.user_model import AUTO_GUIDES
+    from pyro_vi.estimators.problems import MODELS
+    from pyro_vi.vae.data import DATASETS
 
     parser.add_argument("user_model", nargs="?", metavar="FILE.py:MODEL", help="your model function (instead of --model)")
     parser.add_argument("user_guide", nargs="?", metavar="GUIDE",
                         help=f"your guide, FILE.py:NAME or one of {', '.join(AUTO_GUIDES)}")
     parser.add_argument("--data", default=None, help="your model: .npz (keyword arguments) or .npy/.csv/.pt (one tensor)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="your model: where the data go (default cpu)")
+    _args.add_device(parser, default="cpu", what="your model: where the data go")
     parser.add_argument("--model", default=None, choices=MODELS, help="a built-in model (default gaussian)")
     parser.add_argument("--estimators", default="reparam,score", help="comma-separated names, e.g. reparam,score,rloo,stl")
     parser.add_argument("--replicates", type=int, default=1000, help="independent gradient estimates per estimator")
-    parser.add_argument("--particles", type=_positive_list, default=[1], help="comma-separated, e.g. 1,4,16")
+    parser.add_argument("--particles", type=_args.parse_int_list, default=[1], help="comma-separated, e.g. 1,4,16")
     parser.add_argument("--dim", type=int, default=None, help="D of the gaussian toy (default 10)")
     parser.add_argument("--at-posterior", action="store_true", help="put the guide at the exact posterior (gaussian, normal-normal)")
     parser.add_argument("--checkpoint", default=None,
@@ -46,18 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of pyro-vi fit (default: the initial params)")
     parser.add_argument("--dataset", default=None, choices=DATASETS, help="vae: images to measure on (default: the checkpoint's, else digits)")
     parser.add_argument("--data-dir", default=None, help="vae: folder with the MNIST-style IDX files")
-    parser.add_argument("--seed", type=parse_seed, default=0)
-    parser.add_argument("--out", default="runs/variance", help="output directory")
+    _args.add_seed(parser)
+    _args.add_output(parser, "runs/variance")
 
 
 def _validate(args) -> list[str]:
+    from pyro_vi.commands import _args
     from pyro_vi.errors import ConfigError
-    from pyro_vi.estimators import ESTIMATORS
 
-    names = [n.strip() for n in args.estimators.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if not names or unknown:
-        raise ConfigError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
+    names = _args.estimator_names(args.estimators)
     if args.replicates < 2:
         raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
     if not args.particles or min(args.particles) < 1:
@@ -102,6 +92,8 @@ def _check_form(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Preflight (options, the model and its data or checkpoint, every estimator's check), then measure
+    and write OUT/variance.json, variance.csv and the figures; 0 on success."""
     import torch
 
     from pyro_vi import estimators

@@ -1,6 +1,6 @@
 """Gaussian mixtures: the Pyro model with discrete assignments, EM and SVI on the same ELBO.
 
-* :mod:`~pyro_vi.mixture.model`  the model, its MAP and mean-field guides, ``MixtureParams``, ``Prior``
+* :mod:`~pyro_vi.mixture.model`  the model, its MAP and Bayesian guides, ``MixtureParams``, ``Prior``
 * :mod:`~pyro_vi.mixture.em`     EM: coordinate ascent on the ELBO (``fit_em``)
 * :mod:`~pyro_vi.mixture.svi`    SVI with enumerated or sampled assignments (``fit_svi``)
 * :mod:`~pyro_vi.mixture.eval`   log-likelihood, BIC, matching to the truth, scikit-learn's fit

@@ -17,7 +17,12 @@ from pyro_vi.errors import ConfigError, DataError, DataNotFoundError
 from pyro_vi.mixture.model import MixtureParams
 
 
+__all__ = ["MixtureData", "synthetic_params", "sample_mixture", "synthetic", "load_file", "digits_pca"]
+
+
 class MixtureData(NamedTuple):
+    """Points to cluster, split into train and test rows, with labels and true parameters when known."""
+
     name: str
     train: Tensor  # (num_train, dim)
     test: Tensor  # (num_test, dim)

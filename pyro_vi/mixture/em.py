@@ -27,6 +27,11 @@ from pyro_vi.errors import ConfigError, DataError, PyroVIError
 from pyro_vi.mixture import model as gmm
 from pyro_vi.mixture.model import MixtureParams
 
+__all__ = [
+    "INITS", "EMResult", "e_step", "m_step", "kmeans", "initialize", "run_em", "fit_em", "warm_up",
+    "validate_options", "check_scale",
+]
+
 INITS = ("kmeans++", "random")
 
 

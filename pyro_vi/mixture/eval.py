@@ -17,6 +17,12 @@ from pyro_vi.mixture import model as gmm
 from pyro_vi.mixture.model import MixtureParams
 
 
+__all__ = [
+    "average_log_likelihood", "num_free_parameters", "bic", "adjusted_rand_index", "MatchedComponents",
+    "match_components", "SklearnFit", "fit_sklearn",
+]
+
+
 def average_log_likelihood(data: Tensor, params: MixtureParams) -> float:
     """(1/N) sum_n log sum_k pi_k N(x_n | loc_k, Sigma_k), from the model's log joint."""
     return gmm.log_joint_table(data, params).logsumexp(-1).mean().item()
@@ -66,6 +72,9 @@ def match_components(true: MixtureParams, fitted: MixtureParams) -> MatchedCompo
 
 
 class SklearnFit(NamedTuple):
+    """scikit-learn's ``GaussianMixture`` fit: the estimator, its parameters as ``MixtureParams``,
+    its final average log-likelihood per training point (nats), wall seconds and EM iterations."""
+
     model: object  # the fitted sklearn.mixture.GaussianMixture
     params: MixtureParams
     train_log_likelihood: float

@@ -17,9 +17,10 @@ MAP guide maximizes the likelihood itself; that is the objective EM climbs
 Guides:
     ``make_map_guide``        AutoDelta on the globals; ``z`` is summed out by TraceEnum_ELBO, so
                               the ELBO is exactly log p(x | globals) + log prior.
-    ``make_meanfield_guide``  Dirichlet q(pi), Normal q(loc), LogNormal q(scale), a point mass on
+    ``make_bayesian_guide``   Dirichlet q(pi), Normal q(loc), LogNormal q(scale), a point mass on
                               C_k, and a Categorical q_n(z) per point, *sampled* (score function):
-                              train it with Trace_ELBO or TraceGraph_ELBO.
+                              train it with Trace_ELBO or TraceGraph_ELBO. A distribution over the
+                              globals (variational Bayes), where the MAP guide has a point.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoDelta, init_to_value
 from torch import Tensor
+
+__all__ = [
+    "COVARIANCES", "GLOBAL_SITES", "Prior", "MixtureParams", "component_distribution", "model", "enumerated_model",
+    "log_joint_table", "assignment_probabilities", "make_map_guide", "make_bayesian_guide", "bayesian_point_estimate",
+    "bayesian_assignment_probabilities",
+]
 
 COVARIANCES = ("full", "diag")
 GLOBAL_SITES = ("weights", "loc", "scale", "corr_cholesky")
@@ -75,26 +82,31 @@ class MixtureParams(NamedTuple):
 
     @property
     def covariance_type(self) -> str:
+        """``"diag"`` when there is no correlation factor, else ``"full"``."""
         return "diag" if self.corr_cholesky is None else "full"
 
     @property
     def scale_tril(self) -> Tensor:
+        """Cholesky factors of the covariances, ``(K, D, D)``."""
         if self.corr_cholesky is None:
             return torch.diag_embed(self.scale)
         return self.scale.unsqueeze(-1) * self.corr_cholesky
 
     @property
-    def covariance_matrix(self) -> Tensor:  # (K, D, D)
+    def covariance_matrix(self) -> Tensor:
+        """The covariances Sigma_k, ``(K, D, D)``."""
         scale_tril = self.scale_tril
         return scale_tril @ scale_tril.transpose(-1, -2)
 
     def as_sites(self) -> dict[str, Tensor]:
+        """Site name -> value, as ``model`` samples them (no ``corr_cholesky`` for diag)."""
         sites = {"weights": self.weights, "loc": self.loc, "scale": self.scale}
         if self.corr_cholesky is not None:
             sites["corr_cholesky"] = self.corr_cholesky
         return sites
 
     def to(self, **kwargs) -> MixtureParams:
+        """Every tensor moved/cast by ``Tensor.to(**kwargs)`` (``device=``, ``dtype=``)."""
         return MixtureParams(*(None if t is None else t.to(**kwargs) for t in self))
 
     @classmethod
@@ -109,6 +121,7 @@ class MixtureParams(NamedTuple):
 
     @classmethod
     def from_sites(cls, sites: dict[str, Tensor]) -> MixtureParams:
+        """The inverse of :meth:`as_sites`."""
         return cls(sites["weights"], sites["loc"], sites["scale"], sites.get("corr_cholesky"))
 
 
@@ -177,7 +190,7 @@ def model(data: Tensor, num_components: int, covariance: str = "full", prior: Pr
         pyro.sample("x", component_distribution(loc[z], scale[z], None if corr_cholesky is None else corr_cholesky[z]), obs=data)
 
 
-enumerated_model = config_enumerate(model)
+enumerated_model = config_enumerate(model)  # z enumerated in parallel: the MAP guide's model (TraceEnum_ELBO)
 """``model`` with ``z`` marked for parallel enumeration (use with ``TraceEnum_ELBO(max_plate_nesting=1)``)."""
 
 
@@ -211,7 +224,7 @@ def make_map_guide(initial: MixtureParams) -> AutoDelta:
     return AutoDelta(poutine.block(model, expose=list(GLOBAL_SITES)), init_loc_fn=init_to_value(values=initial.as_sites()))
 
 
-def make_meanfield_guide(
+def make_bayesian_guide(
     initial: MixtureParams, num_data: int, initial_assignments: Tensor | None = None
 ) -> Callable[..., None]:
     """q(pi) q(loc) q(scale) q(C) prod_n q_n(z_n), each factor with its own parameters.
@@ -226,7 +239,7 @@ def make_meanfield_guide(
 
     def guide(data: Tensor, num_components: int = num_components, covariance: str = "full", prior: Prior | None = None) -> None:
         if prior is None:
-            raise ValueError("the mean-field guide needs proper priors; pass a Prior")
+            raise ValueError("the Bayesian guide needs proper priors; pass a Prior")
         concentration = pyro.param("weights_concentration", expected_counts + 1.0, constraint=constraints.positive)
         loc_loc = pyro.param("loc_loc", initial.loc.clone())
         loc_scale = pyro.param("loc_scale", 0.1 * initial.scale.clone(), constraint=constraints.positive)
@@ -247,8 +260,9 @@ def make_meanfield_guide(
     return guide
 
 
-def meanfield_point_estimate(covariance: str) -> MixtureParams:
-    """Posterior means of pi and loc and the median of scale under the fitted mean-field guide."""
+def bayesian_point_estimate(covariance: str) -> MixtureParams:
+    """Posterior means of pi and loc and the median of scale under the fitted Bayesian guide (read
+    from the param store), with its point mass on C_k for ``covariance="full"``."""
     store = pyro.get_param_store()
     concentration = store["weights_concentration"].detach()
     return MixtureParams(
@@ -259,6 +273,6 @@ def meanfield_point_estimate(covariance: str) -> MixtureParams:
     )
 
 
-def meanfield_assignment_probabilities() -> Tensor:
-    """q_n(z = k) of the fitted mean-field guide: ``(num_data, num_components)``."""
+def bayesian_assignment_probabilities() -> Tensor:
+    """q_n(z = k) of the fitted Bayesian guide (read from the param store): ``(num_data, num_components)``."""
     return pyro.get_param_store()["assignment_logits"].detach().softmax(-1)

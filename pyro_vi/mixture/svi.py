@@ -4,9 +4,10 @@ Two guides from ``pyro_vi.mixture.model``:
 
 ``map``        point masses on the globals, ``z`` summed out exactly (TraceEnum_ELBO): the ELBO is
                log p(x | theta) + log p(theta), i.e. the log-likelihood under flat priors.
-``meanfield``  Dirichlet/Normal/LogNormal factors and a sampled Categorical q_n(z) per point; the
-               gradient in the q_n parameters is a score-function estimate (TraceGraph_ELBO by
-               default, which uses the "data" plate to give each q_n only its own point's cost).
+``bayesian``   Dirichlet/Normal/LogNormal factors and a sampled Categorical q_n(z) per point; the
+               gradient in the q_n parameters is a score-function estimate (``loss="tracegraph"``,
+               TraceGraph_ELBO, by default, which uses the "data" plate to give each q_n only its
+               own point's cost; ``"trace"`` is Trace_ELBO).
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ from pyro_vi.errors import ConfigError
 from pyro_vi.mixture import model as gmm
 from pyro_vi.mixture.model import MixtureParams, Prior
 
-GUIDES = ("map", "meanfield")
-ESTIMATORS = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO}
+__all__ = ["GUIDES", "LOSSES", "SVIResult", "run_svi", "fit_svi"]
+
+# The guides, and the Pyro losses that can train the Bayesian one (named as pyro-vi fit's --loss).
+GUIDES = ("map", "bayesian")
+LOSSES = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO}
 
 
 class SVIResult(NamedTuple):
     """The best restart's fit; histories are per step and per data point."""
 
-    params: MixtureParams  # MAP values, or the mean-field guide's point estimate
+    params: MixtureParams  # MAP values, or the Bayesian guide's point estimate
     elbos: list[float]  # ELBO / num_data before each step
     steps: int
     snapshots: dict[int, MixtureParams]  # point estimate after the requested steps (0 = init)
-    assignment_probabilities: Tensor  # (num_data, K): E-step at params (map) or q_n (meanfield)
+    assignment_probabilities: Tensor  # (num_data, K): E-step at params (map) or q_n (bayesian)
     restart_elbos: list[float]  # final ELBO / num_data of every restart
 
 
@@ -47,7 +51,7 @@ def run_svi(
     prior: Prior | None = None,
     num_steps: int = 1000,
     learning_rate: float = 0.05,
-    estimator: str = "tracegraph",
+    loss: str = "tracegraph",
     target_elbo: float | None = None,
     target_rtol: float = 0.005,
     record_steps: Sequence[int] = (),
@@ -55,7 +59,7 @@ def run_svi(
 ) -> SVIResult:
     """Adam on the ELBO from ``initial``, in a fresh param store.
 
-    ``initial_assignments`` ``(num_data, K)`` starts the mean-field q_n there instead of uniform
+    ``initial_assignments`` ``(num_data, K)`` starts the Bayesian guide's q_n there instead of uniform
     (``gmm.assignment_probabilities(data, initial)`` is the E-step: the best q_n for ``initial``).
 
     Stops after ``num_steps``, or as soon as the per-point ELBO is within ``target_rtol`` (relative)
@@ -67,11 +71,13 @@ def run_svi(
     if guide == "map":
         model, guide_fn = gmm.enumerated_model, gmm.make_map_guide(initial)
         elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    elif guide == "meanfield":
+    elif guide == "bayesian":
         if prior is None:
-            raise ConfigError("the mean-field guide needs proper priors; pass a Prior (e.g. Prior.from_data)")
-        model, guide_fn = gmm.model, gmm.make_meanfield_guide(initial, data.shape[0], initial_assignments)
-        elbo = ESTIMATORS[estimator]()
+            raise ConfigError("the Bayesian guide needs proper priors; pass a Prior (e.g. Prior.from_data)")
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r} for the Bayesian guide; choose one of {', '.join(LOSSES)}")
+        model, guide_fn = gmm.model, gmm.make_bayesian_guide(initial, data.shape[0], initial_assignments)
+        elbo = LOSSES[loss]()
     else:
         raise ConfigError(f"unknown guide {guide!r}; choose one of {', '.join(GUIDES)}")
     num_data = data.shape[0]
@@ -93,7 +99,7 @@ def run_svi(
     if guide == "map":
         probabilities = gmm.assignment_probabilities(data, params)
     else:
-        probabilities = gmm.meanfield_assignment_probabilities()
+        probabilities = gmm.bayesian_assignment_probabilities()
     return SVIResult(params, elbos, step, snapshots, probabilities, [elbos[-1]])
 
 
@@ -101,7 +107,7 @@ def _point_estimate(guide: str, guide_fn, covariance: str) -> MixtureParams:
     if guide == "map":
         with torch.no_grad():
             return MixtureParams.from_sites({name: value.detach() for name, value in guide_fn.median().items()})
-    return gmm.meanfield_point_estimate(covariance)
+    return gmm.bayesian_point_estimate(covariance)
 
 
 def fit_svi(
@@ -115,7 +121,7 @@ def fit_svi(
     prior: Prior | None = None,
     num_steps: int = 1000,
     learning_rate: float = 0.05,
-    estimator: str = "tracegraph",
+    loss: str = "tracegraph",
     reg_covar: float = 1e-6,
     record_steps: Sequence[int] = (),
 ) -> SVIResult:
@@ -127,7 +133,7 @@ def fit_svi(
     for restart in range(num_restarts):
         initial = mixture_em.initialize(data, num_components, covariance, init, generator, reg_covar)
         pyro.set_rng_seed(seed + restart)
-        result = run_svi(data, initial, guide, prior, num_steps, learning_rate, estimator, record_steps=record_steps)
+        result = run_svi(data, initial, guide, prior, num_steps, learning_rate, loss, record_steps=record_steps)
         finals.append(result.elbos[-1])
         if best is None or result.elbos[-1] > best.elbos[-1]:
             best = result

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyro_vi.plots._figure import finish, pyplot
 
-def refinement_curve(gaps, path: str | Path) -> None:
+__all__ = ["refinement_curve"]
+
+
+def refinement_curve(gaps, path: str | Path | None = None):
     """ELBO of the refined q after each step count (symlog x axis), the mean-field ELBO and
-    log p(x) as horizontal lines; the two gaps in the title."""
-    import matplotlib
+    log p(x) as horizontal lines, in nats per image; the two gaps in the title.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        gaps: the result of ``pyro_vi.vae.evaluate.gaps``.
+        path: where the PNG goes (then the figure is closed); None keeps it open.
 
-    from pyro_vi import io
-
+    Returns:
+        The figure.
+    """
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5.5, 4))
     axes.plot(gaps.refine_steps, gaps.elbo_refined, "o-", label="ELBO, encoder q refined (semi-amortized)")
     axes.axhline(gaps.log_px, color="black", label=f"log p(x) (IWAE, k={gaps.iwae_k})")
@@ -28,5 +34,4 @@ def refinement_curve(gaps, path: str | Path) -> None:
                    f"({gaps.num_points} points)", fontsize=9)
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    io.save_figure(figure, path, dpi=120)
-    plt.close(figure)
+    return finish(figure, path, dpi=120)

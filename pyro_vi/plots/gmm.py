@@ -14,15 +14,9 @@ from torch import Tensor
 
 from pyro_vi.mixture import model as gmm
 from pyro_vi.mixture.model import MixtureParams
+from pyro_vi.plots._figure import finish, pyplot
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["plot_assignments", "plot_convergence"]
 
 
 def _draw_ellipses(axis, params: MixtureParams, colors, num_std: float = 2.0) -> None:
@@ -40,10 +34,11 @@ def _draw_ellipses(axis, params: MixtureParams, colors, num_std: float = 2.0) ->
         axis.plot(*loc, marker="x", color="black", markersize=6)
 
 
-def plot_assignments(data: Tensor, snapshots: Sequence[tuple[str, MixtureParams]], columns: int = 4):
+def plot_assignments(data: Tensor, snapshots: Sequence[tuple[str, MixtureParams]], columns: int = 4, path=None):
     """One panel per ``(title, params)``: points coloured by their most probable component under
-    those parameters (the E-step), with 2-sigma ellipses. Returns the figure."""
-    plt = _pyplot()
+    those parameters (the E-step), with 2-sigma ellipses. Returns the figure, written to ``path``
+    (and closed) when given."""
+    plt = pyplot()
     rows = max(1, math.ceil(len(snapshots) / columns))
     columns = min(columns, max(1, len(snapshots)))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
@@ -70,12 +65,14 @@ def plot_assignments(data: Tensor, snapshots: Sequence[tuple[str, MixtureParams]
     for axis in list(axes.flat)[len(snapshots):]:
         axis.set_visible(False)
     figure.tight_layout()
-    return figure
+    return finish(figure, path, dpi=100)
 
 
-def plot_convergence(curves: Mapping[str, Sequence[float]], reference: float | None = None, reference_label: str = ""):
-    """Each curve (per-point log-likelihood or ELBO) against iteration/step on one log-x axis."""
-    plt = _pyplot()
+def plot_convergence(curves: Mapping[str, Sequence[float]], reference: float | None = None, reference_label: str = "",
+                     path=None):
+    """Each curve (log-likelihood or ELBO per point, in nats) against iteration/step on one symlog-x
+    axis, ``reference`` as a dashed line. Returns the figure, written to ``path`` (and closed) when given."""
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, values in curves.items():
         axis.plot(range(len(values)), values, label=label, marker="." if len(values) < 60 else None)
@@ -92,4 +89,4 @@ def plot_convergence(curves: Mapping[str, Sequence[float]], reference: float | N
         axis.set_ylim(max(bottom, top - max(1.0, abs(top))) - margin, top + margin)
     axis.legend()
     figure.tight_layout()
-    return figure
+    return finish(figure, path, dpi=100)

@@ -5,6 +5,8 @@
 - ``prior_samples``: decoder means for z ~ N(0, I).
 - ``latent_space``: encoder means coloured by label (PCA to 2-D when z_dim > 2).
 - ``manifold``: decoder means on a grid over [-3, 3]^2 (z_dim = 2 only).
+
+Each writes its figure to ``path`` (then closes it) and returns it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_vi.io import save_figure
+from pyro_vi.plots._figure import finish, pyplot
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["elbo_curves", "reconstructions", "prior_samples", "latent_space", "manifold"]
 
 
 def _mean_image(vae, z: Tensor) -> Tensor:
@@ -35,8 +30,14 @@ def _grid(images: Tensor, image_shape, rows: int, cols: int) -> Tensor:
     return images.permute(0, 2, 1, 3).reshape(rows * height, cols * width).clamp(0, 1).cpu()
 
 
-def elbo_curves(history: list[dict], path) -> None:
-    plt = _pyplot()
+def elbo_curves(history: list[dict], path):
+    """Train (and test) ELBO per image in nats against epoch, the test KL on a second axis.
+
+    Args:
+        history: one dict per epoch with ``epoch`` and ``train_elbo`` (and ``test_elbo``, ``test_kl``).
+        path: where the PNG goes.
+    """
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(epochs, [h["train_elbo"] for h in history], label="train ELBO")
@@ -50,13 +51,13 @@ def elbo_curves(history: list[dict], path) -> None:
     axis.set_ylabel("ELBO per image (nats)")
     axis.legend(loc="upper left")
     figure.tight_layout()
-    save_figure(figure, path, dpi=120)
-    plt.close(figure)
+    return finish(figure, path, dpi=120)
 
 
 @torch.no_grad()
-def reconstructions(vae, images: Tensor, image_shape, path, num: int = 10) -> None:
-    plt = _pyplot()
+def reconstructions(vae, images: Tensor, image_shape, path, num: int = 10):
+    """The first ``num`` images (top row) above the decoder's mean at the encoder's mean z (bottom)."""
+    plt = pyplot()
     x = images[:num]
     loc, _ = vae.encoder(x)
     grid = _grid(torch.cat([x, _mean_image(vae, loc)]), image_shape, 2, x.shape[0])
@@ -64,25 +65,26 @@ def reconstructions(vae, images: Tensor, image_shape, path, num: int = 10) -> No
     axis.imshow(grid, cmap="gray", vmin=0, vmax=1)
     axis.set_title("inputs (top) and reconstructions (bottom)")
     axis.axis("off")
-    save_figure(figure, path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    return finish(figure, path, dpi=100, bbox_inches="tight")
 
 
 @torch.no_grad()
-def prior_samples(vae, image_shape, path, device, rows: int = 8, cols: int = 8) -> None:
-    plt = _pyplot()
+def prior_samples(vae, image_shape, path, device, rows: int = 8, cols: int = 8):
+    """A ``rows`` x ``cols`` grid of decoder means for z ~ N(0, I) (drawn with torch's global RNG)."""
+    plt = pyplot()
     z = torch.randn(rows * cols, vae.z_dim, device=device)
     figure, axis = plt.subplots(figsize=(cols, rows))
     axis.imshow(_grid(_mean_image(vae, z), image_shape, rows, cols), cmap="gray", vmin=0, vmax=1)
     axis.set_title("decoder means for z ~ N(0, I)")
     axis.axis("off")
-    save_figure(figure, path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    return finish(figure, path, dpi=100, bbox_inches="tight")
 
 
 @torch.no_grad()
-def latent_space(vae, images: Tensor, labels: Tensor, path) -> None:
-    plt = _pyplot()
+def latent_space(vae, images: Tensor, labels: Tensor, path):
+    """The encoder's means of ``images`` coloured by ``labels``; their first two principal
+    components when z has more than two dimensions."""
+    plt = pyplot()
     loc, _ = vae.encoder(images)
     loc = loc.cpu()
     if loc.shape[1] > 2:
@@ -95,18 +97,17 @@ def latent_space(vae, images: Tensor, labels: Tensor, path) -> None:
     scatter = axis.scatter(points[:, 0], points[:, 1], c=labels.cpu(), cmap="tab10", s=6)
     figure.colorbar(scatter, ax=axis, label="label")
     axis.set_title(title)
-    save_figure(figure, path, dpi=120)
-    plt.close(figure)
+    return finish(figure, path, dpi=120)
 
 
 @torch.no_grad()
-def manifold(vae, image_shape, path, device, num: int = 15) -> None:
-    plt = _pyplot()
+def manifold(vae, image_shape, path, device, num: int = 15):
+    """Decoder means on a ``num`` x ``num`` grid over z in [-3, 3]^2 (a VAE with z_dim = 2)."""
+    plt = pyplot()
     ticks = torch.linspace(-3, 3, num, device=device)
     z = torch.stack(torch.meshgrid(ticks, ticks.flip(0), indexing="xy"), -1).reshape(-1, 2)
     figure, axis = plt.subplots(figsize=(8, 8))
     axis.imshow(_grid(_mean_image(vae, z), image_shape, num, num), cmap="gray", vmin=0, vmax=1)
     axis.set_title("decoder means over z in [-3, 3]^2")
     axis.axis("off")
-    save_figure(figure, path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    return finish(figure, path, dpi=100, bbox_inches="tight")

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyro_vi import io
+from pyro_vi.plots._figure import finish, pyplot
+
+__all__ = ["total_variance_by_estimator", "variance_vs_particles"]
 
 
-def _pyplot():
-    import matplotlib
+def total_variance_by_estimator(rows: list[dict], path: Path | None = None):
+    """Bar chart of total gradient variance per estimator (log scale), one bar per particle count.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        rows: ``pyro-vi variance``'s summary rows (``estimator``, ``num_particles``, ``total_variance``).
+        path: where the PNG goes (then the figure is closed).
 
-    return plt
-
-
-def total_variance_by_estimator(rows: list[dict], path: Path):
-    """Bar chart of total gradient variance per estimator (log scale), one bar per particle count."""
-    plt = _pyplot()
+    Returns:
+        The figure.
+    """
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     estimators = list(dict.fromkeys(row["estimator"] for row in rows))
     particles = sorted({row["num_particles"] for row in rows})
@@ -32,14 +33,14 @@ def total_variance_by_estimator(rows: list[dict], path: Path):
     axis.set_yscale("log")
     axis.set_ylabel("total gradient variance")
     _legend_outside(axis)
-    io.save_figure(figure, path, bbox_inches="tight")
-    plt.close(figure)
-    return figure
+    return finish(figure, path, bbox_inches="tight")
 
 
-def variance_vs_particles(rows: list[dict], path: Path, key: str = "total_variance", ylabel: str = "total gradient variance"):
-    """One line per estimator: ``key`` against the number of particles (log-log); returns the figure."""
-    plt = _pyplot()
+def variance_vs_particles(rows: list[dict], path: Path | None = None, key: str = "total_variance",
+                          ylabel: str = "total gradient variance"):
+    """One line per estimator: ``key`` of the summary rows against the number of particles (log-log).
+    Returns the figure, written to ``path`` (and closed) when given."""
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for estimator in dict.fromkeys(row["estimator"] for row in rows):
         points = sorted((r["num_particles"], r[key]) for r in rows if r["estimator"] == estimator and r[key] is not None)
@@ -55,9 +56,7 @@ def variance_vs_particles(rows: list[dict], path: Path, key: str = "total_varian
     axis.set_xlabel("particles")
     axis.set_ylabel(ylabel)
     _legend_outside(axis)
-    io.save_figure(figure, path, bbox_inches="tight")
-    plt.close(figure)
-    return figure
+    return finish(figure, path, bbox_inches="tight")
 
 
 def _legend_outside(axis) -> None:

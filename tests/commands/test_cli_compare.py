@@ -4,7 +4,10 @@ runs, a refused one skipped in one line, every run from the same start."""
 import json
 from pathlib import Path
 
+import pytest
+
 from pyro_vi import cli
+from pyro_vi.commands import user_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_model.py"
@@ -37,13 +40,16 @@ def test_one_row_per_estimator_and_a_refused_one_skipped(tmp_path, capsys):
     assert all(name in table for name in ("reparam", "score-baseline", "rloo")) and "final ELBO" in table
 
 
-def test_every_estimator_starts_from_the_same_params(tmp_path):
-    """compare's step-0 measurement of reparam (after score ran first) equals pyro-vi variance's at
-    the initial params with the same seed, replicates and particles: the same start, bit for bit."""
+@pytest.mark.parametrize("estimators, position", [("score,reparam", 1), ("reparam,score", 0)],
+                         ids=["after-a-rebuild", "on-the-preflight-pair"])
+def test_every_estimator_starts_from_the_same_params(tmp_path, estimators, position):
+    """compare's step-0 measurement of reparam equals pyro-vi variance's at the initial params with
+    the same seed, replicates and particles: the same start, bit for bit, whether reparam runs first
+    (on the pair the preflight built) or second (on a pair built afresh)."""
     out = tmp_path / "compare"
-    assert cli.main(["compare", *COIN, "--estimators", "score,reparam", "--num-steps", "3", "--replicates", "20",
+    assert cli.main(["compare", *COIN, "--estimators", estimators, "--num-steps", "3", "--replicates", "20",
                      "--variance-points", "1", "--elbo-samples", "2", "--no-progress", "--out", str(out)]) == 0
-    row = json.loads((out / "compare.json").read_text())["estimators"][1]
+    row = json.loads((out / "compare.json").read_text())["estimators"][position]
     assert row["estimator"] == "reparam"
     assert cli.main(["variance", *COIN, "--estimators", "reparam", "--particles", "2", "--replicates", "20",
                      "--out", str(tmp_path / "variance")]) == 0
@@ -57,3 +63,22 @@ def test_no_estimator_applies_is_one_line(tmp_path, capsys):
                      "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("pyro-vi compare: error: no estimator can run") and not out.exists()
+
+
+def test_each_input_is_read_once(tmp_path, monkeypatch):
+    """Single preflight: the data file is read once for all runs, and the model file is imported
+    once per run (the preflight's import is the first run's), not once more for the preflight."""
+    calls = {"load_data": 0, "import": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(user_model, "load_data", counting("load_data", user_model.load_data))
+    monkeypatch.setattr(user_model, "_import", counting("import", user_model._import))
+    assert cli.main(["compare", *COIN, "--estimators", "reparam,enum,score", "--num-steps", "2", "--replicates", "2",
+                     "--variance-points", "1", "--elbo-samples", "2", "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    # two runs (enum is refused at the preflight): the model and guide share one file, one import per run
+    assert calls == {"load_data": 1, "import": 2}

@@ -14,19 +14,28 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--num-data", "120", "--num-steps", "5", "--plot-iterations", "1,2", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("method", ["em", "svi-map", "svi-meanfield"])
+@pytest.mark.parametrize("method", ["em", "svi-map", "svi-bayesian"])
 def test_cli_writes_metrics_and_figures(tmp_path, method):
     out = tmp_path / method
     assert cli.main(["gmm", "--method", method, "--out", str(out), *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("method", "k", "dim", "num_data", "train_loglik", "test_loglik", "ari", "iterations", "seconds",
-                "sklearn_train_loglik", "sklearn_seconds"):
+    for key in ("method", "num_components", "dim", "num_data", "train_log_likelihood", "test_log_likelihood", "ari",
+                "iterations", "seconds", "sklearn_train_log_likelihood", "sklearn_seconds"):
         assert key in metrics
-    assert metrics["method"] == method and metrics["num_data"] == 120 and metrics["k"] == 3
+    assert metrics["method"] == method and metrics["num_data"] == 120 and metrics["num_components"] == 3
     assert (out / "assignments.png").stat().st_size > 0 and (out / "convergence.png").stat().st_size > 0
     if method == "em":  # same start, same reg_covar and tol as scikit-learn
-        assert metrics["train_loglik"] == pytest.approx(metrics["sklearn_train_loglik"], rel=1e-4)
-        assert metrics["em"]["min_loglik_increment"] >= -1e-9
+        assert metrics["train_log_likelihood"] == pytest.approx(metrics["sklearn_train_log_likelihood"], rel=1e-4)
+        assert metrics["em"]["min_log_likelihood_increment"] >= -1e-9
+    # The API's words, not abbreviations: no key says k or loglik.
+    assert not any(key == "k" or "loglik" in key for key in [*metrics, *metrics["em"], *metrics["svi"]])
+
+
+def test_cli_old_method_and_loss_spellings_still_parse():
+    """``svi-meanfield`` (now ``svi-bayesian``) and ``--estimator`` (now ``--loss``) are read as the new names."""
+    args = cli.build_parser().parse_args(["gmm", "--method", "svi-meanfield", "--estimator", "trace"])
+    assert args.method == "svi-bayesian" and args.loss == "trace"
+    assert cli.build_parser().parse_args(["gmm"]).loss == "tracegraph"
 
 
 def test_cli_reads_a_csv_with_labels(tmp_path):
@@ -60,7 +69,7 @@ def test_example_runs(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "100", "--num-steps", "5"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "sklearn" in result.stdout and "svi-map" in result.stdout and "svi-meanfield" in result.stdout
+    assert "sklearn" in result.stdout and "svi-map" in result.stdout and "svi-bayesian" in result.stdout
 
 
 def test_benchmark_quick(tmp_path):
@@ -74,7 +83,7 @@ def test_benchmark_quick(tmp_path):
     assert "bench_gmm.py --quick" in table.read_text()
 
 
-def test_cli_svi_map_test_loglik_is_near_em_on_easy_data(tmp_path):
+def test_cli_svi_map_test_log_likelihood_is_near_em_on_easy_data(tmp_path):
     # Two components 8 apart (well separated), 300 points. svi-map climbs the same log-likelihood
     # EM does from the same k-means start, deterministically (z is summed out, no sampling), so
     # after 150 steps it is within 0.01 nats/point of EM's on held-out data too.
@@ -85,6 +94,6 @@ def test_cli_svi_map_test_loglik_is_near_em_on_easy_data(tmp_path):
                      "--out", str(tmp_path / "svi"), *common]) == 0
     em = json.loads((tmp_path / "em" / "metrics.json").read_text())
     svi = json.loads((tmp_path / "svi" / "metrics.json").read_text())
-    assert abs(svi["test_loglik"] - em["test_loglik"]) < 0.01
-    assert abs(svi["train_loglik"] - em["train_loglik"]) < 0.01
+    assert abs(svi["test_log_likelihood"] - em["test_log_likelihood"]) < 0.01
+    assert abs(svi["train_log_likelihood"] - em["train_log_likelihood"]) < 0.01
     assert svi["ari"] > 0.99

@@ -46,8 +46,8 @@ def test_guides_sample_exactly_the_latent_sites(mixture):
     model_trace = poutine.trace(gmm.model).get_trace(data.train, 3, covariance, prior)
     latent = _latent_sites(model_trace)
     assert latent == ({"weights", "loc", "scale", "z"} | ({"corr_cholesky"} if covariance == "full" else set()))
-    meanfield_trace = poutine.trace(gmm.make_meanfield_guide(params, 200)).get_trace(data.train, 3, covariance, prior)
-    assert _latent_sites(meanfield_trace) == latent
+    bayesian_trace = poutine.trace(gmm.make_bayesian_guide(params, 200)).get_trace(data.train, 3, covariance, prior)
+    assert _latent_sites(bayesian_trace) == latent
     map_trace = poutine.trace(gmm.make_map_guide(params)).get_trace(data.train, 3, covariance, None)
     assert _latent_sites(map_trace) == latent - {"z"}  # z is enumerated in the model
     assert model_trace.nodes["z"]["value"].shape == (200,)

@@ -11,7 +11,7 @@ def test_default_em_climbs_monotonically_from_a_start_that_is_not_converged(tmp_
     out = tmp_path / "gmm"
     assert cli.main(["gmm", "--out", str(out), "--num-steps", "5", "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    history = metrics["em"]["loglik_history"]
+    history = metrics["em"]["log_likelihood_history"]
     # The old default (k-means++ on blobs 4 apart) converged in 2 iterations; now about 29.
     assert metrics["init"] == "random" and metrics["em"]["iterations"] > 20
     # EM never lowers log p(x | theta) (exactly for reg_covar = 0); reg_covar = 1e-6 adds to each variance,
@@ -34,4 +34,4 @@ def test_svi_keeps_the_kmeans_start():
     assert args.init is None  # filled in by run: DEFAULT_INIT
     from pyro_vi.commands import gmm as gmm_command
 
-    assert gmm_command.DEFAULT_INIT == {"em": "random", "svi-map": "kmeans++", "svi-meanfield": "kmeans++"}
+    assert gmm_command.DEFAULT_INIT == {"em": "random", "svi-map": "kmeans++", "svi-bayesian": "kmeans++"}

@@ -1,4 +1,4 @@
-"""SVI on the Gaussian mixture: the enumerated MAP guide reaches EM's optimum; the mean-field guide
+"""SVI on the Gaussian mixture: the enumerated MAP guide reaches EM's optimum; the Bayesian guide
 with *sampled* assignments (score-function gradients) trains under TraceGraph_ELBO."""
 
 import math
@@ -27,11 +27,11 @@ def test_map_svi_reaches_the_em_log_likelihood():
     assert mixture_eval.average_log_likelihood(data.train, svi.params) <= em.log_likelihoods[-1] + 1e-9
 
 
-def test_meanfield_guide_trains_with_score_function_estimators():
+def test_bayesian_guide_trains_with_score_function_estimators():
     data = mixture_data.synthetic(2, 2, 50, separation=8.0, seed=1, covariance="diag")
     prior = gmm.Prior.from_data(data.train, 2)
     initial = mixture_em.initialize(data.train, 2, "diag", "kmeans++", torch.Generator().manual_seed(0))
-    guide = gmm.make_meanfield_guide(initial, 50)
+    guide = gmm.make_bayesian_guide(initial, 50)
     # z is not reparameterizable, so Trace_ELBO must build a score-function surrogate for it.
     guide_trace = poutine.trace(guide).get_trace(data.train, 2, "diag", prior)
     assert not guide_trace.nodes["z"]["fn"].has_rsample
@@ -42,7 +42,7 @@ def test_meanfield_guide_trains_with_score_function_estimators():
 
 
 def _assert_at_the_em_solution(data, em, svi):
-    """The mean-field fit recovers EM's clustering, locations and log-likelihood."""
+    """The Bayesian guide's fit recovers EM's clustering, locations and log-likelihood."""
     labels = svi.assignment_probabilities.argmax(-1)
     assert mixture_eval.adjusted_rand_index(data.train_labels, labels) == pytest.approx(1.0)
     # Margins: the point estimate carries the weak prior and the last steps' score-function noise;
@@ -55,24 +55,24 @@ def _assert_at_the_em_solution(data, em, svi):
 
 
 @pytest.mark.slow  # TraceGraph_ELBO's provenance tracking: ~25-80 s
-def test_meanfield_tracegraph_reaches_the_em_solution_on_an_easy_problem():
+def test_bayesian_tracegraph_reaches_the_em_solution_on_an_easy_problem():
     # Two components 8 standard deviations apart, N = 100, q_n(z) starting uniform.
     data = mixture_data.synthetic(2, 2, 100, separation=8.0, seed=1, covariance="diag")
     em = mixture_em.fit_em(data.train, 2, "diag", tol=1e-8, reg_covar=0.0)
-    svi = mixture_svi.fit_svi(data.train, 2, "diag", "meanfield", prior=gmm.Prior.from_data(data.train, 2),
-                              num_steps=300, learning_rate=0.2, estimator="tracegraph")
+    svi = mixture_svi.fit_svi(data.train, 2, "diag", "bayesian", prior=gmm.Prior.from_data(data.train, 2),
+                              num_steps=300, learning_rate=0.2, loss="tracegraph")
     _assert_at_the_em_solution(data, em, svi)
 
 
-def test_meanfield_tracegraph_holds_the_em_solution_fast():
+def test_bayesian_tracegraph_holds_the_em_solution_fast():
     """Fast variant of the test above: the globals start at k-means and every q_n at its E-step
     (the closed-form best q_n for those globals) instead of uniform; 50 TraceGraph_ELBO steps with
     sampled assignments must stay at EM's solution. (Reaching it from uniform q_n is the slow test.)"""
     data = mixture_data.synthetic(2, 2, 100, separation=8.0, seed=1, covariance="diag")
     em = mixture_em.fit_em(data.train, 2, "diag", tol=1e-8, reg_covar=0.0)
     initial = em.initial_params
-    svi = mixture_svi.run_svi(data.train, initial, "meanfield", prior=gmm.Prior.from_data(data.train, 2), num_steps=50,
-                              learning_rate=0.05, estimator="tracegraph",
+    svi = mixture_svi.run_svi(data.train, initial, "bayesian", prior=gmm.Prior.from_data(data.train, 2), num_steps=50,
+                              learning_rate=0.05, loss="tracegraph",
                               initial_assignments=gmm.assignment_probabilities(data.train, initial))
     _assert_at_the_em_solution(data, em, svi)
 
@@ -87,7 +87,7 @@ def test_svi_restarts_differ_and_the_best_is_kept():
     assert result.elbos[-1] == max(finals)  # and the returned fit is the best one
 
 
-def test_meanfield_tracegraph_moves_every_q_n_to_its_e_step():
+def test_bayesian_tracegraph_moves_every_q_n_to_its_e_step():
     """Issue 12, item 10: the fast "holds EM's solution" test above also passes with zero SVI steps
     (it starts at the answer) and with the score term of q_n(z) removed. Here the globals start at
     EM's optimum but every q_n starts uniform: only the score-function gradient of the sampled
@@ -99,8 +99,8 @@ def test_meanfield_tracegraph_moves_every_q_n_to_its_e_step():
     e_step = gmm.assignment_probabilities(data.train, em.params)
     uniform = torch.full_like(e_step, 0.5)
     pyro.set_rng_seed(0)
-    svi = mixture_svi.run_svi(data.train, em.params, "meanfield", prior=gmm.Prior.from_data(data.train, 2),
-                              num_steps=150, learning_rate=0.05, estimator="tracegraph", initial_assignments=uniform)
+    svi = mixture_svi.run_svi(data.train, em.params, "bayesian", prior=gmm.Prior.from_data(data.train, 2),
+                              num_steps=150, learning_rate=0.05, loss="tracegraph", initial_assignments=uniform)
     distance = (svi.assignment_probabilities - e_step).abs().max(-1).values.mean()
     # Start: 0.5 on average (the E-step is near one-hot on separated blobs). Measured after 150
     # steps, seeds 0-3: 0.096-0.099 (Trace_ELBO, without TraceGraph's per-datapoint

@@ -15,7 +15,7 @@
 # 1. **EM as coordinate ascent** on L: the E-step maximizes over q (exactly), the M-step over theta
 #    (in closed form), so L rises monotonically (`pyro_vi.fit_em`);
 # 2. the **same model with SVI** (`pyro_vi.fit_svi`): a MAP guide with the assignments summed out
-#    by enumeration (`TraceEnum_ELBO`), and a mean-field guide whose assignments are sampled;
+#    by enumeration (`TraceEnum_ELBO`), and a Bayesian guide (distributions over the parameters) whose assignments are sampled;
 # 3. **scikit-learn's** `GaussianMixture` from the same start, as the reference.
 #
 # *Small mode.* With `PYRO_VI_TUTORIAL_SMALL=1` (how the test suite runs this notebook) the SVI
@@ -32,35 +32,32 @@ import numpy as np
 import torch
 
 import pyro_vi
-from pyro_vi.mixture import data as mixture_data
-from pyro_vi.mixture import em as mixture_em
-from pyro_vi.mixture import eval as mixture_eval
-from pyro_vi.mixture import model as gmm
+from pyro_vi import mixture
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
 MAP_STEPS = 15 if SMALL else 300          # SVI steps, MAP guide (enumerated assignments)
-MEANFIELD_STEPS = 15 if SMALL else 1500   # SVI steps, mean-field guide (sampled assignments)
+BAYESIAN_STEPS = 15 if SMALL else 1500   # SVI steps, Bayesian guide (sampled assignments)
 print("small mode" if SMALL else "full mode")
 
 # %% [markdown]
 # ## The data
 #
 # 500 points from a random mixture of three full-covariance Gaussians that overlap a little
-# (`mixture_data.synthetic`: locations at least 3 standard deviations apart). We know the true
+# (`mixture.data.synthetic`: locations at least 3 standard deviations apart). We know the true
 # parameters, so we can say how well every method did.
 
 # %%
-data = mixture_data.synthetic(num_components=3, dim=2, num_data=500, separation=3.0, seed=0)
+data = mixture.data.synthetic(num_components=3, dim=2, num_data=500, separation=3.0, seed=0)
 x = data.train  # (500, 2), float64
 print(x.shape, "true weights", data.true_params.weights.numpy().round(3))
-print("average log-likelihood at the true parameters", round(mixture_eval.average_log_likelihood(x, data.true_params), 4))
+print("average log-likelihood at the true parameters", round(mixture.eval.average_log_likelihood(x, data.true_params), 4))
 
 COLORS = np.array([[0.12, 0.47, 0.71], [1.0, 0.5, 0.05], [0.17, 0.63, 0.17]])
 
 
 def draw(axis, params, title, probabilities=None):
     """Points coloured by their responsibilities (a mix of the component colours), 2-sd ellipses."""
-    probabilities = gmm.assignment_probabilities(x, params) if probabilities is None else probabilities
+    probabilities = mixture.model.assignment_probabilities(x, params) if probabilities is None else probabilities
     axis.scatter(*x.T.numpy(), c=(probabilities.numpy() @ COLORS).clip(0, 1), s=6)
     angles = torch.linspace(0, 2 * torch.pi, 100, dtype=x.dtype)
     circle = torch.stack([angles.cos(), angles.sin()])
@@ -101,19 +98,19 @@ plt.show()
 # Each iteration is two exact maximizations of the same function L(q, theta):
 #
 # * **E-step**, q_n(k) = p(z_n = k | x_n, theta) (the "responsibilities", read off the model's log
-#   joint `gmm.log_joint_table`): the best q for fixed theta; the bound becomes tight,
+#   joint `mixture.model.log_joint_table`): the best q for fixed theta; the bound becomes tight,
 #   L = log p(x | theta).
 # * **M-step**, theta = argmax_theta sum_n E_{q_n} log p(x_n, z_n | theta): weighted means,
 #   covariances and weights, in closed form, with q fixed.
 #
-# `mixture_em.e_step` and `mixture_em.m_step` are those two steps. Evaluating L after each
+# `mixture.em.e_step` and `mixture.em.m_step` are those two steps. Evaluating L after each
 # half-step shows the staircase: L never goes down, and after each E-step it touches the
 # log-likelihood.
 
 # %%
 def elbo(responsibilities, log_responsibilities, params):
     """L(q, theta) / N for q_n(k) = responsibilities[n, k] (flat priors: the log joint is log pi + log N)."""
-    log_joint = gmm.log_joint_table(x, params)  # (N, K)
+    log_joint = mixture.model.log_joint_table(x, params)  # (N, K)
     terms = responsibilities * (log_joint - log_responsibilities)
     return float(terms.nan_to_num().sum(-1).mean())
 
@@ -121,15 +118,15 @@ def elbo(responsibilities, log_responsibilities, params):
 params = em.initial_params
 half_steps, values, log_likelihoods = [], [], []
 for iteration in range(12):
-    log_likelihood, log_responsibilities = mixture_em.e_step(x, params)  # E-step: q <- p(z | x, theta)
+    log_likelihood, log_responsibilities = mixture.em.e_step(x, params)  # E-step: q <- p(z | x, theta)
     responsibilities = log_responsibilities.exp()
     half_steps.append(iteration)
     values.append(elbo(responsibilities, log_responsibilities, params))
     log_likelihoods.append(float(log_likelihood))
-    params = mixture_em.m_step(x, responsibilities, "full", reg_covar=1e-6)  # M-step: theta <- argmax
+    params = mixture.em.m_step(x, responsibilities, "full", reg_covar=1e-6)  # M-step: theta <- argmax
     half_steps.append(iteration + 0.5)
     values.append(elbo(responsibilities, log_responsibilities, params))
-    log_likelihoods.append(mixture_eval.average_log_likelihood(x, params))
+    log_likelihoods.append(mixture.eval.average_log_likelihood(x, params))
 
 print("after each E-step, L(q, theta) - log p(x | theta) =", f"{max(abs(a - b) for a, b in zip(values[::2], log_likelihoods[::2])):.1e}")
 print("smallest change of L over a half-step:", f"{min(np.diff(values)):.2e} (never negative)")
@@ -154,42 +151,42 @@ plt.show()
 #   assignments *enumerated*: `TraceEnum_ELBO` sums z_n out exactly, which is what EM's E-step
 #   does. With flat priors (`prior=None`) the ELBO per point is the log-likelihood, and gradient
 #   ascent on it should reach EM's answer, only more slowly.
-# * **mean-field** (`guide="meanfield"`): a Categorical q_n(z) per point whose assignments are
+# * **Bayesian** (`guide="bayesian"`): a Categorical q_n(z) per point whose assignments are
 #   *sampled*, so their gradients are score-function estimates (`TraceGraph_ELBO`, tutorial 3),
 #   and Gaussian / LogNormal q for the global parameters under proper priors
-#   (`gmm.Prior.from_data`). Its ELBO includes the priors and the entropies of q, so it is a
+#   (`mixture.Prior.from_data`). Its ELBO includes the priors and the entropies of q, so it is a
 #   different number from the log-likelihood: compare the shapes of the curves, not the levels.
 
 # %%
 map_fit = pyro_vi.fit_svi(x, num_components=3, guide="map", init="random", seed=0,
                           num_steps=MAP_STEPS, learning_rate=0.05)
 print(f"SVI, MAP guide: ELBO per point {map_fit.elbos[0]:.4f} -> {map_fit.elbos[-1]:.4f} in {map_fit.steps} steps; "
-      f"log-likelihood {mixture_eval.average_log_likelihood(x, map_fit.params):.4f}")
-meanfield_fit = pyro_vi.fit_svi(x, num_components=3, guide="meanfield", init="random", seed=0,
-                                prior=gmm.Prior.from_data(x, 3), num_steps=MEANFIELD_STEPS, learning_rate=0.05)
-print(f"SVI, mean-field guide: ELBO per point {meanfield_fit.elbos[0]:.4f} -> {np.mean(meanfield_fit.elbos[-20:]):.4f} "
-      f"(mean of the last 20 steps); log-likelihood at q's point estimate {mixture_eval.average_log_likelihood(x, meanfield_fit.params):.4f}")
+      f"log-likelihood {mixture.eval.average_log_likelihood(x, map_fit.params):.4f}")
+bayesian_fit = pyro_vi.fit_svi(x, num_components=3, guide="bayesian", init="random", seed=0,
+                               prior=mixture.Prior.from_data(x, 3), num_steps=BAYESIAN_STEPS, learning_rate=0.05)
+print(f"SVI, Bayesian guide: ELBO per point {bayesian_fit.elbos[0]:.4f} -> {np.mean(bayesian_fit.elbos[-20:]):.4f} "
+      f"(mean of the last 20 steps); log-likelihood at q's point estimate {mixture.eval.average_log_likelihood(x, bayesian_fit.params):.4f}")
 
 # %% [markdown]
 # ## 3. scikit-learn as the reference
 #
-# `mixture_eval.fit_sklearn` runs `sklearn.mixture.GaussianMixture` from exactly EM's initial
+# `mixture.eval.fit_sklearn` runs `sklearn.mixture.GaussianMixture` from exactly EM's initial
 # parameters with the same tolerance: the two EM implementations should agree.
 
 # %%
-sklearn_fit = mixture_eval.fit_sklearn(x, em.initial_params, tol=1e-6, max_iter=300, reg_covar=1e-6)
+sklearn_fit = mixture.eval.fit_sklearn(x, em.initial_params, tol=1e-6, max_iter=300, reg_covar=1e-6)
 rows = [
-    ("true parameters", mixture_eval.average_log_likelihood(x, data.true_params), "-"),
+    ("true parameters", mixture.eval.average_log_likelihood(x, data.true_params), "-"),
     ("pyro_vi EM", em.log_likelihoods[-1], f"{em.iterations} iterations"),
     ("scikit-learn EM", sklearn_fit.train_log_likelihood, f"{sklearn_fit.iterations} iterations"),
-    ("SVI, MAP + enumeration", mixture_eval.average_log_likelihood(x, map_fit.params), f"{map_fit.steps} steps"),
-    ("SVI, mean-field (point estimate)", mixture_eval.average_log_likelihood(x, meanfield_fit.params), f"{meanfield_fit.steps} steps"),
+    ("SVI, MAP + enumeration", mixture.eval.average_log_likelihood(x, map_fit.params), f"{map_fit.steps} steps"),
+    ("SVI, Bayesian guide (point estimate)", mixture.eval.average_log_likelihood(x, bayesian_fit.params), f"{bayesian_fit.steps} steps"),
 ]
 print(f"{'':34s}{'log-lik / point':>16s}   {'ARI':>5s}   cost")
 for name, value, cost in rows:
     params = {"true parameters": data.true_params, "pyro_vi EM": em.params, "scikit-learn EM": sklearn_fit.params,
-              "SVI, MAP + enumeration": map_fit.params, "SVI, mean-field (point estimate)": meanfield_fit.params}[name]
-    ari = mixture_eval.adjusted_rand_index(data.train_labels, gmm.assignment_probabilities(x, params).argmax(-1))
+              "SVI, MAP + enumeration": map_fit.params, "SVI, Bayesian guide (point estimate)": bayesian_fit.params}[name]
+    ari = mixture.eval.adjusted_rand_index(data.train_labels, mixture.model.assignment_probabilities(x, params).argmax(-1))
     print(f"{name:34s}{value:16.4f}   {ari:5.3f}   {cost}")
 
 # %% [markdown]
@@ -205,8 +202,8 @@ left.set(xlabel="EM iteration", ylabel="log-likelihood per point", title="EM")
 middle.plot(map_fit.elbos, color="C1", label="SVI, MAP + enumeration")
 middle.axhline(sklearn_fit.train_log_likelihood, color="k", ls="--", label="scikit-learn, converged")
 middle.set(xlabel="SVI step", ylabel="ELBO per point (= log-likelihood)", title="SVI, MAP guide")
-right.plot(meanfield_fit.elbos, color="C2", lw=0.6, label="SVI, mean-field (one-sample ELBO)")
-right.set(xlabel="SVI step", ylabel="ELBO per point (priors and entropies included)", title="SVI, mean-field guide")
+right.plot(bayesian_fit.elbos, color="C2", lw=0.6, label="SVI, Bayesian guide (one-sample ELBO)")
+right.set(xlabel="SVI step", ylabel="ELBO per point (priors and entropies included)", title="SVI, Bayesian guide")
 for axis in (left, middle):
     axis.set_ylim(em.log_likelihoods[0] - 0.1, sklearn_fit.train_log_likelihood + 0.1)
 for axis in (left, middle, right):
@@ -217,8 +214,8 @@ plt.show()
 figure, axes = plt.subplots(1, 3, figsize=(12, 4))
 draw(axes[0], em.params, "EM")
 draw(axes[1], map_fit.params, f"SVI, MAP, {map_fit.steps} steps")
-draw(axes[2], meanfield_fit.params, f"SVI, mean-field, {meanfield_fit.steps} steps",
-     probabilities=meanfield_fit.assignment_probabilities.detach())
+draw(axes[2], bayesian_fit.params, f"SVI, Bayesian guide, {bayesian_fit.steps} steps",
+     probabilities=bayesian_fit.assignment_probabilities.detach())
 figure.tight_layout()
 plt.show()
 
@@ -229,7 +226,7 @@ plt.show()
 #   of theta; each half-step maximizes the same ELBO in one coordinate, so it never decreases.
 # * SVI with enumeration climbs the same objective by gradient: it reaches the same fit, in more,
 #   cheaper, and more general steps (any model Pyro can enumerate, any prior).
-# * Sampling the discrete assignments instead (mean-field q_n, score-function gradients) is far
+# * Sampling the discrete assignments instead (the Bayesian guide's sampled q_n, score-function gradients) is far
 #   noisier and slower: enumerate discrete latents when you can.
-# * From the command line: `pyro-vi gmm --method em|svi-map|svi-meanfield` writes the same
+# * From the command line: `pyro-vi gmm --method em|svi-map|svi-bayesian` writes the same
 #   figures and the comparison with scikit-learn.

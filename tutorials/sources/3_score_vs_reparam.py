@@ -29,7 +29,7 @@ import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 import pyro_vi
-from pyro_vi.estimators import problems as variance_models
+from pyro_vi.estimators import problems
 from pyro_vi.errors import ConfigError
 
 SMALL = os.environ.get("PYRO_VI_TUTORIAL_SMALL", "0") == "1"
@@ -53,11 +53,11 @@ print("small mode" if SMALL else "full mode")
 #   differentiable f and a reparameterizable q, and uses the *slope* of f, not only its value.
 #
 # The toy: z ~ N(0, I_10), x ~ N(z, I_10) with q(z) = N(loc, diag(scale^2)) at loc = 0, scale = 1
-# (`variance_models.make_problem("gaussian")`), whose exact ELBO gradient is closed form. The
+# (`problems.make_problem("gaussian")`), whose exact ELBO gradient is closed form. The
 # estimators are Pyro ELBO objects chosen by name; the model and guide are never rewritten.
 
 # %%
-problem = variance_models.make_problem("gaussian", dim=10)
+problem = problems.make_problem("gaussian", dim=10)
 exact = problem.reference()
 print("exact d(-ELBO)/d loc[:3]", exact["loc"][:3].numpy().round(3))
 for name in ["reparam", "score"]:
@@ -156,7 +156,7 @@ plt.show()
 # `reparam` still carries the zero-mean score term of -log q:
 
 # %%
-at_posterior = variance_models.make_problem("gaussian", dim=10, at_posterior=True)
+at_posterior = problems.make_problem("gaussian", dim=10, at_posterior=True)
 for name in ["reparam", "stl"]:
     result = pyro_vi.gradient_variance(at_posterior.model, at_posterior.guide, *at_posterior.args, estimator=name,
                                        num_replicates=NUM_REPLICATES, reference=at_posterior.reference())
@@ -208,7 +208,7 @@ plt.show()
 # not, and more particles do not remove it.
 
 # %%
-bernoulli = variance_models.make_problem("bernoulli")
+bernoulli = problems.make_problem("bernoulli")
 pyro.get_param_store()["logit"] = torch.tensor(-2.0)
 bernoulli_exact = bernoulli.reference()
 bias_particles = [2, 8] if SMALL else [2, 4, 8, 16, 32]
@@ -239,29 +239,29 @@ plt.show()
 #
 # The same model trained from the same start and seed with each estimator (2 particles, Adam at
 # learning rate 0.05). We plot the *exact* ELBO of the current guide
-# (`variance_models.exact_elbo`: the integrand is quadratic, so a few sigma points integrate it
+# (`problems.exact_elbo`: the integrand is quadratic, so a few sigma points integrate it
 # exactly), so what differs between the curves is the optimization, not noise in the plot.
 
 # %%
 curves = {}
 record_every = 5
 for name in ["reparam", "stl", "score", "score-baseline", "rloo"]:
-    problem = variance_models.make_problem("gaussian", dim=10)
+    problem = problems.make_problem("gaussian", dim=10)
     with torch.no_grad():
-        exact_elbos = [float(variance_models.exact_elbo(problem.model, problem.guide, *problem.args))]
+        exact_elbos = [float(problems.exact_elbo(problem.model, problem.guide, *problem.args))]
 
     def record(step, loss):
         if step % record_every == 0:
             with torch.no_grad():
-                exact_elbos.append(float(variance_models.exact_elbo(problem.model, problem.guide, *problem.args)))
+                exact_elbos.append(float(problems.exact_elbo(problem.model, problem.guide, *problem.args)))
 
     pyro_vi.fit(problem.model, problem.guide, *problem.args, num_steps=NUM_STEPS,
                 loss=estimators.get_estimator(name, num_particles=2), optim=pyro.optim.Adam({"lr": 0.05}),
                 seed=0, callback=record, progress=False)
     curves[name] = exact_elbos
 
-problem = variance_models.make_problem("gaussian", dim=10, at_posterior=True)
-best = float(variance_models.exact_elbo(problem.model, problem.guide, *problem.args))
+problem = problems.make_problem("gaussian", dim=10, at_posterior=True)
+best = float(problems.exact_elbo(problem.model, problem.guide, *problem.args))
 figure, axis = plt.subplots(figsize=(7, 4))
 for name, elbos in curves.items():
     axis.plot(np.arange(len(elbos)) * record_every, best - np.array(elbos), color=COLORS[name], label=name)

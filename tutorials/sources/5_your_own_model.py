@@ -188,12 +188,12 @@ plt.show()
 # the integrand is quadratic), the bias. We measure at the prior (the guide's initial params).
 
 # %%
-from pyro_vi.estimators import problems as variance_models
+from pyro_vi.estimators import problems
 
 estimator_names = ["reparam", "score", "score-baseline", "rloo"]
 pyro.clear_param_store()
 guide(x, y)  # creates the params at their initial values
-exact_gradient = variance_models.exact_elbo_gradient(model, guide, x, y)
+exact_gradient = problems.exact_elbo_gradient(model, guide, x, y)
 measurements = {}
 for name in estimator_names:
     measurements[name] = pyro_vi.gradient_variance(model, guide, x, y, estimator=name, num_particles=2,
