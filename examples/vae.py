@@ -23,7 +23,7 @@ from pyro_vi.commands.vae import DATASET_DEFAULTS
 
 def main(args):
     for name, value in DATASET_DEFAULTS[args.dataset].items():
-        if getattr(args, name) is None:
+        if getattr(args, name, None) is None:  # options this script has no flag for take the default too
             setattr(args, name, value)
     pyro.set_rng_seed(args.seed)
     device = pyro_vi.resolve_device(args.device)
@@ -43,6 +43,8 @@ def main(args):
         kl_warmup_epochs=args.kl_warmup_epochs,
         binarization=args.binarization,
         seed=args.seed,
+        lr_schedule=args.lr_schedule,
+        final_learning_rate=args.final_learning_rate,
     )
     loss = TraceMeanField_ELBO() if args.analytic_kl else Trace_ELBO()
     result = pyro_vi.fit_images(vae.model, vae.guide, dataset.train_images, config, loss=loss, evaluate=evaluate, progress=False)

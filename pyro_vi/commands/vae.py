@@ -53,8 +53,10 @@ _RENAMED_ELBOS = {"meanfield": "analytic-kl"}  # the old spelling, still accepte
 # reconstructions a digit classifier reads as the input's digit 87% of the time.
 # MNIST-style data keep the usual recipe (dynamic binarization, Adam 1e-3, no warm-up).
 DATASET_DEFAULTS = {
-    "digits": {"binarization": "threshold", "epochs": 100, "batch_size": 256, "learning_rate": 5e-3, "kl_warmup_epochs": 25.0},
-    "mnist": {"binarization": "dynamic", "epochs": 100, "batch_size": 128, "learning_rate": 1e-3, "kl_warmup_epochs": 0.0},
+    "digits": {"binarization": "threshold", "epochs": 100, "batch_size": 256, "learning_rate": 5e-3, "kl_warmup_epochs": 25.0,
+               "lr_schedule": "constant", "final_learning_rate": 0.0},
+    "mnist": {"binarization": "dynamic", "epochs": 100, "batch_size": 128, "learning_rate": 1e-3, "kl_warmup_epochs": 0.0,
+              "lr_schedule": "constant", "final_learning_rate": 0.0},
 }
 DATASET_DEFAULTS["fashion-mnist"] = DATASET_DEFAULTS["mnist"]
 
@@ -77,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
     from pyro_vi.vae.model import LIKELIHOODS
+    from pyro_vi.vae.train import LR_SCHEDULES
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="digits", choices=DATASETS)
@@ -91,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, default=None, help=_default_help("epochs"))
     train.add_argument("--batch-size", type=int, default=None, help=_default_help("batch_size"))
     train.add_argument("--learning-rate", type=float, default=None, help=_default_help("learning_rate"))
+    train.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
+                       help="learning rate over the run's steps, from --learning-rate down to --final-learning-rate ("
+                       + _default_help("lr_schedule") + ")")
+    train.add_argument("--final-learning-rate", type=float, default=None,
+                       help="the schedule's learning rate at the end of the run (" + _default_help("final_learning_rate") + ")")
     train.add_argument(
         "--elbo", "--objective", dest="elbo", default="trace", choices=ELBOS, type=lambda text: _RENAMED_ELBOS.get(text, text),
         help="trace: Trace_ELBO; analytic-kl: TraceMeanField_ELBO, the KL in closed form; iwae: the k-sample IWAE bound, k = --particles",
@@ -178,6 +186,7 @@ class _Setup(NamedTuple):
     model_config: dict
     out: Path
     checkpoint_path: Path
+    saved_checkpoint: dict | None  # --resume: the checkpoint, read and checked once (rank 0)
 
 
 def _check(args: argparse.Namespace, data_parallel) -> _Setup:
@@ -206,6 +215,8 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
         checkpoint_every_steps=args.checkpoint_every_steps,
         on_nan=args.on_nan,
         compile=args.compile,
+        lr_schedule=args.lr_schedule,
+        final_learning_rate=args.final_learning_rate,
     )
     pyro.set_rng_seed(args.seed)
     VAE(1, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale)  # validates the options before loading data
@@ -225,9 +236,10 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
     out = Path(args.out)
     checkpoint_path = out / "checkpoint.pt"
+    saved_checkpoint = None
     if is_main:  # rank 0 alone writes checkpoints: its OUT is the one that matters
         if args.resume:
-            checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": vars(config)}, broadcast=False)
+            saved_checkpoint = checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": config.checkpoint_config()}, broadcast=False)
         elif checkpoint_path.exists() and not args.overwrite:
             raise OutputError(
                 f"{str(checkpoint_path)!r} already holds a checkpoint; pass --resume to continue it "
@@ -236,7 +248,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     if hasattr(loss, "check"):  # an estimator that does not apply to this guide fails here, before any output
         loss.check(vae.model, vae.guide, dataset.train_images[:2], None, dataset.train_images.shape[0])
         pyro.clear_param_store()
-    return _Setup(device, config, dataset, loss, vae, model_config, out, checkpoint_path)
+    return _Setup(device, config, dataset, loss, vae, model_config, out, checkpoint_path, saved_checkpoint)
 
 
 def _agreed(check, data_parallel) -> tuple[Any, bool]:
@@ -273,7 +285,7 @@ def _train(args: argparse.Namespace, data_parallel) -> int:
     setup, failed = _agreed(lambda: _check(args, data_parallel), data_parallel)
     if failed:
         return 2
-    device, config, dataset, loss, vae, model_config, out, checkpoint_path = setup
+    device, config, dataset, loss, vae, model_config, out, checkpoint_path, _ = setup
     # Rank 0 holds OUT for the whole run: created, locked (a second run into it is refused), claimed.
     with contextlib.ExitStack() as holding:
         out, failed = _agreed(
@@ -293,7 +305,7 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
     from pyro_vi.vae.train import fit
 
-    device, config, dataset, loss, vae, model_config, _, checkpoint_path = setup
+    device, config, dataset, loss, vae, model_config, _, checkpoint_path, saved_checkpoint = setup
 
     # 2. Train. The test set is binarized once, with its own generator, the same on every run.
     test_images = binarize(dataset.test_images, args.binarization, torch.Generator(device=device).manual_seed(0))
@@ -318,6 +330,8 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
             checkpoint_config=model_config,
             progress=not args.no_progress and is_main,
             data_parallel=data_parallel,
+            loaded_checkpoint=saved_checkpoint,  # read once, in _check
+            data_checked=True,  # scanned once, by vae.validate in _check
         )
     except TrainingInterrupted as interrupted:
         if is_main:
@@ -341,6 +355,9 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
         "loss": _loss_name(args),
         "binarization": args.binarization,
         "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "lr_schedule": args.lr_schedule,
+        "final_learning_rate": args.final_learning_rate,
         "test_elbo": last["test_elbo"],
         "test_recon": last["test_recon"],
         "test_kl": last["test_kl"],

@@ -4,7 +4,7 @@ The VAE's model and guide take ``(x, indices, num_data, kl_weight)``. This modul
 path and schedule, nothing more: each step's ``indices`` come from ``engine.EpochSubsample`` (every
 image once per epoch, order from the seed), ``x`` is those images binarized afresh
 (``binarization``: dynamic | threshold | none), and ``kl_weight`` rises linearly over
-``kl_warmup_epochs`` (KL annealing). After each epoch, the mean training ELBO and ``evaluate``'s
+``kl_warmup_epochs`` (KL annealing), and the learning rate follows ``lr_schedule`` over the run's steps. After each epoch, the mean training ELBO and ``evaluate``'s
 numbers join the history, which the engine saves in its checkpoints: the loop's guarantees (NaN/inf
 check before the update, atomic checkpoints, exact resume, deferred Ctrl-C that checkpoints and
 raises ``TrainingInterrupted``, data parallelism) are the engine's.
@@ -29,6 +29,7 @@ from pyro_vi import engine
 from pyro_vi.engine import distributed
 from pyro_vi.engine import optim
 from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
+from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
 
 
@@ -47,6 +48,10 @@ class TrainConfig:
     # Record the Trace_ELBO of the first step as a tensor program and replay it (pyro_vi.engine.compiled):
     # same values and gradients, no Pyro tracing per step; needs a static, reparameterized model.
     compile: bool = False
+    # Learning rate of each step: constant, or from learning_rate down to final_learning_rate at the
+    # end of the run's epochs (cosine: half a cosine wave; exponential: a constant factor per step).
+    lr_schedule: str = "constant"  # constant | cosine | exponential
+    final_learning_rate: float = 0.0  # cosine: >= 0; exponential: > 0; constant: unused (leave 0)
 
     def validate(self, num_data: int) -> None:
         for name in ("epochs", "batch_size", "seed", "checkpoint_every_steps"):
@@ -54,7 +59,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ConfigError(f"{name.replace('_', ' ')} must be an integer, got {value!r} ({type(value).__name__})")
             setattr(self, name, int(value))  # NumPy integers too
-        for name in ("learning_rate", "kl_warmup_epochs"):
+        for name in ("learning_rate", "kl_warmup_epochs", "final_learning_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"{name.replace('_', ' ')} must be a number, got {value!r} ({type(value).__name__})")
@@ -65,6 +70,19 @@ class TrainConfig:
             raise ConfigError(f"batch size {self.batch_size} is larger than the {num_data} training points; lower it")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ConfigError(f"learning rate must be positive and finite, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule == "constant" and self.final_learning_rate != 0:
+            raise ConfigError(
+                f"a final learning rate ({self.final_learning_rate}) needs a schedule to reach it; "
+                f"choose lr_schedule {' or '.join(LR_SCHEDULES[1:])}, or leave the final learning rate at 0"
+            )
+        if not (0 <= self.final_learning_rate <= self.learning_rate):
+            raise ConfigError(
+                f"final learning rate must be from 0 to the learning rate {self.learning_rate}, got {self.final_learning_rate}"
+            )
+        if self.lr_schedule == "exponential" and self.final_learning_rate <= 0:
+            raise ConfigError("an exponential decay never reaches 0: give a positive final learning rate, e.g. learning_rate / 100")
         if not (self.kl_warmup_epochs >= 0 and math.isfinite(self.kl_warmup_epochs)):
             raise ConfigError(f"KL warm-up must be >= 0 epochs and finite, got {self.kl_warmup_epochs}")
         if not 0 <= self.seed <= 2**32 - 1:  # NumPy's seed range
@@ -82,6 +100,54 @@ class TrainConfig:
         # Weight of step ``step`` (0-based) counts that step as done, so the first is > 0:
         # poutine.scale needs a positive scale.
         return min(1.0, (epoch + (step + 1) / steps_per_epoch) / self.kl_warmup_epochs)
+
+    def learning_rate_factor(self, step: int, num_steps: int) -> float:
+        """The learning rate of step ``step`` (0-based) of a ``num_steps`` run, over ``learning_rate``.
+
+        With ``t = step / num_steps`` and ``f = final_learning_rate / learning_rate``: constant 1;
+        cosine ``f + (1 - f) (1 + cos(pi t)) / 2``; exponential ``f ** t``. Steps past the run's end
+        stay at ``f``.
+        """
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(step / num_steps, 1.0)
+        final = self.final_learning_rate / self.learning_rate
+        if self.lr_schedule == "cosine":
+            return final + (1.0 - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
+        return final**progress
+
+    def checkpoint_config(self) -> dict:
+        """The options a checkpoint records (and a resumed run must match, epochs and the like aside).
+
+        A scheduled run adds its horizon, ``lr_schedule_epochs``: its learning rates depend on the
+        run's epochs, so resuming it with other epochs is refused. A constant-rate run records no
+        schedule keys, so its checkpoints match those written before schedules existed.
+        """
+        config = dataclasses.asdict(self)
+        if self.lr_schedule == "constant":
+            del config["lr_schedule"], config["final_learning_rate"]
+        else:
+            config["lr_schedule_epochs"] = self.epochs
+        return config
+
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+def _default_optimizer(config: TrainConfig, num_steps: int) -> pyro.optim.PyroOptim:
+    """Adam at ``config.learning_rate``, scheduled by ``config.lr_schedule`` over ``num_steps``."""
+    if config.lr_schedule == "constant":
+        return optim.Adam({"lr": config.learning_rate})
+
+    def factor(step: int) -> float:  # a plain function: LambdaLR's checkpoint state leaves it out
+        return config.learning_rate_factor(step, num_steps)
+
+    # The engine steps the scheduler after every step (scheduler_every=1) and checkpoints its state
+    # with the optimizer's, so a resumed run continues the same rates.
+    return pyro.optim.PyroLRScheduler(
+        torch.optim.lr_scheduler.LambdaLR,
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": config.learning_rate}, "lr_lambda": factor},
+    )
 
 
 class ImageFitResult(NamedTuple):
@@ -112,6 +178,8 @@ def fit(
     validate_data: Callable[[Tensor], None] | None = None,
     progress: bool = True,
     data_parallel: distributed.DataParallel | None = None,
+    loaded_checkpoint: dict | None = None,
+    data_checked: bool = False,
 ) -> ImageFitResult:
     """Maximize the ELBO of ``model``/``guide`` on ``train_images``, epoch by epoch of minibatches.
 
@@ -120,7 +188,9 @@ def fit(
         train_images: ``(num_data, pixels)`` on the training device.
         config: loop options.
         loss: a Pyro ELBO object (default ``Trace_ELBO()``).
-        optimizer: a Pyro optimizer (default ``pyro_vi.engine.optim.Adam(lr=config.learning_rate)``).
+        optimizer: a Pyro optimizer (default ``pyro_vi.engine.optim.Adam(lr=config.learning_rate)``;
+            with ``config.lr_schedule``, a ``pyro.optim.PyroLRScheduler`` around ``torch.optim.Adam``,
+            stepped every step). Pass no optimizer with a schedule.
         evaluate: called after each epoch with the epoch number; its dict joins the history.
         modules: unused (kept for callers): the engine restores ``pyro.module`` parameters in place.
         checkpoint_path: where to write checkpoints (atomically); ``None`` writes none.
@@ -132,6 +202,10 @@ def fit(
             ``validate`` method of the object ``model`` is a method of, e.g. ``VAE.validate``).
         progress: show a tqdm progress bar.
         data_parallel: this process's rank of a data-parallel run (``pyro_vi.engine.distributed``).
+        loaded_checkpoint: with ``resume``, the checkpoint as ``engine.checkpoint.load`` already
+            returned it (``pyro-vi vae``'s preflight): the file is not read again.
+        data_checked: the caller already ran ``validate_data`` (e.g. ``VAE.validate``) on
+            ``train_images``: skip its full-data scans (the dtype and grad checks still run).
 
     Returns:
         ImageFitResult. History entries hold ``epoch``, ``train_elbo`` (per datapoint, mean over the
@@ -143,8 +217,14 @@ def fit(
         TrainingDivergedError: a NaN/inf loss or gradient (with ``on_nan="raise"``).
         TrainingInterrupted: Ctrl-C or SIGTERM, after the checkpoint is written.
     """
-    validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
     owner = getattr(model, "__self__", None)
+    if validate_data is None:
+        validate_data = getattr(owner, "validate", None)  # e.g. VAE.validate
+    if not data_checked:  # once, before training: the steps stay free of full-data scans
+        if getattr(validate_data, "__func__", None) is not VAE.validate:  # VAE.validate runs validate_images itself
+            validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
+        if validate_data is not None:
+            validate_data(train_images)
     network_dtype = next(owner.parameters()).dtype if isinstance(owner, torch.nn.Module) and any(True for _ in owner.parameters()) else None
     if network_dtype is not None and train_images.dtype != network_dtype:
         raise DataError(
@@ -153,15 +233,14 @@ def fit(
         )
     if train_images.requires_grad:
         raise DataError("train_images require grad; pass train_images.detach() (training must not write the data's .grad)")
-    if validate_data is None:
-        validate_data = getattr(getattr(model, "__self__", None), "validate", None)  # e.g. VAE.validate
-    if validate_data is not None:
-        validate_data(train_images)  # once: the steps stay free of full-data scans
     num_data = train_images.shape[0]
     config.validate(num_data)
-    optimizer = optim.Adam({"lr": config.learning_rate}) if optimizer is None else optimizer
+    if optimizer is not None and config.lr_schedule != "constant":
+        raise ConfigError("lr_schedule makes its own optimizer; pass either an optimizer or a learning-rate schedule")
     indices = engine.EpochSubsample(num_data, config.batch_size, config.seed, train_images.device, data_parallel=data_parallel)
     steps_per_epoch = indices.steps_per_epoch
+    if optimizer is None:
+        optimizer = _default_optimizer(config, config.epochs * steps_per_epoch)
 
     def images(step: int) -> Tensor:
         return binarize(train_images[indices(step)], config.binarization)
@@ -219,9 +298,10 @@ def fit(
             callback=end_of_step,
             checkpoint=checkpoint_path,
             checkpoint_every=checkpoint_due,
-            checkpoint_config={"train": dataclasses.asdict(config), "model": checkpoint_config or {}},
+            checkpoint_config={"train": config.checkpoint_config(), "model": checkpoint_config or {}},
             resume=resume,
             overwrite=overwrite,
+            loaded_checkpoint=loaded_checkpoint,
             state=state,
             on_nan=config.on_nan,
             progress=progress,
