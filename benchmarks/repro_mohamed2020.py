@@ -27,7 +27,7 @@ def main(args):
     for cost in gradient_toys.COSTS:
         for k in np.linspace(*gradient_toys.K_RANGES[cost], num_k):
             exact_gradient = gradient_toys.exact_gradient(cost, float(k))
-            for estimator in gradient_toys.ESTIMATORS:
+            for estimator in gradient_toys.TOY_ESTIMATORS:
                 for index, param in enumerate(gradient_toys.PARAMS):
                     moments = gradient_toys.exact_moments(estimator, cost, float(k), param)
                     samples = gradient_toys.gradient_samples(estimator, cost, float(k), param, num_samples, seed=args.seed + index)
@@ -47,7 +47,7 @@ def main(args):
         for param in gradient_toys.PARAMS:
             line = "  ".join(
                 f"{e} {np.median([r['exact_variance'] for r in rows if (r['cost'], r['param'], r['estimator']) == (cost, param, e)]):.3g}"
-                for e in gradient_toys.ESTIMATORS
+                for e in gradient_toys.TOY_ESTIMATORS
             )
             print(f"{cost:6s} d/d {param:5s} median exact variance over k: {line}")
     print(f"max |MC variance - exact| / SE {worst:.2f}; max |MC mean - exact gradient| / SE {worst_mean:.2f}")
@@ -81,7 +81,7 @@ def figure(rows, path):
     for column, cost in enumerate(gradient_toys.COSTS):
         for row, param in enumerate(gradient_toys.PARAMS):
             axis = axes[row, column]
-            for estimator, color in zip(gradient_toys.ESTIMATORS, ("C0", "C1", "C2")):
+            for estimator, color in zip(gradient_toys.TOY_ESTIMATORS, ("C0", "C1", "C2")):
                 points = [r for r in rows if (r["cost"], r["param"], r["estimator"]) == (cost, param, estimator)]
                 ks = [r["k"] for r in points]
                 axis.plot(ks, [r["exact_variance"] for r in points], color=color, label=estimator)

@@ -18,7 +18,7 @@ from pyro_vi import gradient_variance  # noqa: E402
 from pyro_vi.estimators import problems as variance_models  # noqa: E402
 from pyro_vi.plots import variance as plots_variance  # noqa: E402
 
-ESTIMATORS = [("reparam", 1), ("score", 1), ("score-naive", 1), ("score-graph", 1), ("score-baseline", 1),
+CELLS = [("reparam", 1), ("score", 1), ("score-naive", 1), ("score-graph", 1), ("score-baseline", 1),
               ("score-nn-baseline", 1), ("rloo", 2), ("stl", 1), ("analytic-kl", 1)]
 
 
@@ -26,7 +26,7 @@ def main(args):
     _common.setup_threads()
     num_replicates = 200 if args.quick else args.replicates
     rows = []
-    for name, num_particles in ESTIMATORS:
+    for name, num_particles in CELLS:
         problem = variance_models.make_problem("pyro-test", seed=args.seed)
         exact = problem.reference()
         result = gradient_variance(problem.model, problem.guide, *problem.args, estimator=name,

@@ -30,7 +30,7 @@ from pyro_vi import VAE, TrainConfig, binarize, get_estimator, gradient_variance
 from pyro_vi.vae import evaluate  # noqa: E402
 from pyro_vi.vae.train import fit  # noqa: E402
 
-ESTIMATORS = ("reparam", "score", "score-baseline", "stl")
+COMPARED = ("reparam", "score", "score-baseline", "stl")  # the estimators this reproduction compares by default
 BASELINE_WARMUP_DRAWS = 50
 
 
@@ -140,7 +140,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", help="digits or mnist (--quick: digits)")
     parser.add_argument("--data-dir", default=None, help="where the MNIST IDX files are (e.g. /work/shared/data/mnist)")
-    parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
+    parser.add_argument("--estimators", nargs="+", default=list(COMPARED), choices=COMPARED)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-3)

@@ -29,7 +29,7 @@ from numpy.polynomial import hermite_e
 
 __all__ = [
     "COSTS",
-    "ESTIMATORS",
+    "TOY_ESTIMATORS",
     "PARAMS",
     "K_RANGES",
     "Moments",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 COSTS = ("square", "exp", "cos")
-ESTIMATORS = ("score", "score-optimal-baseline", "reparam")
+TOY_ESTIMATORS = ("score", "score-optimal-baseline", "reparam")  # the toys' own estimators (not the registry, pyro_vi.estimators.ESTIMATORS)
 PARAMS = ("loc", "scale")
 # The ranges of k plotted in the paper's figure 2 (square: the quadratic's centre; exp, cos: a
 # frequency / width).
@@ -101,7 +101,7 @@ def estimator_function(
     elif estimator == "score-optimal-baseline":
         baseline = optimal_baseline(cost_name, k, param, loc, scale, num_nodes)
     else:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(TOY_ESTIMATORS)}")
     return lambda eps: (cost(cost_name, loc + scale * eps, k) - baseline) * _score(param, eps, scale)
 
 
