@@ -8,11 +8,11 @@ estimator, the mean gradient, its total variance and SNR over replicates.
 import argparse
 
 from pyro_vi import gradient_variance
-from pyro_vi.estimators import problems as variance_models
+from pyro_vi.estimators import problems
 
 
 def main(args):
-    problem = variance_models.make_problem("pyro-test", seed=args.seed)
+    problem = problems.make_problem("pyro-test", seed=args.seed)
     exact = problem.reference()
     print(f"exact: loc {exact['loc'].tolist()}, scale {exact['scale'].tolist()}")
     for name in args.estimators.split(","):
