@@ -267,6 +267,30 @@ def test_bad_options_raise_config_error():
         estimators.get_estimator("rloo", num_particles=1)
 
 
+FAMILIES = {
+    "reparam": "Pathwise", "stl": "Pathwise", "analytic-kl": "AnalyticKL", "gumbel": "Relaxed",
+    "score": "ScoreFunction", "score-naive": "ScoreFunction", "rloo": "LeaveOneOut", "score-graph": "GraphScore",
+    "score-baseline": "AverageBaseline", "score-nn-baseline": "NetworkBaseline", "enum": "Enumeration",
+    "iwae": "ImportanceWeighted", "dreg": "ImportanceWeighted",
+}
+
+
+def test_every_name_builds_its_family():
+    """The families register their names (``names=`` on the class): every name, one family, by
+    get_estimator and by GradientEstimator(name) alike; a name twice or outside ESTIMATORS is refused."""
+    assert set(FAMILIES) == set(estimators.ESTIMATORS)
+    for name, family in FAMILIES.items():
+        num_particles = 2 if name == "rloo" else 1
+        built = estimators.get_estimator(name, num_particles=num_particles)
+        assert type(built) is getattr(estimators, family) and built.name == name
+        assert type(estimators.GradientEstimator(name, num_particles=num_particles)) is type(built)
+    with pytest.raises(TypeError, match="already taken"):
+        type("Twice", (estimators.GradientEstimator,), {}, names=("reparam",))
+    with pytest.raises(TypeError, match="not in ESTIMATORS"):
+        type("Unknown", (estimators.GradientEstimator,), {}, names=("reinforce",))
+    assert type(estimators.get_estimator("reparam")) is estimators.Pathwise  # the refused classes took no name
+
+
 @pytest.mark.parametrize(
     "name", ["score-baseline", pytest.param("score-nn-baseline", marks=pytest.mark.slow), pytest.param("rloo", marks=pytest.mark.slow)]
 )
