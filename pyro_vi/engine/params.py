@@ -134,6 +134,7 @@ class StoreSlot:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        """Within the block the global param store is this slot's; the outer store is back after."""
         outer = snapshot()
         restore(self._state)
         try:
