@@ -52,7 +52,7 @@ def exact_elbo(model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
     summed over their joint support with weights q(c). Differentiable in the params.
     """
     sizes = []
-    with noise_from(lambda shape: sizes.append(int(torch.Size(shape).numel())) or torch.zeros(shape)):
+    with noise_from(lambda shape, dtype=None, device=None: sizes.append(int(torch.Size(shape).numel())) or torch.zeros(shape)):
         dry_run = poutine.trace(guide).get_trace(*args, **kwargs)
     num_noise = sum(sizes)
     discrete = [
@@ -80,7 +80,7 @@ def exact_elbo(model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
         for point in points:
             position = [0]
 
-            def draw(shape, point=point, position=position):
+            def draw(shape, dtype=None, device=None, point=point, position=position):
                 size = int(torch.Size(shape).numel())
                 value = point[position[0] : position[0] + size].reshape(shape)
                 position[0] += size
@@ -112,10 +112,11 @@ def exact_elbo_gradient(model: Callable, guide: Callable, *args, **kwargs) -> di
 
 class noise_from:
     """Inside the block, torch's and Pyro's ``_standard_normal`` (the noise of every Gaussian
-    rsample) returns ``draw(shape)``; put back after.
+    rsample) returns ``draw(shape, dtype=dtype, device=device)``; put back after.
 
     Args:
-        draw: ``shape -> Tensor`` of standard normal noise (or any values to push through rsample).
+        draw: ``(shape, dtype, device) -> Tensor`` of standard normal noise (or any values to push
+            through rsample); ``torch.randn`` draws out of place, which vmap batches.
     """
 
     def __init__(self, draw):
@@ -126,7 +127,7 @@ class noise_from:
         for name, module in list(sys.modules.items()):
             if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
                 self.patched.append((module, module._standard_normal))
-                module._standard_normal = lambda shape, dtype=None, device=None: self.draw(shape)
+                module._standard_normal = lambda shape, dtype=None, device=None: self.draw(shape, dtype=dtype, device=device)
         return self
 
     def __exit__(self, *exc):

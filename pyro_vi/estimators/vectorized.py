@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_vi.engine import params
+from pyro_vi.estimators import exact
 
 __all__ = ["gradients"]
 
@@ -171,22 +172,15 @@ def _out_of_place_noise():
     """Make the samplers and log-sum-exps of torch and Pyro vmap-friendly for the block; restored after.
 
     - torch.distributions' in-place ``_standard_normal`` becomes ``torch.randn`` (vmap draws
-      different noise per replicate only out of place);
+      different noise per replicate only out of place; :class:`~pyro_vi.estimators.exact.noise_from`);
     - Dirichlet (and so Beta) ``rsample`` draws normalized independent standard gammas: the same
       distribution, differentiated through torch's own gamma derivative, where torch's sampler is
       an autograd.Function without ``setup_context``, which vmap refuses;
     - Pyro's ``safe_log`` (in TraceEnum_ELBO's log-space einsum) gets a ``setup_context`` twin.
     """
-
-    def standard_normal(shape, dtype, device):
-        return torch.randn(shape, dtype=dtype, device=device)
-
     patched = []
     safe_log = pyro.ops.special.safe_log
     for name, module in list(sys.modules.items()):
-        if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
-            patched.append((module, "_standard_normal", module._standard_normal))
-            module._standard_normal = standard_normal
         if name.startswith("pyro.") and getattr(module, "safe_log", None) is safe_log:
             patched.append((module, "safe_log", module.safe_log))
             module.safe_log = _safe_log
@@ -194,7 +188,8 @@ def _out_of_place_noise():
     patched.append((dirichlet, "rsample", dirichlet.rsample))
     dirichlet.rsample = _dirichlet_rsample
     try:
-        yield
+        with exact.noise_from(torch.randn):
+            yield
     finally:
         for owner, attribute, original in reversed(patched):
             setattr(owner, attribute, original)

@@ -91,7 +91,7 @@ def test_particle_gradient(name, monkeypatch):
     # Every Gaussian draw, rsample or sample (score estimators), takes the next fixed noise.
     monkeypatch.setattr(torch.distributions.Normal, "sample", lambda self, sample_shape=torch.Size(): self.rsample(sample_shape).detach())
     params = [param_store.unconstrained("loc"), param_store.unconstrained("scale")]  # unconstrained: loc, log scale
-    with exact.noise_from(lambda shape: next(draws).reshape(shape)):
+    with exact.noise_from(lambda shape, **_: next(draws).reshape(shape)):
         loss = estimator.differentiable_loss(cell.model, cell.guide, *cell.args)
     actual = torch.autograd.grad(loss, params)
     loc, log_scale = (p.detach().clone().requires_grad_(True) for p in params)
