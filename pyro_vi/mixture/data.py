@@ -98,12 +98,12 @@ def load_file(
         if path.suffix == ".npy":
             table = np.load(path, allow_pickle=False)
         else:
-            with open(path) as file:
-                first = file.readline()
-            skip = 0 if _is_numeric_row(first) else 1
+            with open(path) as file:  # read once: the header check and the parse share the lines
+                lines = file.read().splitlines()
+            skip = 0 if _is_numeric_row(lines[0] if lines else "") else 1
             with warnings.catch_warnings():  # an empty file: our one line below, not NumPy's warning
                 warnings.simplefilter("ignore")
-                table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+                table = np.loadtxt(lines, delimiter=",", skiprows=skip, ndmin=2)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as error:
         raise DataError(f"cannot read {str(path)!r} as a numeric table ({_first_line(error)}); use a comma-separated CSV or .npy") from None
     if not isinstance(table, np.ndarray) or table.dtype.kind not in "biuf":
