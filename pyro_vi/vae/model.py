@@ -213,12 +213,10 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> tuple["VAE", di
     if vae.likelihood_name == "gaussian" and vae.x_scale is None:
         expected["x_scale"] = ((), torch.float32)
     checkpoint.check_params(saved, expected, path, optional=("x_scale",))
+    # The modules' own parameters become the store's entries; the checkpoint's values are copied into
+    # them in place (the engine's restore on resume), a learned x_scale added with its constraint.
     pyro.clear_param_store()
-    params = {name: value.to(device).detach().requires_grad_() for name, value in saved["param_store"]["params"].items()}
-    pyro.get_param_store().set_state({"params": params, "constraints": saved["param_store"]["constraints"]})
-    try:
-        pyro.module("encoder", vae.encoder, update_module_params=True)
-        pyro.module("decoder", vae.decoder, update_module_params=True)
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its VAE config ({error}); it may be from another version") from None
+    pyro.module("encoder", vae.encoder)
+    pyro.module("decoder", vae.decoder)
+    checkpoint.restore_params(saved, device)
     return vae, config
