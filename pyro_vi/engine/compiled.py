@@ -16,7 +16,10 @@ result is an ordinary function of tensors: ``loss = compiled(*args); loss.backwa
 same ``.grad``s as ``Trace_ELBO().loss_and_grads`` and, with the same RNG state, gives the same
 value and gradients (checked once when compiling, and by ``tests/engine/test_compiled.py``).
 
-Three things stand between a Pyro step and a recording, and are handled here:
+Any loss whose ``differentiable_loss`` is made of tensor operations is recorded the same way:
+``TraceEnum_ELBO`` (the enumerated GMM) and the pyro_vi estimators in ``COVERED_ESTIMATORS``
+(score-function ones included: their surrogates are tensor operations of the traces). What stands
+between a Pyro step and a recording, and is handled here:
 
 * sample validation: a distribution built with ``validate_args`` (a ``PyroSample`` prior made
   while Pyro's validation was on keeps it) checks each value's support, which reads the value;
@@ -24,19 +27,25 @@ Three things stand between a Pyro step and a recording, and are handled here:
 * Beta and Dirichlet samplers (torch's autograd.Function): recorded through
   :mod:`pyro_vi.engine.samplers`, the same draws and gradients as torch's;
 * PyroModules (AutoGuides, ``PyroModule[nn.Linear]``) hold their params as attributes as well as
-  in the store: both are swapped for the recording's inputs (:mod:`pyro_vi.engine.params`).
+  in the store: both are swapped for the recording's inputs (:mod:`pyro_vi.engine.params`);
+* ``detach()`` and ``no_grad`` blocks (score-function surrogates, sticking the landing): recorded
+  above autograd (``make_fx(..., pre_dispatch=True)``), so they stay what they are;
+* a truth value read off a tensor (``if mask.all():`` in Pyro's TraceEnum_ELBO, a model's
+  ``if x.sum() > 0:``) is recorded as a guard: the program returns the tensor too, and a step
+  where it differs from the recording's is taken by the plain path from the same RNG state.
 
-What it refuses (``ConfigError``, one line; :func:`can_compile` says it without recording): a loss
-other than ``Trace_ELBO`` (any ``num_particles``, particles one after another), a guide site that
-cannot rsample (the surrogate is the pathwise one), and Python control flow that reads tensor values
-(a model that branches on its data would be recorded along one branch only: the check at compile
-time catches a mismatch on the compiling batch, not on later ones). Non-tensor arguments are
-recorded as constants: pass what changes between steps (a KL weight) as a tensor.
+What it refuses (``ConfigError``, one line; :func:`can_compile` says it without recording): losses
+not covered (``score-baseline`` and ``TraceGraph_ELBO`` keep state the step rewrites in the param
+store; others are not covered yet), vectorized particles, a ``Trace_ELBO`` guide site that cannot
+rsample (use a score-function estimator), and a value read into Python (``.item()``, ``float(x)``,
+a tensor as an index), which a recording cannot follow. Non-tensor arguments are recorded as
+constants: pass what changes between steps (a KL weight) as a tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from typing import Callable, Iterator, Sequence
@@ -47,7 +56,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make_fx
+from torch.overrides import TorchFunctionMode
 
 from pyro_vi.engine import params as param_store
 from pyro_vi.engine import rng, samplers
@@ -80,35 +90,81 @@ def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particl
 
 
 class CompiledLoss:
-    """``surrogate_loss`` of one model/guide pair, recorded once; call it with the step's args.
+    """The step's loss of one model/guide pair, recorded once; call it with the step's args.
 
     Attributes:
         params: the unconstrained tensors it differentiates (Pyro's params and registered module
             parameters), the leaves whose ``.grad`` a backward pass fills.
         names: their param-store names.
+        guards: the truth values the recording read off tensors (``if mask.all():`` in Pyro's
+            TraceEnum_ELBO, a model's ``if x.sum() > 0:``), in order. The program returns those
+            tensors too; a call where one differs took another branch than the recording, and that
+            step is taken by ``plain`` instead, from the same RNG state (so it is still the plain
+            step).
     """
 
-    def __init__(self, graph: Callable, names: list[str], params: list[Tensor]):
+    def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
+                 plain: Callable | None = None):
         self._graph = graph
         self.names = names
         self.params = params
+        self.guards = list(guards)
+        self._plain = plain
+        self.fallbacks = 0  # steps taken by the plain path (a guard differed)
 
     def __call__(self, *args) -> Tensor:
-        return self._graph(self.params, *args)
+        if not self.guards:
+            out = self._graph(self.params, *args)
+            return out if isinstance(out, Tensor) else out[0]
+        state = torch.get_rng_state()
+        value, *read = self._graph(self.params, *args)
+        if all(bool(flag) == want for flag, want in zip(read, self.guards)):
+            return value
+        self.fallbacks += 1
+        torch.set_rng_state(state)
+        with pyro.validation_enabled(False):
+            return self._plain(*args)
+
+
+# The pyro_vi estimators a recording reproduces (their surrogates are tensor operations of the traces).
+COVERED_ESTIMATORS = (
+    "reparam", "stl", "analytic-kl", "score", "score-naive", "rloo", "score-graph", "score-nn-baseline", "enum",
+    "gumbel", "iwae", "dreg",
+)
+# Pyro ELBOs by class name, and why the others are not covered.
+_PYRO_LOSSES = ("Trace_ELBO", "TraceEnum_ELBO")
+_REFUSED = {
+    "score-baseline": "score-baseline's decaying-average baselines are state each step rewrites in the param store, "
+                      "which a recorded program would freeze",
+    "TraceGraph_ELBO": "TraceGraph_ELBO computes its loss with .item() and may keep baselines as param-store state each "
+                       "step rewrites; use pyro_vi's score-graph estimator (the same gradient), which compiles",
+}
 
 
 def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str | None:
     """``None`` if ``compile_loss`` covers this loss and these arguments, else the one-line reason.
 
-    Cheap: it looks at the loss and the arguments only (no tracing, no recording, no random draw).
-    What only a trace shows (a guide site that cannot rsample, a model that branches on its data) is
-    refused by :func:`compile_loss` with a ``ConfigError``, after the first plain step.
+    Covered: ``Trace_ELBO`` and ``TraceEnum_ELBO`` (any ``num_particles``, one after another), and
+    the pyro_vi estimators in ``COVERED_ESTIMATORS``. Cheap: it looks at the loss and the arguments
+    only (no tracing, no recording, no random draw); what only a trace shows (a Trace_ELBO guide
+    site that cannot rsample, ``.item()`` in the model) is refused by :func:`compile_loss` with a
+    ``ConfigError`` after the first plain step.
     """
+    from pyro_vi.estimators.base import GradientEstimator
+
     loss = Trace_ELBO() if loss is None else loss
-    if type(loss) is not Trace_ELBO:
-        return f"compile works with Trace_ELBO (the pathwise estimator), not {type(loss).__name__}; drop --compile for this loss"
+    if isinstance(loss, GradientEstimator):
+        name = loss.name
+        if name in COVERED_ESTIMATORS:
+            return None
+        reason = _REFUSED.get(name, f"estimator {name!r} is not covered by compile (covered: {', '.join(COVERED_ESTIMATORS)})")
+        return f"{reason}; drop --compile for it"
+    name = type(loss).__name__
+    if name not in _PYRO_LOSSES or type(loss).__module__.split(".")[0] != "pyro":
+        reason = _REFUSED.get(name, f"compile covers Trace_ELBO, TraceEnum_ELBO and pyro_vi's estimators, not {name}")
+        return f"{reason}; drop --compile for this loss"
     if loss.num_particles > 1 and loss.vectorize_particles:
-        return "compile records particles one after another; use Trace_ELBO(vectorize_particles=False) or drop --compile"
+        return f"compile records particles one after another; use {name}(vectorize_particles=False) or drop --compile"
     return None
 
 
@@ -121,7 +177,7 @@ def compile_loss(
     param_names: Sequence[str] | None = None,
     check: bool = True,
 ) -> CompiledLoss:
-    """Record ``loss`` (a ``Trace_ELBO``) of ``model``/``guide`` on ``args`` as a tensor program.
+    """Record ``loss`` of ``model``/``guide`` on ``args`` as a tensor program (see :func:`can_compile`).
 
     The params must exist already (run one plain step first, as ``pyro_vi.fit`` does).
 
@@ -129,10 +185,10 @@ def compile_loss(
         model, guide: the pair, called as ``model(*args)``.
         args: one step's arguments; later calls must pass tensors of the same shapes (and the same
             non-tensor values, which are recorded as constants).
-        loss: a ``pyro.infer.Trace_ELBO`` (default ``Trace_ELBO()``); its ``num_particles`` is kept.
+        loss: a covered loss (default ``Trace_ELBO()``); its ``num_particles`` is kept.
         param_names: the param-store names to differentiate (default: every param the model and
             guide read).
-        check: compare value and gradients with ``Trace_ELBO`` once, on ``args`` with the same noise
+        check: compare value and gradients with ``loss.differentiable_loss`` once, on ``args`` with the same noise
             (every RNG is restored afterwards, so the run's random stream is not disturbed).
 
     Raises:
@@ -166,12 +222,21 @@ def _recordable() -> Iterator[None]:
         torch.distributions.Distribution._validate_sample = validate_sample
 
 
+def _objective(loss) -> Callable[[Callable, Callable, Sequence], Tensor]:
+    """The step's loss as a tensor whose value is the loss and whose gradient the estimator's."""
+    if type(loss) is Trace_ELBO:
+        return lambda model, guide, args: surrogate_loss(model, guide, args, loss.num_particles)
+    return lambda model, guide, args: loss.differentiable_loss(model, guide, *args)
+
+
 def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
-    num_particles = loss.num_particles
+    objective = _objective(loss)
+    # One run of the loss itself finds every param it reads (an estimator's own, such as baseline
+    # networks, included) and the modules holding them.
     with param_store.recording_modules() as modules, poutine.trace(param_only=True) as capture, _recordable():
         guide_trace = poutine.trace(guide).get_trace(*args)
-        poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    for site in prune_subsample_sites(guide_trace).nodes.values():
+        objective(model, guide, args)
+    for site in prune_subsample_sites(guide_trace).nodes.values() if type(loss) is Trace_ELBO else ():
         if site["type"] == "sample" and not site["is_observed"] and not getattr(site["fn"], "has_rsample", False):
             raise ConfigError(
                 f"compile needs a reparameterized guide, but site {site['name']!r} cannot rsample; drop --compile"
@@ -189,17 +254,23 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
             modules.setdefault(f"__callable_{id(candidate)}", candidate)
     holders = _holders(param_store.owners(modules))
 
-    def program(values: list[Tensor], *step_args) -> Tensor:
+    guards = _Guards()
+
+    def program(values: list[Tensor], *step_args) -> list[Tensor]:
         swaps: dict[int, tuple[nn.Module, dict[str, Tensor]]] = {}
         for value, param in zip(values, params):
             for module, key in holders.get(id(param), ()):
                 swaps.setdefault(id(module), (module, {}))[1][key] = value
-        with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps):
-            return surrogate_loss(model, guide, step_args, num_particles)
+        with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps), guards:
+            value = objective(model, guide, step_args)
+        return [value, *guards.tensors]
 
     with _recordable():
         try:
-            graph = make_fx(program, pre_dispatch=True)([p.detach() for p in params], *args)
+            # pre_dispatch: recorded above autograd, so detach() and no_grad blocks stay what they are
+            # (below it, detach is recorded as an alias and the replay would differentiate through it).
+            inputs = [p.detach().requires_grad_(p.requires_grad) for p in params]
+            graph = make_fx(program, pre_dispatch=True)(inputs, *args)
         except RuntimeError as error:
             if "tracing tensor" not in str(error):
                 raise
@@ -207,7 +278,27 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "the model or guide reads a tensor's value (data-dependent control flow, .item()), which a "
                 "recorded program cannot follow; run without --compile"
             ) from None
-    return CompiledLoss(_simplify(graph), names, params)
+    plain = functools.partial(loss.differentiable_loss, model, guide)
+    return CompiledLoss(_simplify(graph), names, params, guards.values, plain)
+
+
+class _Guards(TorchFunctionMode):
+    """While recording, a tensor's truth value (``if mask.all():``) is read from the real tensor
+    behind the recording and kept, with the tensor, as a guard the program also returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.tensors: list[Tensor] = []
+        self.values: list[bool] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is Tensor.__bool__:
+            with disable_proxy_modes_tracing():
+                value = bool(args[0])
+            self.tensors.append(args[0])
+            self.values.append(value)
+            return value
+        return func(*args, **(kwargs or {}))
 
 
 def _holders(owners: dict[int, list[tuple[nn.Module, str]]]) -> dict[int, list[tuple[nn.Module, str]]]:
@@ -337,7 +428,7 @@ def _signature(args) -> tuple:
 
 
 def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
-    """Value and gradients of the recorded program equal ``Trace_ELBO``'s on ``args``, same noise."""
+    """Value and gradients of the recorded program equal ``loss.differentiable_loss``'s on ``args``, same noise."""
     state = rng.get_state()
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -354,6 +445,6 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
         mismatch |= not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max())))
     if mismatch:
         raise ConfigError(
-            "the compiled ELBO differs from Trace_ELBO on the same batch and noise (the model's structure "
-            "depends on values, or a changing argument is not a tensor); run without --compile"
+            f"the compiled loss differs from {type(loss).__name__}'s on the same batch and noise (the model's "
+            "structure depends on values, or a changing argument is not a tensor); run without --compile"
         )

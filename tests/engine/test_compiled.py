@@ -85,7 +85,7 @@ def test_fit_with_compile_gives_the_plain_run():
 def test_compile_refuses_what_it_cannot_record():
     x = torch.randn(5, 2)
     Trace_ELBO().loss_and_grads(normal_model, normal_guide, x)
-    with pytest.raises(ConfigError, match="Trace_ELBO"):
+    with pytest.raises(ConfigError, match="TraceGraph_ELBO computes its loss with .item"):
         compiled.compile_loss(normal_model, normal_guide, (x,), TraceGraph_ELBO())
     with pytest.raises(ConfigError, match="vectorize"):
         compiled.compile_loss(normal_model, normal_guide, (x,), Trace_ELBO(num_particles=2, vectorize_particles=True))
@@ -101,14 +101,42 @@ def test_compile_refuses_what_it_cannot_record():
     with pytest.raises(ConfigError, match="reparameterized"):
         compiled.compile_loss(coin_model, coin_guide, (x,))
 
+    def reading_model(x):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+        spread = float(x.std())  # a value read off the data into Python: cannot be recorded
+        pyro.sample("obs", dist.Normal(z, spread).expand(x.shape).to_event(2), obs=x)
+
+    Trace_ELBO().loss_and_grads(reading_model, normal_guide, x)
+    with pytest.raises(ConfigError, match="control flow"):
+        compiled.compile_loss(reading_model, normal_guide, (x,))
+
+
+def test_a_branch_on_the_data_is_guarded_and_the_other_branch_runs_plain():
+    """A model that branches on its data (``if x.sum() > 0``) is recorded along the branch of the
+    compiling batch, with the branch condition as a guard: a batch taking the other branch is
+    stepped by the plain path from the same RNG state. Both give Trace_ELBO's value and gradients."""
+
     def branching_model(x):
         z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-        if x.sum() > 0:  # structure read off the data: cannot be recorded
+        if x.sum() > 0:  # structure read off the data
             pyro.sample("obs", dist.Normal(z, 1.0).expand(x.shape).to_event(2), obs=x)
+        else:
+            pyro.sample("obs", dist.Normal(z, 2.0).expand(x.shape).to_event(2), obs=x)
 
-    Trace_ELBO().loss_and_grads(branching_model, normal_guide, x)
-    with pytest.raises(ConfigError, match="control flow"):
-        compiled.compile_loss(branching_model, normal_guide, (x,))
+    positive = torch.randn(5, 2).abs()
+    Trace_ELBO().loss_and_grads(branching_model, normal_guide, positive)
+    program = compiled.compile_loss(branching_model, normal_guide, (positive,))
+    assert program.guards == [True]
+    for seed, batch in enumerate([positive + 1.0, -positive, positive]):
+        torch.manual_seed(seed)
+        value = program(batch)
+        grads = _grads(value, program.params)
+        torch.manual_seed(seed)
+        plain = Trace_ELBO().differentiable_loss(branching_model, normal_guide, batch)
+        assert torch.allclose(value, plain, rtol=1e-6, atol=1e-6)  # float rounding only (same ops, same noise)
+        for got, want in zip(grads, _grads(plain, program.params)):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert program.fallbacks == 1  # the negative batch only
 
 
 def test_compile_check_catches_a_program_that_disagrees():
@@ -117,7 +145,7 @@ def test_compile_check_catches_a_program_that_disagrees():
     x = torch.randn(5, 2)
     Trace_ELBO().loss_and_grads(normal_model, normal_guide, x)
     program = compiled.compile_loss(normal_model, normal_guide, (x,), check=False)
-    shifted = compiled.CompiledLoss(lambda params, *args: program._graph(params, *args) + 1.0, program.names, program.params)
+    shifted = compiled.CompiledLoss(lambda params, *args: program._graph(params, *args)[0] + 1.0, program.names, program.params)
     with pytest.raises(ConfigError, match="differs"):
         compiled._check(shifted, normal_model, normal_guide, (x,), Trace_ELBO())
     compiled._check(program, normal_model, normal_guide, (x,), Trace_ELBO())  # the true program passes

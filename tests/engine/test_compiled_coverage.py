@@ -184,3 +184,105 @@ def test_compiled_module_reads_no_pyro_internals():
     """Pyro's internals (the store's dicts, pyro.module) are reached through engine.params only."""
     source = (Path(compiled.__file__)).read_text()
     assert not re.findall(r"store\._|_params\b|pyro\.module = ", source)
+
+
+def _coin_pair():
+    module = load("coin")
+    return module.model, module.guide
+
+
+def _discrete_pair():
+    """A Beta weight and a Bernoulli label per datapoint, both in the guide: score-function sites."""
+
+    def model(x):
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
+        with pyro.plate("data", x.shape[0]):
+            label = pyro.sample("label", dist.Bernoulli(p))
+            pyro.sample("obs", dist.Normal(3.0 * label, 1.0), obs=x)
+
+    def guide(x):
+        a = pyro.param("a", torch.tensor(2.0), constraint=constraints.positive)
+        b = pyro.param("b", torch.tensor(2.0), constraint=constraints.positive)
+        probs = pyro.param("probs", torch.full((x.shape[0],), 0.5), constraint=constraints.unit_interval)
+        pyro.sample("p", dist.Beta(a, b))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("label", dist.Bernoulli(probs))
+
+    return model, guide
+
+
+_COIN_DATA = (torch.as_tensor(load("coin").make_data()["data"]),)
+_DISCRETE_DATA = (torch.randn(20, generator=torch.Generator().manual_seed(0)) + 1.5,)
+
+
+@pytest.mark.parametrize(
+    "estimator, make_pair, args",
+    [(name, _coin_pair, _COIN_DATA) for name in ("reparam", "stl", "analytic-kl", "score", "score-naive", "rloo",
+                                                  "score-graph", "iwae", "dreg")]
+    + [(name, _discrete_pair, _DISCRETE_DATA) for name in ("score", "rloo", "score-graph", "score-nn-baseline", "gumbel")],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_pyro_vi_estimators_compile_to_the_plain_run_bit_for_bit(estimator, make_pair, args):
+    """Score-function estimators included: their surrogates are tensor operations of the traces, the
+    detach() in them is kept by the recording, and an estimator's own params (score-nn-baseline's
+    networks) are found by running the loss itself once."""
+    num_particles = 3 if estimator in ("rloo", "iwae", "dreg") else 1
+    assert estimator in compiled.COVERED_ESTIMATORS
+    loss = lambda: pyro_vi.estimators.GradientEstimator(estimator, num_particles=num_particles)  # noqa: E731
+    plain, fast, caught = _plain_and_compiled(make_pair, args, num_steps=10, loss=loss)
+    _assert_same(plain, fast)
+    assert caught == []
+
+
+def test_enumerated_gmm_tutorial_compiles_to_the_plain_run_bit_for_bit():
+    """TraceEnum_ELBO (and the enum estimator) on the GMM tutorial: Pyro's Dice contraction reads
+    ``mask.all()`` (are all enumerated probabilities positive), recorded as a guard."""
+    module = load("gmm")
+    args = (torch.as_tensor(module.make_data()["data"]),)
+
+    def make_pair():
+        fresh = load("gmm")
+        return fresh.model, fresh.guide
+
+    for loss in (lambda: TraceEnum_ELBO(max_plate_nesting=1), lambda: pyro_vi.estimators.GradientEstimator("enum")):
+        plain, fast, caught = _plain_and_compiled(make_pair, args, num_steps=20, loss=loss, lr=0.1)
+        _assert_same(plain, fast)
+        assert caught == []
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_enumerated_mixture_with_the_map_guide_compiles_to_the_plain_run_bit_for_bit(covariance):
+    """pyro_vi.mixture's enumerated model with its MAP guide (AutoDelta), as run_svi trains it."""
+    from pyro_vi.mixture import em as mixture_em
+    from pyro_vi.mixture import model as gmm
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.cat([torch.randn(100, 2, generator=generator) + 3, torch.randn(100, 2, generator=generator) - 3])
+    initial = mixture_em.initialize(data, 3, covariance, "kmeans++", torch.Generator().manual_seed(1), 1e-6)
+
+    def make_pair():  # the guide trains its initial tensors in place: each run gets its own copy
+        fresh = type(initial)(*[v.clone() if isinstance(v, torch.Tensor) else v for v in initial])
+        return gmm.enumerated_model, gmm.make_map_guide(fresh)
+
+    plain, fast, caught = _plain_and_compiled(make_pair, (data, 3, covariance, None), num_steps=20,
+                                              loss=lambda: TraceEnum_ELBO(max_plate_nesting=1), lr=0.05)
+    _assert_same(plain, fast)
+    assert caught == []
+
+
+def test_what_compile_refuses_is_named_in_one_line_and_fit_refuses_it():
+    from pyro.infer import TraceMeanField_ELBO
+
+    x = _DISCRETE_DATA[0]
+    for loss, cause in [
+        (pyro_vi.estimators.GradientEstimator("score-baseline"), "decaying-average baselines are state"),
+        (TraceGraph_ELBO(), "TraceGraph_ELBO computes its loss with .item()"),
+        (TraceMeanField_ELBO(), "not TraceMeanField_ELBO"),
+        (TraceEnum_ELBO(num_particles=2, vectorize_particles=True), "TraceEnum_ELBO(vectorize_particles=False)"),
+    ]:
+        reason = compiled.can_compile(None, None, (x,), loss)
+        assert reason is not None and cause in reason and "\n" not in reason, reason
+    model, guide = _discrete_pair()
+    with pytest.raises(ConfigError, match="decaying-average baselines are state"):
+        pyro_vi.fit(model, guide, x, num_steps=3, loss=pyro_vi.estimators.GradientEstimator("score-baseline"),
+                    compile=True, progress=False)
