@@ -15,6 +15,7 @@ from pyro_vi import mixture
 
 
 def main(args):
+    """Fit the same synthetic data by EM, SVI (MAP and Bayesian guides) and scikit-learn; print one row each."""
     device = pyro_vi.resolve_device(args.device)
     data = mixture.data.synthetic(args.num_components, args.dim, args.num_data, args.separation, args.seed)
     train, test = data.train.to(device), data.test.to(device)

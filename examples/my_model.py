@@ -54,6 +54,7 @@ def exact_posterior(data: torch.Tensor) -> tuple[float, float]:
 
 
 def main(args):
+    """Write the coin data (``--write-data``), or fit the model and guide and compare with the exact posterior."""
     if args.write_data:
         np.savez(args.write_data, data=coin_data())
         print(f"wrote {args.write_data} (array 'data': 6 heads, 4 tails)")

@@ -22,6 +22,7 @@ from pyro_vi.commands.vae import DATASET_DEFAULTS
 
 
 def main(args):
+    """Train the VAE with ``pyro_vi.fit_images`` on the chosen dataset and print its test ELBO (nats per image)."""
     for name, value in DATASET_DEFAULTS[args.dataset].items():
         if getattr(args, name, None) is None:  # options this script has no flag for take the default too
             setattr(args, name, value)

@@ -12,6 +12,7 @@ from pyro_vi.estimators import problems
 
 
 def main(args):
+    """Print the gradient mean, total variance and SNR of each estimator on Pyro's test_gradient problem."""
     problem = problems.make_problem("pyro-test", seed=args.seed)
     exact = problem.reference()
     print(f"exact: loc {exact['loc'].tolist()}, scale {exact['scale'].tolist()}")

@@ -111,6 +111,7 @@ def _slowest_cells(notebook: nbformat.NotebookNode, count: int = 4) -> str:
 
 
 def main(args):
+    """Build (and with ``--execute`` run) the named notebooks; write them unless ``--small``."""
     names = args.names or sorted(path.stem for path in SOURCES.glob("*.py"))
     for name in names:
         notebook = build(SOURCES / f"{name}.py")
