@@ -2,10 +2,14 @@
 per-step cost (NaN/inf check, checkpoint bookkeeping, PerStep arguments, callback) side by side.
 
 Models, as Pyro's tutorials write them: the coin of "SVI Part I" (Beta guide), Bayesian regression
-with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNormal``. Both
-contenders use ``pyro.optim.Adam`` and ``Trace_ELBO`` and take ``--steps`` steps per timed chunk,
-each with its own param store; rounds alternate (benchmarks/_common.py). Reported: steps per second
-(medians) and the ratio of pyro_vi's step time to SVI's (target: <= 1.0).
+with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNormal``. Contenders:
+``pyro-svi`` (SVI.step), ``pyro_vi.fit`` and ``pyro_vi.fit-compiled`` (``compile=True``: the step
+recorded once as a tensor program, ``pyro_vi.engine.compiled``; each ``fit`` call's first step is
+plain, the recording is kept on the loss object and reused by later calls). All use
+``pyro.optim.Adam`` and ``Trace_ELBO`` and take ``--steps`` steps per timed chunk, each with its
+own param store; rounds alternate (benchmarks/_common.py). Reported: steps per second (medians), the
+ratio of pyro_vi's step time to SVI's (target: <= 1.0) and of the compiled step time to the plain
+one.
 
     python benchmarks/bench_engine.py            # full
     python benchmarks/bench_engine.py --quick    # seconds
@@ -87,7 +91,7 @@ MODELS = {"coin": coin, "regression-autonormal": regression, "eight-schools": ei
 
 def contenders(name: str, steps: int) -> dict:
     model, make_guide, args = MODELS[name]()
-    slots = {"pyro-svi": _common.ParamStoreSlot(), "pyro_vi.fit": _common.ParamStoreSlot()}
+    slots = {key: _common.ParamStoreSlot() for key in ("pyro-svi", "pyro_vi.fit", "pyro_vi.fit-compiled")}
     guides = {}
     for key, slot in slots.items():
         with slot.active():
@@ -111,7 +115,16 @@ def contenders(name: str, steps: int) -> dict:
                         optim=optimizers["pyro_vi.fit"], progress=False)
             return _common.timer() - start
 
-    return {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit}
+    compiled_loss = Trace_ELBO()  # one object: the recording made in the warm-up round is kept on it
+
+    def pyro_vi_fit_compiled() -> float:
+        with slots["pyro_vi.fit-compiled"].active():
+            start = _common.timer()
+            pyro_vi.fit(model, guides["pyro_vi.fit-compiled"], *args, num_steps=steps, loss=compiled_loss,
+                        optim=optimizers["pyro_vi.fit-compiled"], progress=False, compile=True)
+            return _common.timer() - start
+
+    return {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit, "pyro_vi.fit-compiled": pyro_vi_fit_compiled}
 
 
 def main(args) -> int:
@@ -122,11 +135,16 @@ def main(args) -> int:
         times = _common.interleaved(contenders(name, steps), rounds=rounds)
         rate = {key: steps / _common.median(values) for key, values in times.items()}
         ratio = rate["pyro-svi"] / rate["pyro_vi.fit"]  # pyro_vi's step time / SVI's
-        results[name] = {"steps_per_second": rate, "step_time_ratio_vs_svi": ratio}
-        numbers.append(f"{name}: pyro_vi {rate['pyro_vi.fit']:.0f}, SVI {rate['pyro-svi']:.0f} steps/s")
-        ratios.append(f"{name}: {ratio:.2f}x SVI's step time")
-        print(f"{name:24s} pyro_vi.fit {rate['pyro_vi.fit']:8.0f} steps/s   SVI.step {rate['pyro-svi']:8.0f} steps/s   "
-              f"pyro_vi step time = {ratio:.2f}x SVI's")
+        compiled_ratio = rate["pyro_vi.fit"] / rate["pyro_vi.fit-compiled"]  # compiled step time / plain
+        results[name] = {"steps_per_second": rate, "step_time_ratio_vs_svi": ratio,
+                         "compiled_step_time_ratio_vs_plain": compiled_ratio,
+                         "compiled_step_time_ratio_vs_svi": rate["pyro-svi"] / rate["pyro_vi.fit-compiled"]}
+        numbers.append(f"{name}: pyro_vi {rate['pyro_vi.fit']:.0f}, compiled {rate['pyro_vi.fit-compiled']:.0f}, "
+                       f"SVI {rate['pyro-svi']:.0f} steps/s")
+        ratios.append(f"{name}: {ratio:.2f}x SVI's step time, compiled {compiled_ratio:.2f}x the plain one")
+        print(f"{name:24s} pyro_vi.fit {rate['pyro_vi.fit']:8.0f} steps/s   compiled {rate['pyro_vi.fit-compiled']:8.0f} "
+              f"steps/s   SVI.step {rate['pyro-svi']:8.0f} steps/s   pyro_vi step time = {ratio:.2f}x SVI's, "
+              f"compiled = {compiled_ratio:.2f}x plain")
     _common.write_json("bench_engine" + ("_quick" if args.quick else ""),
                        {"machine": _common.machine(), "steps": steps, "rounds": rounds, "results": results}, args.out_dir)
     if not args.no_table:
