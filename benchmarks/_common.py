@@ -8,7 +8,6 @@ alike, and the reported numbers are medians over rounds plus ratios to a named r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -184,22 +183,10 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--no-table", action="store_true", help="do not append a row to the markdown table")
 
 
-class ParamStoreSlot:
+def ParamStoreSlot():  # noqa: N802 - kept the class-like name its callers use
     """One contender's own Pyro param store (contenders share site and module names), swapped in
-    for its turns with ``with slot.active():``."""
+    for its turns with ``with slot.active():``: ``pyro_vi.engine.params.StoreSlot`` (the one module
+    that touches the param store's internals)."""
+    from pyro_vi.engine.params import StoreSlot
 
-    def __init__(self):
-        self.state = ({}, {}, {})
-
-    @contextlib.contextmanager
-    def active(self):
-        import pyro
-
-        store = pyro.get_param_store()
-        outer = (store._params, store._param_to_name, store._constraints)
-        store._params, store._param_to_name, store._constraints = self.state
-        try:
-            yield
-        finally:
-            self.state = (store._params, store._param_to_name, store._constraints)
-            store._params, store._param_to_name, store._constraints = outer
+    return StoreSlot()

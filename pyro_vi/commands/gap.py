@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["HELP", "add_arguments", "load_vae", "run"]
+
 HELP = "measure the amortization and approximation gaps of a VAE (log p(x) by IWAE, refinement)"
 
 
@@ -29,6 +31,7 @@ def _steps(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``pyro-vi gap``'s options to ``parser``."""
     from pyro_vi.commands._args import parse_seed
     from pyro_vi.commands.vae import _hidden_dims
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
@@ -114,6 +117,8 @@ def load_vae(path: str | Path, device: torch.device):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyro-vi gap``: check every input once (options, checkpoint, data, memory), then hold
+    OUT, train or load the VAE, measure and write; returns the exit status."""
     import pyro
 
     from pyro_vi import io

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from pyro_vi.vae.model import VAE
     from pyro_vi.vae.train import TrainConfig
 
+__all__ = ["HELP", "ELBOS", "DATASET_DEFAULTS", "fill_dataset_defaults", "add_arguments", "build_loss", "run"]
+
 HELP = "train an amortized VAE with SVI (default: scikit-learn digits, offline)"
 
 
@@ -75,6 +77,7 @@ def _default_help(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``pyro-vi vae``'s options to ``parser``."""
     from pyro_vi.commands._args import parse_seed
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
@@ -164,6 +167,8 @@ def build_loss(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pyro-vi vae``: one preflight (options, data, device, checkpoint: each read and checked
+    once), then train, evaluate and write OUT; returns the exit status."""
     from pyro_vi.engine import distributed
 
     fill_dataset_defaults(args)

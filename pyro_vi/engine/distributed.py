@@ -33,6 +33,8 @@ from torch import Tensor
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import ConfigError, PyroVIError
 
+__all__ = ["launched", "DataParallel", "init"]
+
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -58,6 +60,7 @@ class DataParallel:
         return self.rank == 0
 
     def validate(self, batch_size: int) -> None:
+        """Refuse a global batch that does not split evenly over the ranks (``ConfigError``)."""
         if batch_size % self.world_size:
             raise ConfigError(
                 f"batch size {batch_size} does not split evenly over {self.world_size} processes; "
@@ -124,10 +127,12 @@ class DataParallel:
         return None
 
     def barrier(self) -> None:
+        """Wait until every rank gets here (nothing to wait for with one process)."""
         if self.world_size > 1:
             torch.distributed.barrier()
 
     def close(self) -> None:
+        """Leave the process group (``destroy_process_group``), if one is initialized."""
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

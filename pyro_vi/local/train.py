@@ -36,6 +36,9 @@ __all__ = ["LocalFitResult", "LocalTrainConfig", "fit_local"]
 
 @dataclasses.dataclass
 class LocalTrainConfig:
+    """Options of ``fit_local``: the loop, both learning rates, and joint (``local_steps=0``) or
+    Hoffman-style (``local_steps=K``) SVI."""
+
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3  # the decoder's Adam step size
@@ -46,6 +49,11 @@ class LocalTrainConfig:
     seed: int = 0
 
     def validate(self, num_data: int) -> None:
+        """Check every option for ``num_data`` training points.
+
+        Raises:
+            ConfigError: the first bad option, in one line.
+        """
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {getattr(self, name)}")
@@ -63,6 +71,8 @@ class LocalTrainConfig:
 
 
 class LocalFitResult(NamedTuple):
+    """What ``fit_local`` did: per-epoch history, steps taken and wall time."""
+
     history: list[dict]  # per epoch: epoch, train_elbo (nats per datapoint), seconds, + evaluate()
     steps: int  # decoder steps
     local_steps: int  # local-parameter steps (= steps when joint)

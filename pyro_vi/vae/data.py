@@ -26,6 +26,8 @@ from torch import Tensor
 
 from pyro_vi.errors import ConfigError, DataError, DataNotFoundError, OutputError
 
+__all__ = ["DATASETS", "BINARIZATIONS", "Dataset", "load_dataset", "binarize", "validate_images"]
+
 DATASETS = ("digits", "mnist", "fashion-mnist")
 BINARIZATIONS = ("dynamic", "threshold", "none")
 
@@ -58,9 +60,11 @@ class Dataset(NamedTuple):
 
     @property
     def pixels(self) -> int:
+        """Pixels per image (the VAE's ``x_dim``)."""
         return self.train_images.shape[-1]
 
     def to(self, device: torch.device | str) -> Dataset:
+        """The same dataset with every tensor on ``device``."""
         return self._replace(**{k: getattr(self, k).to(device) for k in _TENSOR_FIELDS})
 
 

@@ -21,6 +21,8 @@ from torch.distributions import kl_divergence
 
 from pyro_vi.errors import ConfigError, DataError
 
+__all__ = ["ElboTerms", "elbo_terms", "iwae_log_likelihood", "ActiveUnits", "active_units", "Gaps", "gaps"]
+
 
 def _check_counts(**counts: int) -> None:
     """Each count a positive integer (``num_samples=0`` would average nothing: NaN)."""
@@ -98,6 +100,8 @@ def iwae_log_likelihood(
 
 
 class ActiveUnits(NamedTuple):
+    """How many latent dimensions the encoder uses (``active_units``)."""
+
     count: int  # latent dimensions with variance above the threshold
     variances: Tensor  # (z_dim,) Var_x(E_q[z_j | x])
     threshold: float

