@@ -77,3 +77,35 @@ def test_load_checkpoint_restores_the_vae_a_resumed_fit_would(tmp_path):
     for key, parameter in loaded.encoder.named_parameters():  # the modules hold the store's tensors
         assert store.get_param("encoder$$$" + key).unconstrained() is parameter
     assert torch.equal(loaded.decoder(torch.zeros(1, 2)), vae.decoder(torch.zeros(1, 2)))
+
+
+def _coin(data):
+    p = pyro.param("p", torch.tensor(0.5), constraint=constraints.unit_interval)
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", pyro.distributions.Bernoulli(p), obs=data)
+
+
+def _no_guide(data):
+    pass
+
+
+def test_fit_given_the_loaded_checkpoint_does_not_read_it_again_and_still_checks_its_config(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    data = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    options = dict(seed=0, progress=False, checkpoint=path, optim=Adam({"lr": 0.05}))
+    straight = engine.fit(_coin, _no_guide, data, num_steps=6, **{**options, "checkpoint": None})
+    pyro.clear_param_store()
+    engine.fit(_coin, _no_guide, data, num_steps=3, **options)
+    loaded = checkpoint.load(path)
+    reads = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args) or original(*args, **kwargs))
+    pyro.clear_param_store()
+    resumed = engine.fit(_coin, _no_guide, data, num_steps=6, resume=True, loaded_checkpoint=loaded,
+                         **{**options, "optim": Adam({"lr": 0.05})})
+    assert reads == []
+    assert resumed.losses == straight.losses  # the resumed run continues bit for bit
+    with pytest.raises(CheckpointError, match="different configuration"):
+        engine.fit(_coin, _no_guide, data, num_steps=6, resume=True, loaded_checkpoint=loaded,
+                   checkpoint_config={"model": {"name": "another"}}, **options)
+    assert reads == []
