@@ -24,10 +24,11 @@ def _mean_image(vae, z: Tensor) -> Tensor:
     return decoded if vae.likelihood_name == "gaussian" else vae.likelihood(decoded).base_dist.mean
 
 
-def _grid(images: Tensor, image_shape, rows: int, cols: int) -> Tensor:
+def _grid(images: Tensor, image_shape, rows: int, cols: int):
     height, width = image_shape
     images = images[: rows * cols].reshape(rows, cols, height, width)
-    return images.permute(0, 2, 1, 3).reshape(rows * height, cols * width).clamp(0, 1).cpu()
+    # a NumPy array: matplotlib's np.array(copy=...) on a Tensor is a NumPy 2 DeprecationWarning
+    return images.permute(0, 2, 1, 3).reshape(rows * height, cols * width).clamp(0, 1).cpu().numpy()
 
 
 def elbo_curves(history: list[dict], path):

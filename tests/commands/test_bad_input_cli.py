@@ -166,6 +166,7 @@ def test_lock_held_by_another_process(tmp_path):
     finally:
         holder.kill()  # kill -9: the kernel releases the lock
         holder.wait()
+        holder.stdout.close()
     with io.lock_output(tmp_path):
         pass
 

@@ -96,7 +96,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read()
+        with process.stderr:  # closed, not left to the garbage collector (a ResourceWarning)
+            stderr = process.stderr.read()
+    assert process.returncode == -signal.SIGKILL, stderr
     killed = _saved(out)["run"]
     killed_epoch, killed_step = _position(killed)
     assert killed_epoch < EPOCHS and 0 < killed_step < STEPS_PER_EPOCH, "the kill should land mid-epoch"
@@ -160,6 +162,7 @@ def _images() -> torch.Tensor:
     return torch.rand(60, 16, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro warns of the NaN this test feeds in
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_nan_loss_stops_with_last_good_checkpoint_intact(value, tmp_path):
     path = tmp_path / "checkpoint.pt"
@@ -174,6 +177,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(value, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro warns of the NaN this test feeds in
 def test_nan_loss_skipped_with_on_nan_skip():
     vae = VAE(16, z_dim=2, hidden_dims=(8,))
     config = TrainConfig(epochs=2, batch_size=10, binarization="threshold", on_nan="skip")

@@ -119,6 +119,7 @@ def _poisoned(model, poisoned_rows):
     return poisoned_model
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro warns of the NaN this test feeds in
 def test_nan_loss_stops_before_the_update_and_keeps_the_checkpoint(digits, tmp_path):
     path = tmp_path / "checkpoint.pt"
     vae, _ = _run(digits, TrainConfig(epochs=1, batch_size=100), path)
@@ -139,6 +140,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_checkpoint(digits, tmp_p
         assert torch.equal(value, good_params[name]), name
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro warns of the NaN this test feeds in
 def test_skip_mode_counts_skipped_steps(digits):
     vae = VAE(64, z_dim=4, hidden_dims=(32,))
     config = TrainConfig(epochs=1, batch_size=100, on_nan="skip")
@@ -157,6 +159,7 @@ def test_skip_mode_counts_skipped_steps(digits):
     assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro warns of the NaN this test feeds in
 def test_skipped_steps_count_per_epoch_and_survive_resume(digits, tmp_path):
     """Issue 12, item 8: with on_nan="skip", an epoch's train_elbo is the mean over *its* good steps
     (before: the sum divided by the steps minus the skips of the whole run, so epoch 2 came out at
