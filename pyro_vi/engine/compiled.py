@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 import warnings
 from typing import Callable, Iterator, Sequence
 
@@ -324,37 +325,69 @@ def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     * operations on constants only (``Normal(z, 1.0)``'s scale, squared and logged each step) are
       computed once and kept as constants; never a random or in-place operation, or one whose
-      result an in-place operation would change;
+      result an in-place operation would change. A tensor made from another's shape alone
+      (``x.new_zeros(2)``) is a constant too (the program is reused only for the same shapes), and
+      so is a constant taken out of autograd (``lift_fresh_copy``, ``detach_``, as ``torch.tensor``
+      constants are recorded);
     * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0`` and aliases to the same shape are ``x``. (Not an
       expand to the same shape: its autograd node changes the order in which a tensor used three or
       more times sums its gradients, so the run would drift from the plain one by float rounding.)
     """
     graph = graph_module.graph
     constants: dict[torch.fx.Node, Tensor] = {}
+    sequences: dict[torch.fx.Node, Sequence[Tensor]] = {}  # constant lists (broadcast_tensors of constants)
     folded = 0
+
+    def replace(node: torch.fx.Node, value: Tensor) -> None:
+        nonlocal folded
+        name = f"_folded_{folded}"
+        folded += 1
+        graph_module.register_buffer(name, value)  # registered: fx knows what get_attr reads (no warning)
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
+        constant.meta = dict(node.meta)
+        node.replace_all_uses_with(constant)
+        graph.erase_node(node)
+        constants[constant] = value
+
     for node in list(graph.nodes):
         if node.op == "get_attr":
             constants[node] = getattr(graph_module, node.target)
             continue
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem and node.args[0] in sequences and not node.kwargs:
+            replace(node, sequences[node.args[0]][node.args[1]])
+            continue
+        if node.target is operator.getitem and node.args[0].target is _aten.broadcast_tensors.default:
+            # a constant broadcast against a variable (Normal(z, 1.0)'s scale): the constant, expanded
+            source = node.args[0].args[0][node.args[1]]
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if source in constants and shape is not None:
+                replace(node, constants[source].expand(shape))
+                continue
+        if not isinstance(node.target, torch._ops.OpOverload):
             continue
         inputs = node.all_input_nodes
-        if inputs and all(n in constants for n in inputs) and _foldable(node):
+        if node.target in _SHAPE_ONLY and len(inputs) == 1 and inputs[0] not in constants and not _mutated(inputs[0]):
+            like = inputs[0].meta.get("val")
+            if isinstance(like, Tensor):
+                with torch.no_grad():
+                    stand_in = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+                    args = torch.fx.node.map_arg(node.args, lambda n: stand_in)
+                    replace(node, node.target(*args, **node.kwargs))
+                continue
+        if inputs and all(n in constants for n in inputs) and (_foldable(node) or _untracks(node)):
             with torch.no_grad():
                 value = node.target(
                     *torch.fx.node.map_arg(node.args, constants.__getitem__),
                     **torch.fx.node.map_arg(node.kwargs, constants.__getitem__),
                 )
             if isinstance(value, Tensor):
-                name = f"_folded_{folded}"
-                folded += 1
-                graph_module.register_buffer(name, value)  # registered: fx knows what get_attr reads (no warning)
-                with graph.inserting_before(node):
-                    constant = graph.get_attr(name)
-                constant.meta = dict(node.meta)
-                node.replace_all_uses_with(constant)
-                graph.erase_node(node)
-                constants[constant] = value
+                replace(node, value)
+                continue
+            if isinstance(value, (list, tuple)) and all(isinstance(v, Tensor) for v in value):
+                sequences[node] = value
                 continue
         source = _identity_source(node)
         if source is not None:
@@ -363,6 +396,25 @@ def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     graph.eliminate_dead_code()
     graph_module.recompile()
     return graph_module
+
+
+# Ops whose result depends on their tensor argument's shape, dtype and device only.
+_SHAPE_ONLY = {
+    _aten.new_zeros.default, _aten.new_ones.default, _aten.new_full.default,
+    _aten.zeros_like.default, _aten.ones_like.default, _aten.full_like.default,
+}
+
+
+def _untracks(node: torch.fx.Node) -> bool:
+    """``lift_fresh_copy`` and ``detach_`` of a constant: how a ``torch.tensor`` constant is recorded
+    (a copy taken out of autograd); the constant itself, if nothing else changes it in place."""
+    return node.target in (_aten.lift_fresh_copy.default, _aten.detach_.default) and not any(
+        _mutates(user) for user in node.users if user.target is not _aten.detach_.default
+    )
+
+
+def _mutated(node: torch.fx.Node) -> bool:
+    return any(_mutates(user) for user in node.users)
 
 
 def _mutates(node: torch.fx.Node) -> bool:
