@@ -57,8 +57,8 @@ def test_the_cosine_ends_where_it_should():
 def test_a_scheduled_run_sets_each_steps_learning_rate(digits, monkeypatch):
     made = []
 
-    def capture(config, num_steps):
-        made.append(train._default_optimizer.__wrapped__(config, num_steps))
+    def capture(config, num_steps, device):
+        made.append(train._default_optimizer.__wrapped__(config, num_steps, device))
         return made[-1]
 
     capture.__wrapped__ = train._default_optimizer
@@ -84,7 +84,7 @@ def test_a_scheduled_run_sets_each_steps_learning_rate(digits, monkeypatch):
 
 def test_a_constant_rate_keeps_the_fused_adam_and_the_old_checkpoint_keys():
     config = TrainConfig(learning_rate=1e-3)
-    assert not isinstance(train._default_optimizer(config, 10), pyro.optim.PyroLRScheduler)
+    assert not isinstance(train._default_optimizer(config, 10, torch.device("cpu")), pyro.optim.PyroLRScheduler)
     # Checkpoints written before schedules existed hold exactly the old keys: they still resume.
     assert "lr_schedule" not in config.checkpoint_config() and "final_learning_rate" not in config.checkpoint_config()
     scheduled = TrainConfig(epochs=7, lr_schedule="cosine").checkpoint_config()
