@@ -32,6 +32,8 @@ from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
 
+__all__ = ["TrainConfig", "LR_SCHEDULES", "ImageFitResult", "fit"]
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -54,6 +56,11 @@ class TrainConfig:
     final_learning_rate: float = 0.0  # cosine: >= 0; exponential: > 0; constant: unused (leave 0)
 
     def validate(self, num_data: int) -> None:
+        """Check every option for ``num_data`` training points (NumPy integers become ints).
+
+        Raises:
+            ConfigError: the first bad option, in one line.
+        """
         for name in ("epochs", "batch_size", "seed", "checkpoint_every_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -95,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
 
     def kl_weight(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """The KL weight of step ``step`` of epoch ``epoch`` (both from 0): rising linearly from 0 to 1
+        over ``kl_warmup_epochs``, 1 without a warm-up."""
         if self.kl_warmup_epochs <= 0:
             return 1.0
         # Weight of step ``step`` (0-based) counts that step as done, so the first is > 0:
