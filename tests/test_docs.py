@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+@pytest.mark.smoke
 def test_sphinx_builds_without_warnings(tmp_path):
     out = tmp_path / "html"
     completed = subprocess.run(

@@ -39,6 +39,7 @@ def test_stored_notebook_matches_its_source_and_has_outputs(name):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.smoke
 def test_notebook_runs_in_small_mode(name, tmp_path):
     notebook = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
     executed = make_notebooks.execute(notebook, tmp_path, small=True, timeout=300)

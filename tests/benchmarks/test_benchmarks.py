@@ -115,6 +115,7 @@ TESTED_ELSEWHERE = {
 @pytest.mark.parametrize(
     "script", [s for s in run_all.scripts() if s.stem not in TESTED_ELSEWHERE], ids=lambda path: path.stem
 )
+@pytest.mark.smoke
 def test_benchmark_runs_quick(script, tmp_path):
     command = run_all.command_for(script, quick=True, table=False, threads=None)
     source = script.read_text()

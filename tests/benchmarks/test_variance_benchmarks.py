@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -16,11 +18,13 @@ def _run(script, tmp_path):
     return result.stdout
 
 
+@pytest.mark.smoke
 def test_speed_benchmark_quick(tmp_path):
     assert "vectorized" in _run("bench_variance_speed.py", tmp_path)
     assert (tmp_path / "bench_variance_speed_quick.json").exists()
 
 
+@pytest.mark.smoke
 def test_pyro_gradient_test_reproduction_quick(tmp_path):
     import json
 
@@ -47,6 +51,7 @@ def _main_quick(script, tmp_path):
         torch.set_num_threads(threads)  # the scripts' setup_threads must not leak into other tests
 
 
+@pytest.mark.smoke
 def test_mohamed2020_reproduction_quick(tmp_path):
     import json
 
@@ -65,6 +70,7 @@ def test_mohamed2020_reproduction_quick(tmp_path):
     assert (tmp_path / "repro_mohamed2020_quick.png").exists()
 
 
+@pytest.mark.smoke
 def test_rainforth2018_reproduction_quick(tmp_path):
     import json
     import math
@@ -89,6 +95,7 @@ def test_rainforth2018_reproduction_quick(tmp_path):
     assert (tmp_path / "repro_rainforth2018_quick.png").exists()
 
 
+@pytest.mark.smoke
 def test_bernoulli_toy_reproduction_quick(tmp_path):
     import json
 
@@ -111,6 +118,7 @@ def test_bernoulli_toy_reproduction_quick(tmp_path):
 
 # About 23 s on the idle 2-core machine (two short VAE trainings, 48 variance measurements): in the
 # default run, so every benchmark script's --quick runs there.
+@pytest.mark.smoke
 def test_vae_estimators_reproduction_quick(tmp_path):
     import json
 

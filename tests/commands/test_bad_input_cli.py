@@ -95,6 +95,7 @@ def test_interrupt_while_building_the_parser_is_130(capsys, monkeypatch):
     assert capsys.readouterr().err == "pyro-vi: interrupted\n"
 
 
+@pytest.mark.smoke
 def test_import_time_handler_exits_130_quietly():
     """The handler ``pyro_vi/__init__.py`` installs first: Ctrl-C during the imports exits 130."""
     code = (
@@ -108,6 +109,7 @@ def test_import_time_handler_exits_130_quietly():
     assert done.returncode == 130 and done.stderr == "pyro-vi: interrupted\n", done.stderr
 
 
+@pytest.mark.smoke
 def test_import_time_handler_leaves_library_users_alone():
     code = (
         "import signal, sys; sys.argv[0] = 'my_script.py'\n"
@@ -126,6 +128,7 @@ def _import_hook_installed() -> bool:
 
 @pytest.mark.skipif(not _import_hook_installed(), reason="pyro_vi/__init__.py does not call _interrupt.exit_quietly_during_import yet")
 @pytest.mark.parametrize("delay", [0.1, 0.3, 0.5])
+@pytest.mark.smoke
 def test_ctrl_c_in_the_first_half_second(delay, tmp_path):
     """A real process: SIGINT while ``python -m pyro_vi`` imports torch and Pyro."""
     process = subprocess.Popen([sys.executable, "-m", "pyro_vi", "gmm", "--out", str(tmp_path / "out")],
@@ -152,6 +155,7 @@ def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
         pass
 
 
+@pytest.mark.smoke
 def test_lock_held_by_another_process(tmp_path):
     code = (
         "import sys, time\nfrom pyro_vi import io\n"

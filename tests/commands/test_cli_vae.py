@@ -58,6 +58,7 @@ def test_user_error_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.smoke
 def test_example_runs_as_a_script():
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "vae.py"), "--epochs", "2", "--hidden-dims", "16"],

@@ -65,6 +65,7 @@ def test_cli_rejects_bad_arguments_before_writing(tmp_path, capsys, argv, messag
     assert not out.exists()
 
 
+@pytest.mark.smoke
 def test_example_runs(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "100", "--num-steps", "5"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -72,6 +73,7 @@ def test_example_runs(tmp_path):
     assert "sklearn" in result.stdout and "svi-map" in result.stdout and "svi-bayesian" in result.stdout
 
 
+@pytest.mark.smoke
 def test_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
     table = tmp_path / "RESULTS.md"

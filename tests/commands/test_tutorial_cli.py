@@ -92,6 +92,7 @@ def assert_same_run(params, metrics, reference_params, reference_losses):
     assert metrics["losses"] == reference_losses
 
 
+@pytest.mark.smoke
 def test_coin_through_the_pyro_vi_script(tmp_path):
     data_path, data = write_data(tmp_path, "coin")
     num_steps = 300

@@ -46,6 +46,7 @@ def test_bad_options_fail_in_one_line_without_output(tmp_path, capsys, argv, mes
     assert not out.exists()
 
 
+@pytest.mark.smoke
 def test_example_runs():
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "variance.py"), "--replicates", "20", "--estimators", "reparam,stl", "--seed", "1"],

@@ -133,6 +133,7 @@ def distributed_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.smoke  # its fixture spawns the workers
 def test_distributed_step_equals_one_process_step(name, distributed_results):
     optimizer, epochs, batch_size = RUNS[name]
     # one-SGD-step compares with the plain one-process loop; the Adam run with a world of size 1
@@ -146,6 +147,7 @@ def test_distributed_step_equals_one_process_step(name, distributed_results):
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.smoke  # its fixture spawns the workers
 def test_without_all_reduce_the_update_differs(name, distributed_results):
     """The control: sharding alone gives each rank a different (half-batch) update."""
     rank0, rank1 = (results[f"{name}/without-all-reduce"] for results in distributed_results)
@@ -201,6 +203,7 @@ def _cli_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.save({"status": status, "writes": writes, "params": _params()}, Path(out_dir) / f"cli{rank}.pt")
 
 
+@pytest.mark.smoke
 def test_short_distributed_run_trains(tmp_path):
     _spawn(_cli_worker, tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"cli{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE))
@@ -259,6 +262,7 @@ def _interrupt_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
         data_parallel.close()
 
 
+@pytest.mark.smoke
 def test_interrupt_on_one_rank_stops_all_ranks_then_resume_is_exact(tmp_path):
     _spawn(_interrupt_worker, tmp_path)
     results = [torch.load(tmp_path / f"interrupt{rank}.pt") for rank in range(WORLD_SIZE)]
@@ -272,6 +276,7 @@ def test_interrupt_on_one_rank_stops_all_ranks_then_resume_is_exact(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_torchrun_two_processes_through_the_console(tmp_path):
     """The documented launch: torchrun starts 2 gloo processes; rank 0 writes; --resume continues."""
     import shutil
@@ -342,6 +347,7 @@ def _own_disk_worker(rank: int, world_size: int, port: int, out_dir: str) -> Non
         data_parallel.close()
 
 
+@pytest.mark.smoke
 def test_resume_reads_rank_0_checkpoint_on_every_rank(tmp_path):
     _spawn(_own_disk_worker, tmp_path)
     results = [torch.load(tmp_path / f"disk-result{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
@@ -370,6 +376,7 @@ def _bad_on_rank_1_worker(rank: int, world_size: int, port: int, out_dir: str) -
     (Path(out_dir) / f"bad{rank}.json").write_text(json.dumps({"status": status, "stderr": stderr.getvalue()}))
 
 
+@pytest.mark.smoke
 def test_bad_input_on_one_rank_stops_all_and_rank_0_reports_it(tmp_path):
     _spawn(_bad_on_rank_1_worker, tmp_path)
     rank0, rank1 = (json.loads((tmp_path / f"bad{rank}.json").read_text()) for rank in range(WORLD_SIZE))

@@ -78,6 +78,7 @@ def _wait_for_checkpoint(out: Path, epoch: int, step: int, process=None, timeout
     raise AssertionError("the run did not reach the point where it should be stopped")
 
 
+@pytest.mark.smoke
 def test_kill_9_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path):
     out = tmp_path / "run"
     # Same thread count as this process, so both sides split their sums the same way.

@@ -220,6 +220,7 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "pyro_vi", "gap", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.smoke
 def test_gap_command_writes_metrics_and_figure(tmp_path):
     out = tmp_path / "gap"
     completed = _cli("--epochs", "1", "--z-dim", "2", "--hidden-dims", "16", "--num-points", "8", "--iwae-k", "20",
@@ -241,6 +242,7 @@ def test_gap_command_writes_metrics_and_figure(tmp_path):
      (["--checkpoint", "missing.pt"], "no checkpoint at")],
     ids=["zero-points", "too-many-points", "missing-checkpoint"],
 )
+@pytest.mark.smoke
 def test_gap_command_rejects_bad_input_in_one_line_before_writing(tmp_path, args, message):
     out = tmp_path / "never"
     completed = _cli(*args, "--out", str(out), "--device", "cpu")
@@ -250,6 +252,7 @@ def test_gap_command_rejects_bad_input_in_one_line_before_writing(tmp_path, args
 
 
 @pytest.mark.slow  # a subprocess that trains
+@pytest.mark.smoke
 def test_vae_command_trains_the_iwae_objective_and_reports_test_nll(tmp_path):
     out = tmp_path / "vae"
     completed = subprocess.run(
@@ -266,6 +269,7 @@ def test_vae_command_trains_the_iwae_objective_and_reports_test_nll(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess that trains two small models
+@pytest.mark.smoke
 def test_gap_example_runs_with_tiny_arguments():
     from pathlib import Path
 

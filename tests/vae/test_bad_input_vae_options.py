@@ -199,6 +199,7 @@ def test_api_bad_input(call, error_type, fragment):
         pytest.param(["--resume"], "no checkpoint at", id="resume-without-checkpoint"),
     ],
 )
+@pytest.mark.smoke
 def test_subprocess_bad_input(extra, fragment, tmp_path):
     out = tmp_path / "run"
     process = subprocess.run(
