@@ -180,12 +180,12 @@ rows = [
     ("pyro_vi EM", em.log_likelihoods[-1], f"{em.iterations} iterations"),
     ("scikit-learn EM", sklearn_fit.train_log_likelihood, f"{sklearn_fit.iterations} iterations"),
     ("SVI, MAP + enumeration", mixture.eval.average_log_likelihood(x, map_fit.params), f"{map_fit.steps} steps"),
-    ("SVI, Bayesian guide (point estimate)", mixture.eval.average_log_likelihood(x, bayesian_fit.params), f"{bayesian_fit.steps} steps"),
+    ("SVI, Bayesian (point estimate)", mixture.eval.average_log_likelihood(x, bayesian_fit.params), f"{bayesian_fit.steps} steps"),
 ]
 print(f"{'':34s}{'log-lik / point':>16s}   {'ARI':>5s}   cost")
 for name, value, cost in rows:
     params = {"true parameters": data.true_params, "pyro_vi EM": em.params, "scikit-learn EM": sklearn_fit.params,
-              "SVI, MAP + enumeration": map_fit.params, "SVI, Bayesian guide (point estimate)": bayesian_fit.params}[name]
+              "SVI, MAP + enumeration": map_fit.params, "SVI, Bayesian (point estimate)": bayesian_fit.params}[name]
     ari = mixture.eval.adjusted_rand_index(data.train_labels, mixture.model.assignment_probabilities(x, params).argmax(-1))
     print(f"{name:34s}{value:16.4f}   {ari:5.3f}   {cost}")
 
@@ -226,7 +226,7 @@ plt.show()
 #   of theta; each half-step maximizes the same ELBO in one coordinate, so it never decreases.
 # * SVI with enumeration climbs the same objective by gradient: it reaches the same fit, in more,
 #   cheaper, and more general steps (any model Pyro can enumerate, any prior).
-# * Sampling the discrete assignments instead (the Bayesian guide's sampled q_n, score-function gradients) is far
-#   noisier and slower: enumerate discrete latents when you can.
+# * Sampling the discrete assignments instead (the Bayesian guide's q_n, score-function gradients)
+#   is far noisier and slower: enumerate discrete latents when you can.
 # * From the command line: `pyro-vi gmm --method em|svi-map|svi-bayesian` writes the same
 #   figures and the comparison with scikit-learn.

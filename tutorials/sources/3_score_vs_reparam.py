@@ -261,7 +261,8 @@ for name in ["reparam", "stl", "score", "score-baseline", "rloo"]:
     curves[name] = exact_elbos
 
 problem = problems.make_problem("gaussian", dim=10, at_posterior=True)
-best = float(problems.exact_elbo(problem.model, problem.guide, *problem.args))
+with torch.no_grad():
+    best = float(problems.exact_elbo(problem.model, problem.guide, *problem.args))
 figure, axis = plt.subplots(figsize=(7, 4))
 for name, elbos in curves.items():
     axis.plot(np.arange(len(elbos)) * record_every, best - np.array(elbos), color=COLORS[name], label=name)
