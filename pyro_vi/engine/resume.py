@@ -80,19 +80,20 @@ class Restore(Messenger):
     """Copy checkpointed values into params, in place, as the model and guide create them.
 
     ``pending`` loses each name it restores (``restored`` gains it); ``plates`` collects
-    ``(name, size, full size)`` of every plate a sample site runs in (for the subsample check).
+    ``(name, size, full size)`` of every plate a sample site runs in (for the subsample check; the
+    sizes as Pyro gives them, tensors under a JIT trace, where converting them would be a warning).
     With ``active=False`` it only collects the plates.
     """
 
     def __init__(self, pending: dict[str, Tensor], active: bool):
         super().__init__()
         self.pending, self.active, self.restored = pending, active, set()
-        self.plates: set[tuple[str, int, int | None]] = set()
+        self.plates: set[tuple] = set()
 
     def _postprocess_message(self, msg) -> None:
         if msg["type"] == "sample":
             for frame in msg["cond_indep_stack"]:
-                self.plates.add((frame.name, int(frame.size), None if frame.full_size is None else int(frame.full_size)))
+                self.plates.add((frame.name, frame.size, frame.full_size))
         super()._postprocess_message(msg)
 
     def _pyro_param(self, msg) -> None:

@@ -113,11 +113,13 @@ def check_subsamples(arguments: list, values: list, plates: set) -> None:
     Args:
         arguments: ``fit``'s arguments, positional then keyword.
         values: their values at the step checked, in the same order.
-        plates: ``(name, size, full size)`` of every plate the step's sample sites ran in.
+        plates: ``(name, size, full size)`` of every plate the step's sample sites ran in (ints, or
+            0-d tensors, as a JIT-traced step leaves them; full size ``None`` without subsampling).
 
     Raises:
         ConfigError: no plate subsamples ``num_data`` points a batch at a time.
     """
+    plates = {(name, int(size), None if full is None else int(full)) for name, size, full in plates}
     for argument, value in zip(arguments, values):
         if not isinstance(argument, EpochSubsample):
             continue

@@ -261,6 +261,9 @@ def _guide_moments(guide_class, params):
 
 
 # 6. Eight schools with JitTrace_ELBO.
+# JitTrace_ELBO traces the model with torch.jit.trace: its TracerWarnings (len(data), torch.tensor constants
+# inside torch.distributions) are the point of a traced model, as in Pyro's own JIT tests.
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_eight_schools_jit_matches_plain_svi():
     module = load("eight_schools")
     data = data_of(module)["data"]
@@ -367,6 +370,7 @@ RESUMED = {
 
 
 @pytest.mark.parametrize("case", sorted(RESUMED))
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the jit-compile case: see test_eight_schools_jit_matches_plain_svi
 def test_resume_is_bit_exact(tmp_path, case):
     name, pair, loss, args = RESUMED[case]
     args = tuple(data_of(load(name)).values()) if args is None else args
