@@ -100,8 +100,9 @@ class CompiledLoss:
         guards: the truth values the recording read off tensors (``if mask.all():`` in Pyro's
             TraceEnum_ELBO, a model's ``if x.sum() > 0:``), in order. The program returns those
             tensors too; a call where one differs took another branch than the recording, and that
-            step is taken by ``plain`` instead, from the same RNG state (so it is still the plain
-            step).
+            step is taken by the loss's own ``differentiable_loss`` instead, from the same RNG state
+            (so it is still the plain step).
+        fallbacks: how many calls were taken that way.
     """
 
     def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
@@ -111,18 +112,23 @@ class CompiledLoss:
         self.params = params
         self.guards = list(guards)
         self._plain = plain
-        self.fallbacks = 0  # steps taken by the plain path (a guard differed)
+        self.fallbacks = 0
 
     def __call__(self, *args) -> Tensor:
         if not self.guards:
             out = self._graph(self.params, *args)
             return out if isinstance(out, Tensor) else out[0]
-        state = torch.get_rng_state()
+        device = self.params[0].device if self.params else torch.device("cpu")
+        cuda = device.type == "cuda"  # the program's noise comes from that device's generator
+        state = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
         value, *read = self._graph(self.params, *args)
         if all(bool(flag) == want for flag, want in zip(read, self.guards)):
             return value
         self.fallbacks += 1
-        torch.set_rng_state(state)
+        if cuda:
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
         with pyro.validation_enabled(False):
             return self._plain(*args)
 
