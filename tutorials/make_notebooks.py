@@ -88,7 +88,7 @@ def execute(notebook: nbformat.NotebookNode, workdir: Path, small: bool, timeout
     try:
         client = NotebookClient(notebook, km=kernel_manager(workdir / ".kernel"), timeout=timeout,
                                 resources={"metadata": {"path": str(workdir)}})
-        client.execute()
+        client.execute(cleanup_kc=True)  # our own kernel manager: shut the kernel down and close its sockets after
     finally:
         if previous is None:
             os.environ.pop(SMALL_MODE_VARIABLE, None)
