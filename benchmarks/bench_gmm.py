@@ -61,14 +61,14 @@ def main(args):
         "commit": commit,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "num_data": num_data, "k": args.num_components, "dim": args.dim, "covariance": "full",
-        "em": {"seconds": em_seconds, "train_loglik": em.log_likelihoods[-1], "iterations": em.iterations},
-        "sklearn": {"seconds": sklearn_seconds, "train_loglik": sklearn.train_log_likelihood, "iterations": sklearn.iterations},
-        "svi_map": {"seconds": svi_seconds, "train_loglik": svi_loglik, "steps": svi.steps,
+        "num_data": num_data, "num_components": args.num_components, "dim": args.dim, "covariance": "full",
+        "em": {"seconds": em_seconds, "train_log_likelihood": em.log_likelihoods[-1], "iterations": em.iterations},
+        "sklearn": {"seconds": sklearn_seconds, "train_log_likelihood": sklearn.train_log_likelihood, "iterations": sklearn.iterations},
+        "svi_map": {"seconds": svi_seconds, "train_log_likelihood": svi_loglik, "steps": svi.steps,
                     "reached_target": abs(svi.elbos[-1] - em.log_likelihoods[-1]) <= 0.005 * abs(em.log_likelihoods[-1])},
         "em_over_sklearn_seconds": em_seconds / sklearn_seconds,
         "svi_over_em_seconds": svi_seconds / em_seconds,
-        "loglik_relative_difference_em_sklearn": abs(em.log_likelihoods[-1] - sklearn.train_log_likelihood)
+        "log_likelihood_relative_difference_em_sklearn": abs(em.log_likelihoods[-1] - sklearn.train_log_likelihood)
         / abs(sklearn.train_log_likelihood),
     }
     out = Path(args.out)

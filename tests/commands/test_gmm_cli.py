@@ -81,7 +81,7 @@ def test_benchmark_quick(tmp_path):
                              "--results-md", str(table)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["em"]["train_loglik"] == pytest.approx(report["sklearn"]["train_loglik"], rel=1e-4)
+    assert report["em"]["train_log_likelihood"] == pytest.approx(report["sklearn"]["train_log_likelihood"], rel=1e-4)
     assert "bench_gmm.py --quick" in table.read_text()
 
 
