@@ -1,6 +1,8 @@
 """The recorded ELBO program (pyro_vi.engine.compiled) equals Trace_ELBO: value, gradients, whole runs."""
 
 import dataclasses
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -71,7 +73,11 @@ def test_fit_with_compile_gives_the_plain_run():
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = pyro_vi.VAE(images.shape[1], z_dim=2, hidden_dims=(16,))
-        result = pyro_vi.fit_images(vae.model, vae.guide, images, dataclasses.replace(config, compile=flag), progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = pyro_vi.fit_images(vae.model, vae.guide, images, dataclasses.replace(config, compile=flag), progress=False)
+        if flag:  # issue 14: a compiled run prints no warning (it printed torch.fx's)
+            assert [str(w.message) for w in caught] == []
         finals[flag] = ({k: v.detach().clone() for k, v in pyro.get_param_store().items()}, result.history)
     (plain, plain_history), (fast, fast_history) = finals[False], finals[True]
     assert plain.keys() == fast.keys()
