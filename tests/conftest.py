@@ -1,11 +1,14 @@
 import os
+import resource
+import time
 
 import pyro
 import pytest
 import torch
 
-# Keep the 2-core CI machine from oversubscribing threads.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Keep the 2-core CI machine from oversubscribing threads; OMP_NUM_THREADS, when set, wins (on a
+# shared machine, OMP_NUM_THREADS=1 keeps idle OpenMP workers from spinning on a busy core).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +28,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------
+# --cpu-durations=N: the N tests that take the most CPU time (this process and the subprocesses it
+# waited for, setup and teardown included). Wall-clock durations (--durations) swell with the load
+# on a shared machine; CPU seconds stay close to what the test costs on idle cores.
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-durations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="show the N tests taking the most CPU seconds, subprocesses included (0 for all)",
+    )
+
+
+def _cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+_CPU_SECONDS: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.config.getoption("cpu_durations") is None:
+        yield
+        return
+    start = _cpu_seconds()
+    yield
+    _CPU_SECONDS[item.nodeid] = _cpu_seconds() - start
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    count = config.getoption("cpu_durations")
+    if count is None or not _CPU_SECONDS:
+        return
+    ranked = sorted(_CPU_SECONDS.items(), key=lambda pair: pair[1], reverse=True)
+    terminalreporter.write_sep("=", f"CPU seconds per test (total {sum(_CPU_SECONDS.values()):.1f} s)")
+    for nodeid, seconds in ranked[: count or None]:
+        terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")

@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import operator
 import warnings
 from typing import Callable, Iterator, Sequence
 
@@ -61,7 +60,7 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make
 from torch.overrides import TorchFunctionMode
 
 from pyro_vi.engine import params as param_store
-from pyro_vi.engine import rng, samplers
+from pyro_vi.engine import programs, rng, samplers
 from pyro_vi.errors import ConfigError
 
 __all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "surrogate_loss"]
@@ -106,8 +105,9 @@ class CompiledLoss:
     """
 
     def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
-                 plain: Callable | None = None):
+                 plain: Callable | None = None, joint: Callable | None = None):
         self._graph = graph
+        self._joint = joint
         self.names = names
         self.params = params
         self.guards = list(guards)
@@ -115,22 +115,59 @@ class CompiledLoss:
         self.fallbacks = 0
 
     def __call__(self, *args) -> Tensor:
+        """The loss on ``args``, differentiable: ``backward()`` fills the params' ``.grad``."""
         if not self.guards:
             out = self._graph(self.params, *args)
             return out if isinstance(out, Tensor) else out[0]
-        device = self.params[0].device if self.params else torch.device("cpu")
-        cuda = device.type == "cuda"  # the program's noise comes from that device's generator
-        state = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+        state = self._rng_state()
         value, *read = self._graph(self.params, *args)
-        if all(bool(flag) == want for flag, want in zip(read, self.guards)):
+        if self._guards_hold(read):
             return value
+        return self._fall_back(state, args)
+
+    def loss_and_grads(self, *args) -> Tensor:
+        """The loss on ``args`` (detached), its gradients added to the params' ``.grad`` as
+        ``self(*args).backward()`` adds them, the same numbers: the recorded forward and backward
+        pass as one program (:func:`pyro_vi.engine.programs.joint`), replayed without the autograd engine (a third less
+        time on a tiny model: the engine's per-node bookkeeping is most of its backward)."""
+        if self._joint is None:
+            return _backward(self(*args))
+        state = self._rng_state() if self.guards else None
+        with torch.no_grad():
+            value, *rest = self._joint(self.params, *args)
+        grads, read = rest[: len(self.params)], rest[len(self.params):]
+        if not self._guards_hold(read):
+            return _backward(self._fall_back(state, args))
+        for param, grad, fresh in zip(self.params, grads, self._joint.fresh_grads):
+            if grad is None:
+                continue
+            if not fresh:  # a folded constant or a view: .grad gets a tensor of its own, as autograd gives
+                grad = grad.clone(memory_format=torch.contiguous_format)
+            param.grad = grad if param.grad is None else param.grad + grad
+        return value
+
+    def _rng_state(self) -> Tensor:
+        device = self.params[0].device if self.params else torch.device("cpu")
+        # the program's noise comes from that device's generator
+        return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+    def _guards_hold(self, read: Sequence[Tensor]) -> bool:
+        return all(bool(flag) == want for flag, want in zip(read, self.guards))
+
+    def _fall_back(self, state: Tensor, args) -> Tensor:
         self.fallbacks += 1
-        if cuda:
+        device = self.params[0].device if self.params else torch.device("cpu")
+        if device.type == "cuda":
             torch.cuda.set_rng_state(state, device)
         else:
             torch.set_rng_state(state)
         with pyro.validation_enabled(False):
             return self._plain(*args)
+
+
+def _backward(value: Tensor) -> Tensor:
+    value.backward()
+    return value.detach()
 
 
 # The pyro_vi estimators a recording reproduces (their surrogates are tensor operations of the traces).
@@ -157,10 +194,8 @@ def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str |
     site that cannot rsample, ``.item()`` in the model) is refused by :func:`compile_loss` with a
     ``ConfigError`` after the first plain step.
     """
-    from pyro_vi.estimators.base import GradientEstimator
-
     loss = Trace_ELBO() if loss is None else loss
-    if isinstance(loss, GradientEstimator):
+    if type(loss).__module__.startswith("pyro_vi.estimators."):  # a GradientEstimator (a layer above: not imported)
         name = loss.name
         if name in COVERED_ESTIMATORS:
             return None
@@ -259,7 +294,7 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     for candidate in (model, guide, getattr(model, "__self__", None), getattr(guide, "__self__", None)):
         if isinstance(candidate, nn.Module):
             modules.setdefault(f"__callable_{id(candidate)}", candidate)
-    holders = _holders(param_store.owners(modules))
+    holders = param_store.holders(param_store.owners(modules))
 
     guards = _Guards()
 
@@ -286,7 +321,8 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "recorded program cannot follow; run without --compile"
             ) from None
     plain = functools.partial(loss.differentiable_loss, model, guide)
-    return CompiledLoss(_simplify(graph), names, params, guards.values, plain)
+    graph = programs.simplify(graph)
+    return CompiledLoss(graph, names, params, guards.values, plain, programs.joint(graph, params, args))
 
 
 class _Guards(TorchFunctionMode):
@@ -306,150 +342,6 @@ class _Guards(TorchFunctionMode):
             self.values.append(value)
             return value
         return func(*args, **(kwargs or {}))
-
-
-def _holders(owners: dict[int, list[tuple[nn.Module, str]]]) -> dict[int, list[tuple[nn.Module, str]]]:
-    """``params.owners``' dotted keys (``encoder.fc.weight``) as (the submodule, its own key): where
-    ``params.module_parameters_swapped`` puts a tensor. Each holder once."""
-    found: dict[int, list[tuple[nn.Module, str]]] = {}
-    for identity, places in owners.items():
-        for module, key in places:
-            path, _, leaf = key.rpartition(".")
-            holder = (module.get_submodule(path) if path else module, leaf)
-            if not any(h[0] is holder[0] and h[1] == leaf for h in found.get(identity, ())):
-                found.setdefault(identity, []).append(holder)
-    return found
-
-
-_aten = torch.ops.aten
-# x op c == x for these constants c: the recorded arithmetic of broadcasting and default arguments.
-_IDENTITIES = {_aten.mul.Tensor: 1, _aten.div.Tensor: 1, _aten.add.Tensor: 0, _aten.sub.Tensor: 0}
-
-
-def _simplify(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Drop what the recording repeats for nothing on every call, leaving values unchanged:
-
-    * operations on constants only (``Normal(z, 1.0)``'s scale, squared and logged each step) are
-      computed once and kept as constants; never a random or in-place operation, or one whose
-      result an in-place operation would change. A tensor made from another's shape alone
-      (``x.new_zeros(2)``) is a constant too (the program is reused only for the same shapes), and
-      so is a constant taken out of autograd (``lift_fresh_copy``, ``detach_``, as ``torch.tensor``
-      constants are recorded);
-    * ``x * 1``, ``x / 1``, ``x + 0``, ``x - 0`` and aliases to the same shape are ``x``. (Not an
-      expand to the same shape: its autograd node changes the order in which a tensor used three or
-      more times sums its gradients, so the run would drift from the plain one by float rounding.)
-    """
-    graph = graph_module.graph
-    constants: dict[torch.fx.Node, Tensor] = {}
-    sequences: dict[torch.fx.Node, Sequence[Tensor]] = {}  # constant lists (broadcast_tensors of constants)
-    folded = 0
-
-    def replace(node: torch.fx.Node, value: Tensor) -> None:
-        nonlocal folded
-        name = f"_folded_{folded}"
-        folded += 1
-        graph_module.register_buffer(name, value)  # registered: fx knows what get_attr reads (no warning)
-        with graph.inserting_before(node):
-            constant = graph.get_attr(name)
-        constant.meta = dict(node.meta)
-        node.replace_all_uses_with(constant)
-        graph.erase_node(node)
-        constants[constant] = value
-
-    for node in list(graph.nodes):
-        if node.op == "get_attr":
-            constants[node] = getattr(graph_module, node.target)
-            continue
-        if node.op != "call_function":
-            continue
-        if node.target is operator.getitem and node.args[0] in sequences and not node.kwargs:
-            replace(node, sequences[node.args[0]][node.args[1]])
-            continue
-        if node.target is operator.getitem and node.args[0].target is _aten.broadcast_tensors.default:
-            # a constant broadcast against a variable (Normal(z, 1.0)'s scale): the constant, expanded
-            source = node.args[0].args[0][node.args[1]]
-            shape = getattr(node.meta.get("val"), "shape", None)
-            if source in constants and shape is not None:
-                replace(node, constants[source].expand(shape))
-                continue
-        if not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        inputs = node.all_input_nodes
-        if node.target in _SHAPE_ONLY and len(inputs) == 1 and inputs[0] not in constants and not _mutated(inputs[0]):
-            like = inputs[0].meta.get("val")
-            if isinstance(like, Tensor):
-                with torch.no_grad():
-                    stand_in = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-                    args = torch.fx.node.map_arg(node.args, lambda n: stand_in)
-                    replace(node, node.target(*args, **node.kwargs))
-                continue
-        if inputs and all(n in constants for n in inputs) and (_foldable(node) or _untracks(node)):
-            with torch.no_grad():
-                value = node.target(
-                    *torch.fx.node.map_arg(node.args, constants.__getitem__),
-                    **torch.fx.node.map_arg(node.kwargs, constants.__getitem__),
-                )
-            if isinstance(value, Tensor):
-                replace(node, value)
-                continue
-            if isinstance(value, (list, tuple)) and all(isinstance(v, Tensor) for v in value):
-                sequences[node] = value
-                continue
-        source = _identity_source(node)
-        if source is not None:
-            node.replace_all_uses_with(source)
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
-    graph_module.recompile()
-    return graph_module
-
-
-# Ops whose result depends on their tensor argument's shape, dtype and device only.
-_SHAPE_ONLY = {
-    _aten.new_zeros.default, _aten.new_ones.default, _aten.new_full.default,
-    _aten.zeros_like.default, _aten.ones_like.default, _aten.full_like.default,
-}
-
-
-def _untracks(node: torch.fx.Node) -> bool:
-    """``lift_fresh_copy`` and ``detach_`` of a constant: how a ``torch.tensor`` constant is recorded
-    (a copy taken out of autograd); the constant itself, if nothing else changes it in place."""
-    return node.target in (_aten.lift_fresh_copy.default, _aten.detach_.default) and not any(
-        _mutates(user) for user in node.users if user.target is not _aten.detach_.default
-    )
-
-
-def _mutated(node: torch.fx.Node) -> bool:
-    return any(_mutates(user) for user in node.users)
-
-
-def _mutates(node: torch.fx.Node) -> bool:
-    target = node.target
-    return isinstance(target, torch._ops.OpOverload) and (
-        target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
-    )
-
-
-def _foldable(node: torch.fx.Node) -> bool:
-    return not _mutates(node) and not any(_mutates(user) for user in node.users)
-
-
-def _identity_source(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The input ``node`` merely passes on (same shape and dtype), else ``None``."""
-    target, args = node.target, node.args
-    if not args or not isinstance(args[0], torch.fx.Node) or node.kwargs:
-        return None
-    source = args[0]
-    before, after = source.meta.get("val"), node.meta.get("val")
-    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
-        return None
-    if before.shape != after.shape or before.dtype != after.dtype or any(_mutates(user) for user in node.users):
-        return None
-    if target in _IDENTITIES and len(args) == 2 and not isinstance(args[1], torch.fx.Node):
-        return source if args[1] == _IDENTITIES[target] and not isinstance(args[1], bool) else None
-    if target is _aten.alias.default:
-        return source
-    return None
 
 
 def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> CompiledLoss:
@@ -486,7 +378,8 @@ def _signature(args) -> tuple:
 
 
 def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
-    """Value and gradients of the recorded program equal ``loss.differentiable_loss``'s on ``args``, same noise."""
+    """Value and gradients of the recorded program, through autograd and as the joint program, equal
+    ``loss.differentiable_loss``'s on ``args``, same noise."""
     state = rng.get_state()
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -495,12 +388,24 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
         rng.set_state(state)
         value = compiled(*args)
         grads = torch.autograd.grad(value, compiled.params, allow_unused=True)
+        rng.set_state(state)
+        saved = [p.grad for p in compiled.params]
+        for p in compiled.params:
+            p.grad = None
+        try:
+            joint_value = compiled.loss_and_grads(*args)
+            joint_grads = [p.grad for p in compiled.params]
+        finally:
+            for p, grad in zip(compiled.params, saved):
+                p.grad = grad
     tolerance = 1e-4 * (1.0 + abs(float(plain.detach())))
-    mismatch = not math.isclose(float(value.detach()), float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
-    for param, got, want in zip(compiled.params, grads, plain_grads):
-        got = torch.zeros_like(param) if got is None else got  # a param the loss does not reach
-        want = torch.zeros_like(param) if want is None else want
-        mismatch |= not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max())))
+    mismatch = False
+    for got_value, got_grads in ((value, grads), (joint_value, joint_grads)):
+        mismatch |= not math.isclose(float(got_value.detach()), float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
+        for param, got, want in zip(compiled.params, got_grads, plain_grads):
+            got = torch.zeros_like(param) if got is None else got  # a param the loss does not reach
+            want = torch.zeros_like(param) if want is None else want
+            mismatch |= not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * (1.0 + float(want.abs().max())))
     if mismatch:
         raise ConfigError(
             f"the compiled loss differs from {type(loss).__name__}'s on the same batch and noise (the model's "

@@ -42,6 +42,7 @@ __all__ = [
     "recording_modules",
     "PYRO_MODULE_PREFIX",
     "owners",
+    "holders",
     "module_parameters_swapped",
     "compute_log_r",
 ]
@@ -197,3 +198,16 @@ def module_parameters_swapped(swaps: Mapping[int, tuple[nn.Module, Mapping[str, 
     finally:
         for module, key, parameter in saved:
             module._parameters[key] = parameter
+
+
+def holders(owners: dict[int, list[tuple[nn.Module, str]]]) -> dict[int, list[tuple[nn.Module, str]]]:
+    """``owners``' dotted keys (``encoder.fc.weight``) as (the submodule, its own key): where
+    ``module_parameters_swapped`` puts a tensor. Each holder once."""
+    found: dict[int, list[tuple[nn.Module, str]]] = {}
+    for identity, places in owners.items():
+        for module, key in places:
+            path, _, leaf = key.rpartition(".")
+            holder = (module.get_submodule(path) if path else module, leaf)
+            if not any(h[0] is holder[0] and h[1] == leaf for h in found.get(identity, ())):
+                found.setdefault(identity, []).append(holder)
+    return found

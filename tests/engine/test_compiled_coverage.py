@@ -286,3 +286,104 @@ def test_what_compile_refuses_is_named_in_one_line_and_fit_refuses_it():
     with pytest.raises(ConfigError, match="decaying-average baselines are state"):
         pyro_vi.fit(model, guide, x, num_steps=3, loss=pyro_vi.estimators.GradientEstimator("score-baseline"),
                     compile=True, progress=False)
+
+
+def _steps_by_hand(make_pair, args, loss, num_steps, joint):
+    """A fit-like loop: a first plain step (creates the params), then ``num_steps`` steps of either
+    ``loss.loss_and_grads`` (plain) or ``CompiledLoss.loss_and_grads`` (the joint program), each
+    followed by Adam and dropped gradients. Returns every param, unconstrained."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)  # before the pair: a network draws its initial weights
+    model, guide = make_pair()
+    optim = pyro.optim.Adam({"lr": 0.02})
+    loss.loss_and_grads(model, guide, *args)
+    params = [value for _, value in pyro.get_param_store().named_parameters()]
+    optim([p for p in params if p.grad is not None])
+    for p in params:
+        p.grad = None
+    program = compiled.compile_loss(model, guide, args, loss) if joint else None
+    values = []
+    for _ in range(num_steps):
+        value = program.loss_and_grads(*args) if joint else loss.loss_and_grads(model, guide, *args)
+        values.append(float(value))
+        optim([p for p in params if p.grad is not None])
+        for p in params:
+            p.grad = None
+    return {name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()}, values, program
+
+
+def _vae_pair():
+    vae = pyro_vi.VAE(16, z_dim=2, hidden_dims=(8,))
+    return vae.model, vae.guide
+
+
+_VAE_ARGS = ((torch.rand(4, 16, generator=torch.Generator().manual_seed(0)) < 0.5).float(), torch.arange(4), 100,
+             torch.tensor(0.5))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["vae", "regression-autonormal", "coin", "gmm-enum", "score-discrete", "rloo-discrete"],
+)
+def test_joint_program_loss_and_grads_trains_as_the_plain_loss_bit_for_bit(case):
+    """CompiledLoss.loss_and_grads (forward and backward recorded as one program, replayed without
+    the autograd engine) takes the plain run's steps exactly: same losses, same parameters."""
+    if case == "vae":
+        make_pair, args, loss = _vae_pair, _VAE_ARGS, Trace_ELBO()
+    elif case == "regression-autonormal":
+        def make_pair():
+            module = load("bayesian_regression")
+            return module.model, autoguides.AutoNormal(module.model)
+        args, loss = _regression_data(), Trace_ELBO()
+    elif case == "coin":
+        make_pair, args, loss = _coin_pair, _COIN_DATA, Trace_ELBO()
+    elif case == "gmm-enum":
+        def make_pair():
+            module = load("gmm")
+            return module.model, module.guide
+        args, loss = (torch.as_tensor(load("gmm").make_data()["data"]),), TraceEnum_ELBO(max_plate_nesting=1)
+    else:
+        name = case.split("-")[0]
+        make_pair, args = _discrete_pair, _DISCRETE_DATA
+        loss = pyro_vi.estimators.GradientEstimator(name, num_particles=3 if name == "rloo" else 1)
+    plain, plain_values, _ = _steps_by_hand(make_pair, args, loss, 15, joint=False)
+    fast, fast_values, program = _steps_by_hand(make_pair, args, loss, 15, joint=True)
+    assert program._joint is not None and program.fallbacks == 0
+    # The loss values: Trace_ELBO adds its sites' log-probs as Python floats (doubles), the program in
+    # float32; equal to float32 rounding. The parameters: equal, bit for bit.
+    assert fast_values == pytest.approx(plain_values, rel=1e-6, abs=1e-6)
+    _assert_same(plain, fast)
+
+
+def test_joint_program_falls_back_to_the_plain_step_when_a_guard_differs():
+    """The branching model: on a batch taking the other branch, loss_and_grads runs the plain loss
+    from the same RNG state and its backward; the gradients are the plain ones."""
+
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        scale = 1.0 if x.sum() > 0 else 2.0  # structure read off the data
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z, scale), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        pyro.sample("z", dist.Normal(loc, scale))
+
+    positive = torch.rand(6) + 0.5
+    Trace_ELBO().loss_and_grads(model, guide, positive)
+    program = compiled.compile_loss(model, guide, (positive,))
+    for p in program.params:
+        p.grad = None
+    for seed, batch in enumerate([positive, -positive]):
+        torch.manual_seed(seed)
+        value = program.loss_and_grads(batch)
+        got = [p.grad.clone() for p in program.params]
+        for p in program.params:
+            p.grad = None
+        torch.manual_seed(seed)
+        want_value = Trace_ELBO().differentiable_loss(model, guide, batch)
+        want = torch.autograd.grad(want_value, program.params)
+        assert torch.allclose(value, want_value.detach(), rtol=1e-6, atol=1e-6)  # float rounding only
+        assert all(torch.allclose(g, w, rtol=1e-5, atol=1e-6) for g, w in zip(got, want))
+    assert program.fallbacks == 1
