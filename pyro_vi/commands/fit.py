@@ -80,6 +80,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> No
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The shared model options, the objective (``--loss`` or ``--estimator``), checkpoints and the summary."""
+    from pyro_vi.commands._args import add_compile
     from pyro_vi.estimators import ESTIMATORS
 
     add_model_arguments(parser, "runs/fit")
@@ -94,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every this many steps (default 0: at the end)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, exactly")
     parser.add_argument("--posterior-samples", type=int, default=1000, help="draws for posterior.csv (default 1000)")
+    add_compile(parser)
 
 
 def validate_common(args: argparse.Namespace) -> None:
@@ -267,10 +269,12 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
     """``pyro_vi.fit`` with the checkpoint in OUT; a model raising mid-run is one line naming the step."""
     from pyro_vi import engine
     from pyro_vi.commands import user_model
+    from pyro_vi.engine.autocompile import reads_only
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
 
     completed = [0]
 
+    @reads_only  # it counts steps: fit's default compile still applies
     def count(step: int, _loss) -> None:
         completed[0] = step
 
@@ -278,7 +282,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
         return engine.fit(
             pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
             callback=count, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
-            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, compile=args.compile,
         )
     except TrainingInterrupted as interrupted:
         raise TrainingInterrupted(f"interrupted at step {interrupted.step} of {args.num_steps}; checkpoint saved to "

@@ -78,7 +78,7 @@ def _default_help(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi vae``'s options to ``parser``."""
-    from pyro_vi.commands._args import parse_seed
+    from pyro_vi.commands._args import add_compile, parse_seed
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.device import DEVICES
     from pyro_vi.vae.model import LIKELIHOODS
@@ -117,12 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="linear KL annealing from 0 to 1 (" + _default_help("kl_warmup_epochs") + ")")
     train.add_argument("--checkpoint-every-steps", type=int, default=0)
     train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
-    train.add_argument(
-        "--compile",
-        action="store_true",
-        help="record the step's Trace_ELBO once and replay it as a tensor program (pyro_vi.engine.compiled): same "
-        "numbers, less per-step overhead; needs --elbo trace with one particle and no --estimator",
-    )
+    add_compile(train)
     train.add_argument("--iwae-k", type=int, default=0, help="after training, test NLL by IWAE with k samples (0: off)")
     train.add_argument("--iwae-points", type=int, default=None, help="test images for --iwae-k (default: all)")
     run = parser.add_argument_group("run")
@@ -232,10 +227,13 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = build_loss(args)
-    if args.compile and (getattr(args, "estimator", None) is not None or args.elbo != "trace" or args.particles != 1):
+    if args.compile:
+        from pyro_vi.engine.compiled import can_compile
         from pyro_vi.errors import ConfigError
 
-        raise ConfigError("--compile records Trace_ELBO with one particle; drop --estimator/--elbo/--particles or --compile")
+        reason = can_compile(None, None, (), loss)
+        if reason is not None:
+            raise ConfigError(reason)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
     vae.validate(dataset.train_images, name=f"{args.dataset} training images")
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}

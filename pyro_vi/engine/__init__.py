@@ -5,7 +5,11 @@
 * :mod:`~pyro_vi.engine.resume`       a resumed run: params restored as created, the warm-up
 * :mod:`~pyro_vi.engine.checkpoint`   atomic, weights-only checkpoints; the one param-store restore
 * :mod:`~pyro_vi.engine.checkpoint_format`  what a checkpoint file holds, and its check on load
-* :mod:`~pyro_vi.engine.compiled`     one step recorded once and replayed (``fit(..., compile=True)``)
+* :mod:`~pyro_vi.engine.autocompile`  when ``fit`` replays the recorded step (on by default), the audit
+* :mod:`~pyro_vi.engine.compiled`     one step recorded once and replayed
+* :mod:`~pyro_vi.engine.programs`     passes over a recorded program: simplify, joint (loss + backward)
+* :mod:`~pyro_vi.engine.surrogate`    ``Trace_ELBO``'s loss as a recordable program, its value as Pyro sums it
+* :mod:`~pyro_vi.engine.samplers`     traceable Beta/Dirichlet/Gamma draws for recording
 * :mod:`~pyro_vi.engine.distributed`  torch.distributed: gradient all-reduce, agreed interrupts
 * :mod:`~pyro_vi.engine.optim`        optimizers and learning-rate schedules by name
 * :mod:`~pyro_vi.engine.params`       the param store as function inputs and back (the one place
@@ -13,7 +17,10 @@
 * :mod:`~pyro_vi.engine.rng`          save and restore every RNG (Python, NumPy, torch, CUDA)
 """
 
-from pyro_vi.engine import checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, resume, rng, subsample
+from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
+    autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, programs, resume, rng,
+    samplers, subsample, surrogate,
+)
 from pyro_vi.engine.loop import FitResult, fit
 from pyro_vi.engine.subsample import EpochSubsample, PerStep
 

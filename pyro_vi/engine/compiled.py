@@ -61,32 +61,11 @@ from torch.overrides import TorchFunctionMode
 
 from pyro_vi.engine import params as param_store
 from pyro_vi.engine import programs, rng, samplers
+from pyro_vi.engine.surrogate import surrogate_loss, trace_elbo_value
 from pyro_vi.errors import ConfigError
 
-__all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "surrogate_loss"]
-
-
-def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particles: int = 1) -> Tensor:
-    """-ELBO of a reparameterized guide, summed as ``Trace_ELBO`` sums it (model sites, then guide).
-
-    Its value is ``Trace_ELBO``'s loss and its gradient ``Trace_ELBO``'s, for guides whose sites all
-    rsample; it reads no tensor value (no ``.item()``), so it can be recorded by ``make_fx``.
-    """
-    loss = 0.0
-    for _ in range(num_particles):
-        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
-        model_trace = prune_subsample_sites(poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args))
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        elbo = 0.0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"]
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo - site["log_prob_sum"]
-        loss = loss - elbo / num_particles
-    return loss
+__all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "signature", "surrogate_loss"]
+# surrogate_loss: re-exported from pyro_vi.engine.surrogate (older imports)
 
 
 class CompiledLoss:
@@ -102,12 +81,16 @@ class CompiledLoss:
             step is taken by the loss's own ``differentiable_loss`` instead, from the same RNG state
             (so it is still the plain step).
         fallbacks: how many calls were taken that way.
+        terms: with ``Trace_ELBO``, each site's (particle, sign): the program also returns the sites'
+            log-prob sums, from which :meth:`loss_and_grads` sums the loss as Pyro does.
     """
 
     def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
-                 plain: Callable | None = None, joint: Callable | None = None):
+                 plain: Callable | None = None, joint: Callable | None = None, terms: Sequence = (),
+                 num_particles: int = 1, plain_step: Callable | None = None):
         self._graph = graph
         self._joint = joint
+        self.terms, self._particles, self._plain_step = list(terms), num_particles, plain_step
         self.names = names
         self.params = params
         self.guards = list(guards)
@@ -121,30 +104,31 @@ class CompiledLoss:
             return out if isinstance(out, Tensor) else out[0]
         state = self._rng_state()
         value, *read = self._graph(self.params, *args)
-        if self._guards_hold(read):
+        if self._guards_hold(read[len(self.terms):]):
             return value
         return self._fall_back(state, args)
 
-    def loss_and_grads(self, *args) -> Tensor:
-        """The loss on ``args`` (detached), its gradients added to the params' ``.grad`` as
-        ``self(*args).backward()`` adds them, the same numbers: the recorded forward and backward
-        pass as one program (:func:`pyro_vi.engine.programs.joint`), replayed without the autograd engine (a third less
+    def loss_and_grads(self, *args) -> float:
+        """The loss on ``args`` as the loss's own ``loss_and_grads`` returns it (a float), its
+        gradients added to the params' ``.grad`` as ``self(*args).backward()`` adds them, the same
+        numbers: the recorded forward and backward pass as one program
+        (:func:`pyro_vi.engine.programs.joint`), replayed without the autograd engine (a third less
         time on a tiny model: the engine's per-node bookkeeping is most of its backward)."""
         if self._joint is None:
-            return _backward(self(*args))
+            return float(_backward(self(*args)))
         state = self._rng_state() if self.guards else None
         with torch.no_grad():
             value, *rest = self._joint(self.params, *args)
         grads, read = rest[: len(self.params)], rest[len(self.params):]
-        if not self._guards_hold(read):
-            return _backward(self._fall_back(state, args))
+        if not self._guards_hold(read[len(self.terms):]):
+            return self._fall_back(state, args, step=True)
         for param, grad, fresh in zip(self.params, grads, self._joint.fresh_grads):
             if grad is None:
                 continue
             if not fresh:  # a folded constant or a view: .grad gets a tensor of its own, as autograd gives
                 grad = grad.clone(memory_format=torch.contiguous_format)
             param.grad = grad if param.grad is None else param.grad + grad
-        return value
+        return trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)
 
     def _rng_state(self) -> Tensor:
         device = self.params[0].device if self.params else torch.device("cpu")
@@ -154,7 +138,7 @@ class CompiledLoss:
     def _guards_hold(self, read: Sequence[Tensor]) -> bool:
         return all(bool(flag) == want for flag, want in zip(read, self.guards))
 
-    def _fall_back(self, state: Tensor, args) -> Tensor:
+    def _fall_back(self, state: Tensor, args, step: bool = False):
         self.fallbacks += 1
         device = self.params[0].device if self.params else torch.device("cpu")
         if device.type == "cuda":
@@ -162,7 +146,11 @@ class CompiledLoss:
         else:
             torch.set_rng_state(state)
         with pyro.validation_enabled(False):
-            return self._plain(*args)
+            if not step:
+                return self._plain(*args)
+            if self._plain_step is not None:
+                return float(self._plain_step(*args))
+            return float(_backward(self._plain(*args)))
 
 
 def _backward(value: Tensor) -> Tensor:
@@ -264,11 +252,12 @@ def _recordable() -> Iterator[None]:
         torch.distributions.Distribution._validate_sample = validate_sample
 
 
-def _objective(loss) -> Callable[[Callable, Callable, Sequence], Tensor]:
-    """The step's loss as a tensor whose value is the loss and whose gradient the estimator's."""
+def _objective(loss) -> Callable[..., Tensor]:
+    """The step's loss as a tensor whose value is the loss and whose gradient the estimator's;
+    ``objective(model, guide, args, terms)`` lists ``Trace_ELBO``'s site terms in ``terms``."""
     if type(loss) is Trace_ELBO:
-        return lambda model, guide, args: surrogate_loss(model, guide, args, loss.num_particles)
-    return lambda model, guide, args: loss.differentiable_loss(model, guide, *args)
+        return lambda model, guide, args, terms=None: surrogate_loss(model, guide, args, loss.num_particles, terms)
+    return lambda model, guide, args, terms=None: loss.differentiable_loss(model, guide, *args)
 
 
 def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
@@ -297,6 +286,7 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     holders = param_store.holders(param_store.owners(modules))
 
     guards = _Guards()
+    layout: list[tuple[int, int]] = []  # Trace_ELBO's site terms: (particle, sign), in order
 
     def program(values: list[Tensor], *step_args) -> list[Tensor]:
         swaps: dict[int, tuple[nn.Module, dict[str, Tensor]]] = {}
@@ -304,8 +294,10 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
             for module, key in holders.get(id(param), ()):
                 swaps.setdefault(id(module), (module, {}))[1][key] = value
         with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps), guards:
-            value = objective(model, guide, step_args)
-        return [value, *guards.tensors]
+            terms: list = []
+            value = objective(model, guide, step_args, terms)
+        layout[:] = [(particle, sign) for particle, sign, _ in terms]
+        return [value, *(term for _, _, term in terms), *guards.tensors]
 
     with _recordable():
         try:
@@ -322,7 +314,8 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
             ) from None
     plain = functools.partial(loss.differentiable_loss, model, guide)
     graph = programs.simplify(graph)
-    return CompiledLoss(graph, names, params, guards.values, plain, programs.joint(graph, params, args))
+    return CompiledLoss(graph, names, params, guards.values, plain, programs.joint(graph, params, args), layout,
+                        getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide))
 
 
 class _Guards(TorchFunctionMode):
@@ -347,17 +340,19 @@ class _Guards(TorchFunctionMode):
 def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> CompiledLoss:
     """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
 
-    ``pyro_vi.fit`` calls this after its first (plain) step. The program is reused by a later call
-    with the same model, guide, argument shapes and non-tensor arguments while the param store
-    still holds the very tensors it was recorded with (a cleared store, a resumed checkpoint or new
-    parameters record it afresh), so calling ``fit`` epoch by epoch records once.
+    ``pyro_vi.fit`` calls this after a plain step. The program is reused by a later call with the
+    same model, guide, argument shapes and non-tensor arguments while the param store still holds
+    the very tensors it was recorded with (a cleared store, a resumed checkpoint or new parameters
+    record it afresh), so calling ``fit`` epoch by epoch records once per argument signature.
     """
-    key = (_identity(model), _identity(guide), _signature(args))
-    cached = getattr(loss, "_pyro_vi_recorded", None)
-    if cached is not None and cached[0] == key and _same_tensors(cached[1]):
-        return cached[1]
+    key = (_identity(model), _identity(guide), signature(args))
+    cache = getattr(loss, "_pyro_vi_recorded", None)
+    if not isinstance(cache, dict):
+        cache = loss._pyro_vi_recorded = {}
+    if key in cache and _same_tensors(cache[key]):
+        return cache[key]
     program = compile_loss(model, guide, args, loss)
-    loss._pyro_vi_recorded = (key, program)
+    cache[key] = program
     return program
 
 
@@ -371,7 +366,8 @@ def _identity(function) -> tuple[int, int]:
     return id(getattr(function, "__self__", None)), id(getattr(function, "__func__", function))
 
 
-def _signature(args) -> tuple:
+def signature(args: Sequence) -> tuple:
+    """What a recording is valid for: each tensor's shape, dtype and device, each other value's repr."""
     return tuple(
         (tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else ("value", type(a).__name__, repr(a)) for a in args
     )
@@ -401,7 +397,8 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
     tolerance = 1e-4 * (1.0 + abs(float(plain.detach())))
     mismatch = False
     for got_value, got_grads in ((value, grads), (joint_value, joint_grads)):
-        mismatch |= not math.isclose(float(got_value.detach()), float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
+        got_value = float(got_value.detach()) if isinstance(got_value, Tensor) else got_value
+        mismatch |= not math.isclose(got_value, float(plain.detach()), rel_tol=0.0, abs_tol=tolerance)
         for param, got, want in zip(compiled.params, got_grads, plain_grads):
             got = torch.zeros_like(param) if got is None else got  # a param the loss does not reach
             want = torch.zeros_like(param) if want is None else want

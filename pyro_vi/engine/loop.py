@@ -55,6 +55,7 @@ from torch import Tensor
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
 from pyro_vi.engine import resume as resuming
+from pyro_vi.engine.autocompile import StepRecorder
 from pyro_vi.engine.subsample import EpochSubsample, PerStep  # noqa: F401 - re-exported (older imports)
 from pyro_vi.engine.subsample import check_subsamples, explain_plate_mismatch, step_values
 from pyro_vi.errors import ConfigError, OutputError, TrainingDivergedError, TrainingInterrupted
@@ -76,6 +77,7 @@ class FitResult(NamedTuple):
         steps_per_second: this call's steps / seconds (callback time included).
         skipped_steps: steps of the run dropped for a NaN/inf loss or gradient (``on_nan="skip"``).
         stopped_early: the callback asked to stop.
+        compiled_steps: steps of this call taken by the recorded program (``compile``).
     """
 
     params: dict
@@ -86,6 +88,7 @@ class FitResult(NamedTuple):
     steps_per_second: float
     skipped_steps: int
     stopped_early: bool
+    compiled_steps: int = 0
 
 
 def fit(
@@ -107,7 +110,7 @@ def fit(
     state: dict | None = None,
     on_nan: str = "raise",
     progress: bool = True,
-    compile: bool = False,
+    compile: bool | None = None,
     data_parallel=None,
     **kwargs,
 ) -> FitResult:
@@ -139,8 +142,10 @@ def fit(
             checkpoint and restored into the same dict on resume.
         on_nan: ``"raise"`` (``TrainingDivergedError``) or ``"skip"`` the step, without an update.
         progress: a tqdm bar with the loss.
-        compile: record the ``Trace_ELBO`` step as a tensor program after the first step
-            (``pyro_vi.engine.compiled``); positional tensor arguments only.
+        compile: replay the step as a recorded tensor program after a first plain step
+            (``pyro_vi.engine.compiled``; same numbers, checked). ``None``: where it applies and the
+            run is long enough to repay it, else plain (``pyro_vi.engine.autocompile``); ``True``:
+            always, or ``ConfigError`` naming why not; ``False``: never.
         data_parallel: a ``pyro_vi.engine.distributed.DataParallel`` for a torch.distributed run.
 
     Returns:
@@ -155,7 +160,7 @@ def fit(
     from tqdm.auto import tqdm
 
     _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
-    if compile and kwargs:
+    if compile is True and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")
     loss = Trace_ELBO() if loss is None else loss
     optim = pyro_vi_optim.Adam({"lr": 1e-3}) if optim is None else optim
@@ -192,10 +197,10 @@ def fit(
     validate = pyro.infer.is_validation_enabled()  # Pyro's checks on the first step of each call only
     reduce = None if data_parallel is None else data_parallel.reduce
     due = checkpoint_every if callable(checkpoint_every) else (lambda step: checkpoint_every and step % checkpoint_every == 0)
-    recorded = None
     interrupt = _DeferredInterrupt()
     bar = tqdm(total=num_steps, initial=run.step, desc="svi", leave=False) if progress and is_main else None
     start, first_step, stopped_early = time.perf_counter(), run.step, False
+    recorder = StepRecorder(compile, model, guide, loss, num_steps - run.step, callback, kwargs, data_parallel)
     if resume and run.step >= num_steps and num_steps > 0:
         # Nothing left to train: still put the checkpoint's values into the params the model and
         # guide create (modules included), so the caller evaluates the trained model, not a fresh one.
@@ -207,10 +212,9 @@ def fit(
         with interrupt:
             while run.step < num_steps:
                 step_args, step_kwargs = step_values(args, kwargs, run.step)
-                if recorded is not None:
-                    value = recorded(*step_args)
-                    value.backward()
-                    step_loss = _apply(optim, recorded.params, float(value.detach()), reduce)
+                value = recorder.step(step_args)
+                if value is not None:
+                    step_loss = _apply(optim, recorder.params, value, reduce)
                 else:
                     first = run.step == first_step
                     if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
@@ -225,10 +229,7 @@ def fit(
                     if first:
                         check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
                         resuming.refuse_unused(pending, checkpoint)
-                    if compile:
-                        from pyro_vi.engine import compiled
-
-                        recorded = compiled.recorded_loss(model, guide, step_args, loss)
+                    recorder.record(step_args)
                 if step_loss is None:
                     if on_nan == "raise":
                         diverged = TrainingDivergedError(
@@ -274,7 +275,7 @@ def fit(
     taken = run.step - first_step
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
     return FitResult(params, list(run.losses), run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
-                     run.skipped, stopped_early)
+                     run.skipped, stopped_early, recorder.steps)
 
 
 def _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from pyro_vi import engine
 from pyro_vi.engine import distributed
 from pyro_vi.engine import optim
+from pyro_vi.engine.autocompile import reads_only
 from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
@@ -47,9 +48,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     on_nan: str = "raise"  # raise | skip (skip a step whose loss or gradient is not finite)
-    # Record the Trace_ELBO of the first step as a tensor program and replay it (pyro_vi.engine.compiled):
-    # same values and gradients, no Pyro tracing per step; needs a static, reparameterized model.
-    compile: bool = False
+    # Replay the step as a recorded tensor program (pyro_vi.engine.compiled): same values and gradients,
+    # no Pyro tracing per step. None: where it applies and pays (fit's default); True: always, or a
+    # one-line ConfigError; False: never.
+    compile: bool | None = None
     # Learning rate of each step: constant, or from learning_rate down to final_learning_rate at the
     # end of the run's epochs (cosine: half a cosine wave; exponential: a constant factor per step).
     lr_schedule: str = "constant"  # constant | cosine | exponential
@@ -260,7 +262,7 @@ def fit(
     def kl_weight(step: int):
         epoch, position = indices.epoch_of(step)
         weight = config.kl_weight(epoch, position, steps_per_epoch)
-        return train_images.new_tensor(weight) if config.compile else weight  # a tensor: the recording reads it
+        return train_images.new_tensor(weight) if config.compile is not False else weight  # a tensor: a recording reads it
 
     # The run's own state, saved in every checkpoint: the history and the current epoch's sums.
     state: dict = {"history": [], "epoch_loss": 0.0, "epoch_good_steps": 0, "epoch_skipped": 0, "evaluate_seconds": 0.0}
@@ -307,7 +309,7 @@ def fit(
             loss=Trace_ELBO() if loss is None else loss,
             optim=optimizer,
             seed=config.seed,
-            callback=end_of_step,
+            callback=reads_only(end_of_step),  # it logs and evaluates: the default compile applies
             checkpoint=checkpoint_path,
             checkpoint_every=checkpoint_due,
             checkpoint_config={"train": config.checkpoint_config(), "model": checkpoint_config or {}},

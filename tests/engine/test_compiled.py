@@ -162,13 +162,14 @@ def test_the_recorded_program_is_kept_on_the_loss_while_the_params_are_the_same(
     loss = Trace_ELBO()
     config = pyro_vi.TrainConfig(epochs=3, batch_size=6, learning_rate=0.01, binarization="none", compile=True)
     pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
-    first = loss._pyro_vi_recorded[1]
+    (key, first), = loss._pyro_vi_recorded.items()  # one argument signature: one program
     pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
-    assert loss._pyro_vi_recorded[1] is first  # the same store tensors: not recorded again
+    assert loss._pyro_vi_recorded[key] is first  # the same store tensors: not recorded again
     pyro.clear_param_store()  # new tensors: the old program would train stale ones
     pyro_vi.fit_images(normal_model, normal_guide, x, config, loss=loss, progress=False)
-    assert loss._pyro_vi_recorded[1] is not first
-    assert all(pyro.get_param_store()._params[n] is p for n, p in zip(loss._pyro_vi_recorded[1].names, loss._pyro_vi_recorded[1].params))
+    again = loss._pyro_vi_recorded[key]
+    assert again is not first
+    assert all(pyro.get_param_store()._params[n] is p for n, p in zip(again.names, again.params))
 
 
 @pytest.mark.parametrize(

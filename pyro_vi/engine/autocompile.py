@@ -1,0 +1,151 @@
+"""When ``fit`` takes the recorded step (:mod:`pyro_vi.engine.compiled`), and how it keeps it honest.
+
+``fit(..., compile=None)`` (the default) records the step after the first plain step of a call
+when the run is long enough to repay the recording (``AUTO_MIN_STEPS`` steps left) and the step
+can be recorded (:func:`~pyro_vi.engine.compiled.can_compile`, then ``compile_loss``'s check that the
+recorded value and gradients equal the plain ones on the same batch and noise); anything else runs
+plain, silently. ``compile=True`` records whatever the run's length and raises ``ConfigError`` (one
+line, the real cause) where it cannot; ``compile=False`` never records.
+
+A recording freezes every Python value the model reads that is not one of its arguments (a
+module-level annealing factor, ``np.random`` draws, a counter the model bumps). Such a model passes
+the first check and would then train on a stale constant, so:
+
+* the default skips runs with a ``callback`` (which may change what the model reads between steps)
+  unless it is marked :func:`reads_only` (pyro_vi's own trainers mark theirs), runs with keyword arguments (recorded programs take positional ones) and distributed runs;
+* every recorded step numbered 1, 2, 4, 8, ... of the call is **audited**: the plain loss is
+  computed too, from the same torch generator state, and must equal the recorded one. On a mismatch
+  the step is taken plain and the rest of the call runs plain (``compile=True``: ``ConfigError``,
+  before any update).
+
+Each argument signature (shapes, dtypes, devices, non-tensor values) gets its own recording (an
+epoch's smaller last minibatch, say), up to ``MAX_PROGRAMS``; a step with another one runs plain.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import pyro
+import torch
+from torch import Tensor
+
+from pyro_vi.errors import ConfigError
+
+__all__ = ["AUTO_MIN_STEPS", "MAX_PROGRAMS", "StepRecorder", "reads_only"]
+
+# Recording costs about 0.3-0.5 s on a 2-core CPU (one-off imports aside) and saves 15-75% of a step
+# (benchmarks/RESULTS.md): measured break-even 130-2,500 steps (regression with AutoNormal, VAE
+# 784-400-50, Normal-Normal), so the default records runs with this many steps left.
+AUTO_MIN_STEPS = 1000
+MAX_PROGRAMS = 4
+
+
+def reads_only(callback: Callable) -> Callable:
+    """Mark ``callback`` as one that changes nothing the model or guide reads (it logs, evaluates,
+    checkpoints or stops early): ``fit``'s default compile then applies to runs using it. Returns
+    ``callback`` itself."""
+    callback._pyro_vi_reads_only = True
+    return callback
+
+
+class StepRecorder:
+    """The recorded steps of one ``fit`` call: which argument signatures have a program, the audit.
+
+    Args:
+        mode: ``None`` (record where it pays and applies, else run plain), ``True`` (record or
+            raise), ``False`` (never record).
+        model, guide, loss: the run's pair and loss.
+        steps_left: steps this call will take.
+        callback, kwargs, data_parallel: ``fit``'s; any of them makes the default run plain (a
+            distributed run's ranks must step the same params in the same order).
+    """
+
+    def __init__(self, mode: bool | None, model: Callable, guide: Callable, loss, steps_left: int,
+                 callback: Callable | None = None, kwargs: dict | None = None, data_parallel=None):
+        from pyro_vi.engine import compiled
+
+        if mode not in (None, True, False):
+            raise ConfigError(f"compile must be None (automatic), True or False, got {mode!r}")
+        self._compiled = compiled
+        self.model, self.guide, self.loss = model, guide, loss
+        self.forced = mode is True
+        self.active = mode is True or (
+            mode is None and steps_left >= AUTO_MIN_STEPS and (callback is None or getattr(callback, "_pyro_vi_reads_only", False))
+            and not kwargs and data_parallel is None
+            and compiled.can_compile(model, guide, (), loss) is None
+        )
+        self.programs: dict[tuple, object] = {}
+        self.steps = 0  # recorded steps taken in this call
+        self.refusal: str | None = None  # why the default stopped recording, for the curious
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The params of the program that ran last (the optimizer steps them)."""
+        return self._last.params
+
+    def record(self, step_args: Sequence) -> None:
+        """After a plain step: record the step for these arguments' signature, if it applies."""
+        if not self.active:
+            return
+        key = self._compiled.signature(step_args)
+        if key in self.programs or len(self.programs) >= MAX_PROGRAMS:
+            return
+        try:
+            self.programs[key] = self._compiled.recorded_loss(self.model, self.guide, step_args, self.loss)
+        except ConfigError as error:
+            if self.forced:
+                raise
+            self._stop(str(error))
+
+    def step(self, step_args: Sequence) -> float | None:
+        """One recorded step: loss and gradients into the params' ``.grad``, the loss returned;
+        ``None`` when there is no program for these arguments (or the audit failed): take the plain step."""
+        if not self.active:
+            return None
+        program = self.programs.get(self._compiled.signature(step_args))
+        if program is None:
+            return None
+        self.steps += 1
+        audit = self.steps & (self.steps - 1) == 0  # recorded steps 1, 2, 4, 8, ...
+        before = _torch_rng() if audit else None
+        value = program.loss_and_grads(*step_args)
+        if audit:
+            after = _torch_rng()
+            _set_torch_rng(before)
+            with pyro.validation_enabled(False):
+                plain = float(self.loss.loss(self.model, self.guide, *step_args))
+            _set_torch_rng(after)
+            got = float(value)
+            if not (math.isclose(got, plain, rel_tol=0.0, abs_tol=1e-4 * (1.0 + abs(plain)))
+                    or (math.isnan(got) and math.isnan(plain))):
+                for p in program.params:
+                    p.grad = None
+                _set_torch_rng(before)  # the plain step draws the noise the recorded one drew
+                message = (
+                    f"the recorded step's loss ({got:.6g}) differs from the plain one ({plain:.6g}) at recorded step "
+                    f"{self.steps}: the model reads a value that changes between steps from outside its arguments "
+                    "(a global, a closure variable, NumPy's or Python's random); pass it as a tensor argument or "
+                    "use compile=False"
+                )
+                if self.forced:
+                    raise ConfigError(message)
+                self._stop(message)
+                self.steps -= 1
+                return None
+        self._last = program
+        return float(value)
+
+    def _stop(self, reason: str) -> None:
+        self.active, self.refusal = False, reason
+
+
+def _torch_rng() -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_torch_rng(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])

@@ -1,0 +1,184 @@
+"""fit's default compile (pyro_vi.engine.autocompile): long runs replay the recorded step and end
+where the plain run ends, bit for bit (losses included); short runs, callbacks and keyword arguments
+run plain; the audit catches a model that reads a value from outside its arguments."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from tutorial_models import load
+
+import pyro_vi
+from pyro_vi.engine import autocompile
+from pyro_vi.errors import ConfigError
+
+STEPS = autocompile.AUTO_MIN_STEPS  # the shortest run the default records
+
+
+def _runs(make_pair, args, num_steps=STEPS, modes=(None, False), **options):
+    results = {}
+    for mode in modes:
+        pyro.clear_param_store()
+        model, guide = make_pair()
+        results[mode] = pyro_vi.fit(model, guide, *args, num_steps=num_steps, seed=0, progress=False, compile=mode,
+                                    optim=pyro_vi.engine.optim.Adam({"lr": 0.01}), **options)
+    return results
+
+
+def _assert_same_run(a, b):
+    assert a.losses == b.losses  # Trace_ELBO's loss summed as Pyro sums it: the same doubles
+    assert a.params.keys() == b.params.keys()
+    assert all(torch.equal(a.params[name], b.params[name]) for name in a.params)
+
+
+def _coin():
+    module = load("coin")
+    return module.model, module.guide
+
+
+def _regression():
+    module = load("bayesian_regression")
+    return module.model, AutoNormal(module.model)
+
+
+def _regression_args():
+    module = load("bayesian_regression")
+    data = module.make_data()
+    return tuple(torch.as_tensor(data[key]) for key in ("x", "y"))
+
+
+@pytest.mark.parametrize("case", ["coin", "regression-autonormal"])
+def test_a_long_run_is_compiled_by_default_and_ends_where_the_plain_run_ends(case):
+    make_pair, args = (_coin, (torch.as_tensor(load("coin").make_data()["data"]),)) if case == "coin" else (
+        _regression, _regression_args())
+    runs = _runs(make_pair, args)
+    assert runs[None].compiled_steps == STEPS - 1 and runs[False].compiled_steps == 0  # all but the first step
+    _assert_same_run(runs[None], runs[False])
+
+
+def test_short_runs_callbacks_and_keyword_arguments_run_plain_by_default():
+    args = (torch.as_tensor(load("coin").make_data()["data"]),)
+    assert _runs(_coin, args, num_steps=STEPS - 1, modes=(None,))[None].compiled_steps == 0
+    assert _runs(_coin, args, modes=(None,), callback=lambda step, loss: None)[None].compiled_steps == 0
+    forced = _runs(_coin, args, num_steps=20, modes=(True,))[True]
+    assert forced.compiled_steps == 19  # compile=True records whatever the length
+
+
+def _subsampled_pair():
+    data = torch.randn(10, generator=torch.Generator().manual_seed(0)) + 2.0
+
+    def model(indices):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10, subsample=indices):
+            pyro.sample("obs", dist.Normal(z, 1.0), obs=data[indices])
+
+    def guide(indices):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        pyro.sample("z", dist.Normal(loc, scale))
+
+    return model, guide
+
+
+def test_an_epochs_smaller_last_batch_gets_its_own_recording():
+    """10 points in batches of 4: sizes 4, 4, 2 each epoch. Two signatures, two programs; the first
+    step of each is plain (the first of the run, the first batch of 2)."""
+    runs = _runs(_subsampled_pair, (pyro_vi.EpochSubsample(10, 4, drop_last=False),), num_steps=STEPS + 2)
+    assert runs[None].compiled_steps == STEPS + 2 - 2
+    _assert_same_run(runs[None], runs[False])
+
+
+def _counting_pair():
+    """A model that reads a Python value it changes itself: a recording would freeze it."""
+    calls = [0]
+
+    def model(x):
+        calls[0] += 1
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z, 1.0 + calls[0] % 3), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        pyro.sample("z", dist.Normal(loc, scale))
+
+    return model, guide
+
+
+def _numpy_pair():
+    """A model drawing from NumPy's generator (not Pyro's): each step a new constant."""
+
+    def model(x):
+        shift = float(np.random.randn())
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z + shift, 1.0), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+    return model, guide
+
+
+def test_the_audit_catches_a_model_reading_values_from_outside_its_arguments():
+    """The first recorded step is audited against the plain loss from the same torch generator: the
+    counting model (a different scale every step) and the NumPy-drawing model differ there, so the
+    default runs them plain from that step on, and compile=True refuses them (before any update)."""
+    x = torch.randn(8) + 1.0
+    counting = _runs(_counting_pair, (x,), num_steps=STEPS)
+    assert counting[None].compiled_steps == 0
+    _assert_same_run(counting[None], counting[False])  # the audited step was retaken plain, same noise
+    assert _runs(_numpy_pair, (x,), modes=(None,))[None].compiled_steps == 0
+    for make_pair in (_counting_pair, _numpy_pair):
+        with pytest.raises(ConfigError, match="differs from"):  # at the recording's check or the first audit
+            _runs(make_pair, (x,), num_steps=20, modes=(True,))
+
+
+def test_the_audit_is_on_recorded_steps_one_two_four_and_so_on():
+    """A model that changes its constant at its 12th call is caught at the first audited step after
+    that call, not before: recorded steps do not call the model, audits do (one call each, at
+    recorded steps 1, 2, 4, ...), so the change is seen at a power of two. The steps between replayed
+    the stale constant, which is why the default leaves runs with a callback (the usual way to change
+    such a value) plain."""
+    calls = [0]
+
+    def model(x):
+        calls[0] += 1
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(z, 1.0 if calls[0] < 12 else 3.0), obs=x)
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    pyro.clear_param_store()
+    result = pyro_vi.fit(model, guide, torch.randn(8), num_steps=STEPS, seed=0, progress=False)
+    caught_at = result.compiled_steps + 1  # the audited step that failed, taken plain
+    assert result.compiled_steps > 0 and caught_at & (caught_at - 1) == 0
+
+
+def test_compile_must_be_none_true_or_false():
+    with pytest.raises(ConfigError, match="compile must be None"):
+        pyro_vi.fit(*_coin(), torch.ones(3), num_steps=1, compile="yes", progress=False)
+
+
+def test_the_recorded_steps_loss_is_trace_elbos_own_double():
+    """Trace_ELBO adds its sites' log-prob sums as Python floats; the recorded program returns the
+    sums and the engine adds them the same way: the reported loss is the same double."""
+    args = (torch.as_tensor(load("coin").make_data()["data"]),)
+    pyro.clear_param_store()
+    model, guide = _coin()
+    loss = Trace_ELBO()
+    loss.loss_and_grads(model, guide, *args)
+    program = pyro_vi.engine.compiled.compile_loss(model, guide, args, loss)
+    state = torch.get_rng_state()
+    got = program.loss_and_grads(*args)
+    torch.set_rng_state(state)
+    want = loss.loss_and_grads(model, guide, *args)
+    assert isinstance(got, float) and got == want
