@@ -242,7 +242,9 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     saved_checkpoint = None
     if is_main:  # rank 0 alone writes checkpoints: its OUT is the one that matters
         if args.resume:
-            saved_checkpoint = checkpoint.load(checkpoint_path, expected_config={"model": model_config, "train": config.checkpoint_config()}, broadcast=False)
+            saved_checkpoint = checkpoint.load(checkpoint_path, broadcast=False)
+            _rename_old_loss(saved_checkpoint["config"])  # a run saved as --elbo meanfield resumes as analytic-kl
+            checkpoint.check_config(saved_checkpoint, {"model": model_config, "train": config.checkpoint_config()}, checkpoint_path)
         elif checkpoint_path.exists() and not args.overwrite:
             raise OutputError(
                 f"{str(checkpoint_path)!r} already holds a checkpoint; pass --resume to continue it "
@@ -394,6 +396,14 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
         + f"; wrote {out}/metrics.json"
     )
     return 0
+
+
+def _rename_old_loss(config: dict) -> None:
+    """A checkpoint's loss named by an old spelling (``meanfield``, ``meanfield-k5``) in today's words."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("loss"), str):
+        name, separator, particles = model["loss"].partition("-k")
+        model["loss"] = _RENAMED_ELBOS.get(name, name) + separator + particles
 
 
 def _loss_name(args) -> str:

@@ -49,6 +49,18 @@ def test_gaussian_likelihood_with_learned_scale_and_meanfield_elbo(tmp_path):
     assert [h["kl_weight"] for h in metrics["history"]] == [1.0, 1.0]  # weight at each epoch's end
     assert not (out / "manifold.png").exists()  # only for z_dim = 2
 
+    # A checkpoint written before 'meanfield' became 'analytic-kl' resumes under either spelling
+    # (the user's training state is not refused for a renamed option).
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["model"]["loss"] == "analytic-kl"
+    saved["config"]["model"]["loss"] = "meanfield"
+    torch.save(saved, out / "checkpoint.pt")
+    for epochs, spelling in ((3, "analytic-kl"), (4, "meanfield")):
+        resumed = [a if a != "2" or args[i - 1] != "--epochs" else str(epochs) for i, a in enumerate(args)]
+        resumed[resumed.index("meanfield")] = spelling
+        assert cli.main(resumed + ["--resume"]) == 0
+        assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == list(range(1, epochs + 1))
+
 
 def test_user_error_is_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
