@@ -3,13 +3,16 @@ per-step cost (NaN/inf check, checkpoint bookkeeping, PerStep arguments, callbac
 
 Models, as Pyro's tutorials write them: the coin of "SVI Part I" (Beta guide), Bayesian regression
 with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNormal``. Contenders:
-``pyro-svi`` (SVI.step), ``pyro_vi.fit`` and ``pyro_vi.fit-compiled`` (``compile=True``: the step
-recorded once as a tensor program, ``pyro_vi.engine.compiled``; each ``fit`` call's first step is
-plain, the recording is kept on the loss object and reused by later calls). All use
-``pyro.optim.Adam`` and ``Trace_ELBO`` and take ``--steps`` steps per timed chunk, each with its
-own param store; rounds alternate (benchmarks/_common.py). Reported: steps per second (medians), the
-ratio of pyro_vi's step time to SVI's (target: <= 1.0) and of the compiled step time to the plain
-one.
+``pyro-svi`` (SVI.step), ``pyro_vi.fit`` with ``compile=False`` (the plain step) and
+``pyro_vi.fit-compiled`` (``compile=True``, what ``fit``'s default does on runs of 1000+ steps: the
+step recorded once as a tensor program, ``pyro_vi.engine.compiled``; each ``fit`` call's first step
+is plain, the recording is kept on the loss object and reused by later calls), and ``numpyro`` (the
+same model and guide in NumPyro, a chunk of steps compiled as one ``jax.jit(lax.fori_loop)``, as
+``SVI.run`` does; skipped when NumPyro is not installed). All use Adam (lr 0.01) and
+``Trace_ELBO`` and take a fixed number of steps per timed chunk, each with its own param store;
+rounds alternate (benchmarks/_common.py). Reported: steps per second (medians), the ratio of
+pyro_vi's step time to SVI's (target: <= 1.0), of the compiled step time to the plain one, and of
+the compiled step time to NumPyro's.
 
     python benchmarks/bench_engine.py            # full
     python benchmarks/bench_engine.py --quick    # seconds
@@ -89,6 +92,70 @@ def eight_schools():
 MODELS = {"coin": coin, "regression-autonormal": regression, "eight-schools": eight_schools}
 
 
+def numpyro_program(name: str, args):
+    """The same model and guide in NumPyro (NumPyro has no PyroModule: the regression's weight and
+    bias are sampled as its PyroSamples declare them)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.infer.autoguide import AutoNormal as NumPyroAutoNormal
+
+    data = tuple(jnp.asarray(a.numpy()) for a in args)
+    if name == "coin":
+        def model(data):
+            fairness = numpyro.sample("latent_fairness", ndist.Beta(10.0, 10.0))
+            with numpyro.plate("data", data.shape[0]):
+                numpyro.sample("obs", ndist.Bernoulli(fairness), obs=data)
+
+        def guide(data):
+            alpha_q = numpyro.param("alpha_q", 15.0, constraint=ndist.constraints.positive)
+            beta_q = numpyro.param("beta_q", 15.0, constraint=ndist.constraints.positive)
+            numpyro.sample("latent_fairness", ndist.Beta(alpha_q, beta_q))
+
+        return model, guide, data
+    if name == "regression-autonormal":
+        def model(x, y=None):
+            weight = numpyro.sample("weight", ndist.Normal(0.0, 1.0).expand([1, 3]).to_event(2))
+            bias = numpyro.sample("bias", ndist.Normal(0.0, 10.0).expand([1]).to_event(1))
+            mean = (x @ weight.T + bias).squeeze(-1)
+            with numpyro.plate("data", x.shape[0]):
+                numpyro.sample("obs", ndist.Normal(mean, 0.5), obs=y)
+
+        return model, NumPyroAutoNormal(model), data
+
+    def model(sigma, y=None):
+        mu = numpyro.sample("mu", ndist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", ndist.HalfCauchy(5.0))
+        with numpyro.plate("schools", sigma.shape[0]):
+            theta = numpyro.sample("theta", ndist.Normal(mu, tau))
+            numpyro.sample("obs", ndist.Normal(theta, sigma), obs=y)
+
+    return model, NumPyroAutoNormal(model), data
+
+
+def build_numpyro(name: str, args, steps: int):
+    import time
+
+    import jax
+    import numpyro
+
+    model, guide, data = numpyro_program(name, args)
+    svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(0.01), numpyro.infer.Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(0), *data)
+
+    @jax.jit
+    def run(svi_state):
+        return jax.lax.fori_loop(0, steps, lambda i, s: svi.update(s, *data)[0], svi_state)
+
+    def chunk() -> float:
+        nonlocal state
+        start = time.perf_counter()
+        state = jax.block_until_ready(run(state))
+        return time.perf_counter() - start
+
+    return chunk
+
+
 def contenders(name: str, steps: int) -> dict:
     model, make_guide, args = MODELS[name]()
     slots = {key: _common.ParamStoreSlot() for key in ("pyro-svi", "pyro_vi.fit", "pyro_vi.fit-compiled")}
@@ -112,7 +179,7 @@ def contenders(name: str, steps: int) -> dict:
         with slots["pyro_vi.fit"].active():
             start = _common.timer()
             pyro_vi.fit(model, guides["pyro_vi.fit"], *args, num_steps=steps, loss=Trace_ELBO(),
-                        optim=optimizers["pyro_vi.fit"], progress=False)
+                        optim=optimizers["pyro_vi.fit"], progress=False, compile=False)  # the plain step
             return _common.timer() - start
 
     compiled_loss = Trace_ELBO()  # one object: the recording made in the warm-up round is kept on it
@@ -124,7 +191,10 @@ def contenders(name: str, steps: int) -> dict:
                         optim=optimizers["pyro_vi.fit-compiled"], progress=False, compile=True)
             return _common.timer() - start
 
-    return {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit, "pyro_vi.fit-compiled": pyro_vi_fit_compiled}
+    chunks = {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit, "pyro_vi.fit-compiled": pyro_vi_fit_compiled}
+    if _common.optional_version("numpyro") is not None:
+        chunks["numpyro"] = build_numpyro(name, args, steps)
+    return chunks
 
 
 def main(args) -> int:
@@ -136,15 +206,19 @@ def main(args) -> int:
         rate = {key: steps / _common.median(values) for key, values in times.items()}
         ratio = rate["pyro-svi"] / rate["pyro_vi.fit"]  # pyro_vi's step time / SVI's
         compiled_ratio = rate["pyro_vi.fit"] / rate["pyro_vi.fit-compiled"]  # compiled step time / plain
+        versus_numpyro = rate["numpyro"] / rate["pyro_vi.fit-compiled"] if "numpyro" in rate else None
         results[name] = {"steps_per_second": rate, "step_time_ratio_vs_svi": ratio,
                          "compiled_step_time_ratio_vs_plain": compiled_ratio,
-                         "compiled_step_time_ratio_vs_svi": rate["pyro-svi"] / rate["pyro_vi.fit-compiled"]}
+                         "compiled_step_time_ratio_vs_svi": rate["pyro-svi"] / rate["pyro_vi.fit-compiled"],
+                         "compiled_step_time_ratio_vs_numpyro": versus_numpyro}
+        numpyro_rate = f", NumPyro {rate['numpyro']:.0f}" if "numpyro" in rate else ""
         numbers.append(f"{name}: pyro_vi {rate['pyro_vi.fit']:.0f}, compiled {rate['pyro_vi.fit-compiled']:.0f}, "
-                       f"SVI {rate['pyro-svi']:.0f} steps/s")
-        ratios.append(f"{name}: {ratio:.2f}x SVI's step time, compiled {compiled_ratio:.2f}x the plain one")
+                       f"SVI {rate['pyro-svi']:.0f}{numpyro_rate} steps/s")
+        numpyro_ratio = f", {versus_numpyro:.1f}x NumPyro's" if versus_numpyro is not None else ""
+        ratios.append(f"{name}: {ratio:.2f}x SVI's step time, compiled {compiled_ratio:.2f}x the plain one{numpyro_ratio}")
         print(f"{name:24s} pyro_vi.fit {rate['pyro_vi.fit']:8.0f} steps/s   compiled {rate['pyro_vi.fit-compiled']:8.0f} "
-              f"steps/s   SVI.step {rate['pyro-svi']:8.0f} steps/s   pyro_vi step time = {ratio:.2f}x SVI's, "
-              f"compiled = {compiled_ratio:.2f}x plain")
+              f"steps/s   SVI.step {rate['pyro-svi']:8.0f} steps/s{numpyro_rate}   pyro_vi step time = {ratio:.2f}x SVI's, "
+              f"compiled = {compiled_ratio:.2f}x plain{numpyro_ratio}")
     _common.write_json("bench_engine" + ("_quick" if args.quick else ""),
                        {"machine": _common.machine(), "steps": steps, "rounds": rounds, "results": results}, args.out_dir)
     if not args.no_table:

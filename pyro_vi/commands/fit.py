@@ -21,7 +21,6 @@ import io as _io
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 __all__ = [

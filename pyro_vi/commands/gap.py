@@ -32,10 +32,9 @@ def _steps(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi gap``'s options to ``parser``."""
-    from pyro_vi.commands._args import parse_seed
+    from pyro_vi.commands._args import add_device, add_no_progress, add_output, add_seed
     from pyro_vi.commands.vae import _hidden_dims
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
-    from pyro_vi.device import DEVICES
 
     source = parser.add_argument_group("model (a checkpoint, or train one from scratch)")
     source.add_argument("--checkpoint", default=None, help="checkpoint.pt written by pyro-vi vae; omit to train")
@@ -62,11 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--refine-samples", type=int, default=10, help="draws per image per refinement step")
     measure.add_argument("--chunk-size", type=int, default=250, help="importance samples vectorized at once")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--seed", type=parse_seed, default=0)
-    run.add_argument("--out", default="runs/gap", help="output directory")
-    run.add_argument("--overwrite", action="store_true", help="replace the outputs of another command in OUT")
-    run.add_argument("--no-progress", action="store_true")
+    add_device(run, what="where the images and the model go")
+    add_seed(run)
+    add_output(run, "runs/gap", overwrite="replace the outputs of another command in OUT")
+    add_no_progress(run)
 
 
 # What trains the VAE here; a --checkpoint fixes all of them.

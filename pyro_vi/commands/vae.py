@@ -78,9 +78,8 @@ def _default_help(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi vae``'s options to ``parser``."""
-    from pyro_vi.commands._args import add_compile, parse_seed
+    from pyro_vi.commands._args import add_compile, add_device, add_no_progress, add_output, add_seed
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
-    from pyro_vi.device import DEVICES
     from pyro_vi.vae.model import LIKELIHOODS
     from pyro_vi.vae.train import LR_SCHEDULES
 
@@ -121,13 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--iwae-k", type=int, default=0, help="after training, test NLL by IWAE with k samples (0: off)")
     train.add_argument("--iwae-points", type=int, default=None, help="test images for --iwae-k (default: all)")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--seed", type=parse_seed, default=0)
-    run.add_argument("--out", default="runs/vae", help="output directory")
+    add_device(run, what="where the images and the model go")
+    add_seed(run)
+    add_output(run, "runs/vae")
     start = run.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     start.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoint.pt")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(run)
     run.add_argument(
         "--distributed",
         action="store_true",
@@ -279,11 +278,6 @@ def _agreed(check, data_parallel) -> tuple[Any, bool]:
 
 def _train(args: argparse.Namespace, data_parallel) -> int:
     from pyro_vi import io
-    from pyro_vi.vae import evaluate
-    from pyro_vi.plots import vae as plots
-    from pyro_vi.vae.data import binarize
-    from pyro_vi.errors import PyroVIError, TrainingInterrupted
-    from pyro_vi.vae.train import fit
 
     # 1. Check everything before writing anything; then rank 0, which alone writes, creates OUT.
     is_main = data_parallel is None or data_parallel.is_main

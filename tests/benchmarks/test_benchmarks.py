@@ -106,9 +106,9 @@ EXTRA = {"bench_tiny_svi": ["--models", "normal-normal,gmm-enum"]}
 
 # Scripts whose --quick run is already a test of their owner's (not run twice).
 TESTED_ELSEWHERE = {
-    "bench_gmm": "tests/test_gmm_cli.py",
-    "bench_variance_speed": "tests/test_variance_benchmarks.py",
-    **{path.stem: "tests/test_variance_benchmarks.py" for path in BENCHMARKS.glob("repro_*.py")},
+    "bench_gmm": "tests/commands/test_gmm_cli.py",
+    "bench_variance_speed": "tests/benchmarks/test_variance_benchmarks.py",
+    **{path.stem: "tests/benchmarks/test_variance_benchmarks.py" for path in BENCHMARKS.glob("repro_*.py")},
 }
 
 
