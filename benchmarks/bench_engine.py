@@ -6,7 +6,9 @@ with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNo
 ``pyro-svi`` (SVI.step), ``pyro_vi.fit`` with ``compile=False`` (the plain step) and
 ``pyro_vi.fit-compiled`` (``compile=True``, what ``fit``'s default does on runs of 1000+ steps: the
 step recorded once as a tensor program, ``pyro_vi.engine.compiled``; each ``fit`` call's first step
-is plain, the recording is kept on the loss object and reused by later calls), and ``numpyro`` (the
+is plain, the recording is kept on the loss object and reused by later calls),
+``pyro_vi.fit-inductor`` (``compile="inductor"``: that program compiled by ``torch.compile``, in the
+untimed warm-up round; not in ``--quick``), and ``numpyro`` (the
 same model and guide in NumPyro, a chunk of steps compiled as one ``jax.jit(lax.fori_loop)``, as
 ``SVI.run`` does; skipped when NumPyro is not installed). All use Adam (lr 0.01) and
 ``Trace_ELBO`` and take a fixed number of steps per timed chunk, each with its own param store;
@@ -156,9 +158,9 @@ def build_numpyro(name: str, args, steps: int):
     return chunk
 
 
-def contenders(name: str, steps: int) -> dict:
+def contenders(name: str, steps: int, inductor: bool = True) -> dict:
     model, make_guide, args = MODELS[name]()
-    slots = {key: _common.ParamStoreSlot() for key in ("pyro-svi", "pyro_vi.fit", "pyro_vi.fit-compiled")}
+    slots = {key: _common.ParamStoreSlot() for key in ("pyro-svi", "pyro_vi.fit", "pyro_vi.fit-compiled", "pyro_vi.fit-inductor")}
     guides = {}
     for key, slot in slots.items():
         with slot.active():
@@ -191,7 +193,18 @@ def contenders(name: str, steps: int) -> dict:
                         optim=optimizers["pyro_vi.fit-compiled"], progress=False, compile=True)
             return _common.timer() - start
 
+    inductor_loss = Trace_ELBO()  # the recording and its inductor compilation (warm-up round) kept on it
+
+    def pyro_vi_fit_inductor() -> float:
+        with slots["pyro_vi.fit-inductor"].active():
+            start = _common.timer()
+            pyro_vi.fit(model, guides["pyro_vi.fit-inductor"], *args, num_steps=steps, loss=inductor_loss,
+                        optim=optimizers["pyro_vi.fit-inductor"], progress=False, compile="inductor")
+            return _common.timer() - start
+
     chunks = {"pyro-svi": pyro_svi, "pyro_vi.fit": pyro_vi_fit, "pyro_vi.fit-compiled": pyro_vi_fit_compiled}
+    if inductor:
+        chunks["pyro_vi.fit-inductor"] = pyro_vi_fit_inductor
     if _common.optional_version("numpyro") is not None:
         chunks["numpyro"] = build_numpyro(name, args, steps)
     return chunks
@@ -202,7 +215,7 @@ def main(args) -> int:
     steps, rounds = (20, 3) if args.quick else (200, 9)
     results, numbers, ratios = {}, [], []
     for name in args.models.split(","):
-        times = _common.interleaved(contenders(name, steps), rounds=rounds)
+        times = _common.interleaved(contenders(name, steps, inductor=not args.quick), rounds=rounds)
         rate = {key: steps / _common.median(values) for key, values in times.items()}
         ratio = rate["pyro-svi"] / rate["pyro_vi.fit"]  # pyro_vi's step time / SVI's
         compiled_ratio = rate["pyro_vi.fit"] / rate["pyro_vi.fit-compiled"]  # compiled step time / plain
@@ -211,7 +224,12 @@ def main(args) -> int:
                          "compiled_step_time_ratio_vs_plain": compiled_ratio,
                          "compiled_step_time_ratio_vs_svi": rate["pyro-svi"] / rate["pyro_vi.fit-compiled"],
                          "compiled_step_time_ratio_vs_numpyro": versus_numpyro}
-        numpyro_rate = f", NumPyro {rate['numpyro']:.0f}" if "numpyro" in rate else ""
+        if "pyro_vi.fit-inductor" in rate:
+            results[name]["inductor_step_time_ratio_vs_plain"] = rate["pyro_vi.fit"] / rate["pyro_vi.fit-inductor"]
+            results[name]["inductor_step_time_ratio_vs_numpyro"] = (
+                rate["numpyro"] / rate["pyro_vi.fit-inductor"] if "numpyro" in rate else None)
+        inductor_rate = f", inductor {rate['pyro_vi.fit-inductor']:.0f}" if "pyro_vi.fit-inductor" in rate else ""
+        numpyro_rate = f"{inductor_rate}, NumPyro {rate['numpyro']:.0f}" if "numpyro" in rate else inductor_rate
         numbers.append(f"{name}: pyro_vi {rate['pyro_vi.fit']:.0f}, compiled {rate['pyro_vi.fit-compiled']:.0f}, "
                        f"SVI {rate['pyro-svi']:.0f}{numpyro_rate} steps/s")
         numpyro_ratio = f", {versus_numpyro:.1f}x NumPyro's" if versus_numpyro is not None else ""

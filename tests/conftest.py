@@ -6,9 +6,14 @@ import pyro
 import pytest
 import torch
 
-# Keep the 2-core CI machine from oversubscribing threads; OMP_NUM_THREADS, when set, wins (on a
-# shared machine, OMP_NUM_THREADS=1 keeps idle OpenMP workers from spinning on a busy core).
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
+# Keep the 2-core CI machine from oversubscribing threads: the cores are shared among pytest-xdist's
+# workers (2 cores, 2 workers: one thread each). OMP_NUM_THREADS, when set, wins (on a shared
+# machine, OMP_NUM_THREADS=1 keeps idle OpenMP workers from spinning on a busy core).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+_THREADS = int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:  # the commands and scripts the tests start share the worker's cores too
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +36,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 # --------------------------------------------------------------------------------------------
-# --cpu-durations=N: the N tests that take the most CPU time (this process and the subprocesses it
-# waited for, setup and teardown included). Wall-clock durations (--durations) swell with the load
+# --cpu-durations=N (with -n 0): the N tests that take the most CPU time (this process and the
+# subprocesses it waited for, setup and teardown included). Wall-clock durations (--durations) swell with the load
 # on a shared machine; CPU seconds stay close to what the test costs on idle cores.
 
 

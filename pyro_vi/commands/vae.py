@@ -366,6 +366,7 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
         "processes": 1 if data_parallel is None else data_parallel.world_size,
         "seconds": time.perf_counter() - start,
         "skipped_steps": result.skipped_steps,
+        "compiled_steps": result.compiled_steps,  # this call's steps replayed by the recorded program
         "seed": args.seed,
         "history": result.history,
     }

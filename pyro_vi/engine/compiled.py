@@ -206,6 +206,7 @@ def compile_loss(
     *,
     param_names: Sequence[str] | None = None,
     check: bool = True,
+    backend: str | None = None,
 ) -> CompiledLoss:
     """Record ``loss`` of ``model``/``guide`` on ``args`` as a tensor program (see :func:`can_compile`).
 
@@ -220,6 +221,9 @@ def compile_loss(
             guide read).
         check: compare value and gradients with ``loss.differentiable_loss`` once, on ``args`` with the same noise
             (every RNG is restored afterwards, so the run's random stream is not disturbed).
+        backend: ``None`` (the recorded program replayed op by op: the plain run's numbers bit for
+            bit) or ``"inductor"`` (the joint program compiled by ``torch.compile``'s inductor:
+            fused kernels, the same noise, numbers equal to float rounding; compiling takes seconds).
 
     Raises:
         ConfigError: the loss is not covered (see :func:`can_compile`), a guide site is not
@@ -232,6 +236,8 @@ def compile_loss(
         raise ConfigError(reason)
     with rng.preserved():  # recording draws noise; the run's random stream must not notice
         compiled = _compile(model, guide, args, loss, param_names)
+        if backend is not None:
+            compiled._joint = programs.compiled_by(compiled._joint, backend)
         if check:
             _check(compiled, model, guide, args, loss)
     return compiled
@@ -337,7 +343,7 @@ class _Guards(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> CompiledLoss:
+def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss, backend: str | None = None) -> CompiledLoss:
     """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
 
     ``pyro_vi.fit`` calls this after a plain step. The program is reused by a later call with the
@@ -345,13 +351,13 @@ def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss) -> Com
     the very tensors it was recorded with (a cleared store, a resumed checkpoint or new parameters
     record it afresh), so calling ``fit`` epoch by epoch records once per argument signature.
     """
-    key = (_identity(model), _identity(guide), signature(args))
+    key = (_identity(model), _identity(guide), signature(args), backend)
     cache = getattr(loss, "_pyro_vi_recorded", None)
     if not isinstance(cache, dict):
         cache = loss._pyro_vi_recorded = {}
     if key in cache and _same_tensors(cache[key]):
         return cache[key]
-    program = compile_loss(model, guide, args, loss)
+    program = compile_loss(model, guide, args, loss, backend=backend)
     cache[key] = program
     return program
 

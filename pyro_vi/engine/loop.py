@@ -110,7 +110,7 @@ def fit(
     state: dict | None = None,
     on_nan: str = "raise",
     progress: bool = True,
-    compile: bool | None = None,
+    compile: bool | str | None = None,
     data_parallel=None,
     **kwargs,
 ) -> FitResult:
@@ -145,7 +145,8 @@ def fit(
         compile: replay the step as a recorded tensor program after a first plain step
             (``pyro_vi.engine.compiled``; same numbers, checked). ``None``: where it applies and the
             run is long enough to repay it, else plain (``pyro_vi.engine.autocompile``); ``True``:
-            always, or ``ConfigError`` naming why not; ``False``: never.
+            always, or ``ConfigError`` naming why not; ``"inductor"``: as ``True``, the program then
+            compiled by ``torch.compile`` (fused kernels; equal to float rounding); ``False``: never.
         data_parallel: a ``pyro_vi.engine.distributed.DataParallel`` for a torch.distributed run.
 
     Returns:
@@ -160,7 +161,7 @@ def fit(
     from tqdm.auto import tqdm
 
     _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
-    if compile is True and kwargs:
+    if compile not in (None, False) and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")
     loss = Trace_ELBO() if loss is None else loss
     optim = pyro_vi_optim.Adam({"lr": 1e-3}) if optim is None else optim

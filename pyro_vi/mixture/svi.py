@@ -21,6 +21,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from torch import Tensor
 
 from pyro_vi import engine
+from pyro_vi.engine.autocompile import reads_only
 from pyro_vi.mixture import em as mixture_em
 from pyro_vi.errors import ConfigError
 from pyro_vi.mixture import model as gmm
@@ -83,6 +84,7 @@ def run_svi(
     num_data = data.shape[0]
     snapshots = {0: initial} if 0 in record_steps else {}
 
+    @reads_only  # it reads the params and stops early: fit's default compile still applies
     def after_step(step: int, loss: float | None) -> bool:
         if step in record_steps:
             snapshots[step] = _point_estimate(guide, guide_fn, covariance)

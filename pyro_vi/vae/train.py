@@ -173,6 +173,7 @@ class ImageFitResult(NamedTuple):
     seconds: float  # wall time of this call
     images_per_second: float  # training throughput (evaluation excluded)
     skipped_steps: int  # steps of the whole run dropped for NaN/inf (on_nan="skip")
+    compiled_steps: int = 0  # steps of this call taken by the recorded program (TrainConfig.compile)
 
 
 def fit(
@@ -337,4 +338,5 @@ def fit(
         seconds=result.seconds,
         images_per_second=images_per_second,
         skipped_steps=result.skipped_steps,
+        compiled_steps=result.compiled_steps,
     )
