@@ -110,7 +110,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--reg-covar", type=float, default=1e-6)
     parser.add_argument("--max-svi-steps", type=int, default=2000)
-    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--learning-rate", type=float, default=0.2,
+                        help="Adam's for SVI (default 0.2: 49 steps to 0.5%% of EM on the default data, against 124 at 0.05)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (scikit-learn's numpy uses its own)")
     parser.add_argument("--seed", type=int, default=0)
