@@ -23,6 +23,8 @@ the first check and would then train on a stale constant, so:
 
 Each argument signature (shapes, dtypes, devices, non-tensor values) gets its own recording (an
 epoch's smaller last minibatch, say), up to ``MAX_PROGRAMS``; a step with another one runs plain.
+A non-tensor argument that changes from step to step (a float KL weight) stops the default from
+recording at its second value: pass it as a tensor.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ class StepRecorder:
         key = self._compiled.signature(step_args)
         if key in self.programs or len(self.programs) >= MAX_PROGRAMS:
             return
+        if not self.forced and any(_same_shapes(key, other) for other in self.programs):
+            # the same tensors with another non-tensor value (a float KL weight per step): each step
+            # would need its own recording
+            self._stop("a non-tensor argument changes between steps; pass it as a tensor to compile the step")
+            return
         try:
             self.programs[key] = self._compiled.recorded_loss(self.model, self.guide, step_args, self.loss, self.backend)
         except ConfigError as error:
@@ -143,6 +150,13 @@ class StepRecorder:
 
     def _stop(self, reason: str) -> None:
         self.active, self.refusal = False, reason
+
+
+def _same_shapes(key: tuple, other: tuple) -> bool:
+    """Two signatures with the same tensor shapes, dtypes and devices (non-tensor values aside)."""
+    def tensors(signature):
+        return [entry for entry in signature if entry[0] != "value"]
+    return len(key) == len(other) and tensors(key) == tensors(other)
 
 
 def _torch_rng() -> tuple:

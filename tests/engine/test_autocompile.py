@@ -195,3 +195,34 @@ def test_inductor_compiles_the_joint_program_and_ends_near_the_plain_run():
     assert runs["inductor"].losses == pytest.approx(runs[False].losses, rel=1e-4)
     for name, value in runs[False].params.items():
         assert torch.allclose(runs["inductor"].params[name], value, rtol=1e-4, atol=1e-6), name
+
+
+def _scaled_pair():
+    data = torch.randn(8, generator=torch.Generator().manual_seed(1)) + 1.0
+
+    def model(weight):
+        with pyro.poutine.scale(scale=weight):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 8):
+            pyro.sample("obs", dist.Normal(z, 1.0), obs=data)
+
+    def guide(weight):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.poutine.scale(scale=weight):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    return model, guide
+
+
+def test_a_float_that_changes_every_step_stops_the_default_a_tensor_one_compiles():
+    """A KL weight annealed as a Python float is a new recording each step: the default stops at its
+    second value (one recording, not one per step) and the run is the plain one; the same
+    weight as a tensor is one recording."""
+    as_float = pyro_vi.PerStep(lambda step: min(1.0, (step + 1) / 500))
+    runs = _runs(_scaled_pair, (as_float,))
+    assert runs[None].compiled_steps == 0  # recorded at weight 1/500; step 2's 2/500 stops the recording
+    _assert_same_run(runs[None], runs[False])
+    as_tensor = pyro_vi.PerStep(lambda step: torch.tensor(min(1.0, (step + 1) / 500)))
+    tensor_runs = _runs(_scaled_pair, (as_tensor,))
+    assert tensor_runs[None].compiled_steps == STEPS - 1
+    _assert_same_run(tensor_runs[None], tensor_runs[False])
