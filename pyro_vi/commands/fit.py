@@ -189,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = user_model.load_data(args.data, device)
     loss, loss_name = make_loss(args)
+    if args.compile:  # what only a recording shows (.item() in the model) is refused by fit after step 1
+        from pyro_vi.engine.compiled import can_compile
+
+        reason = can_compile(None, None, (), loss)
+        if reason is not None:
+            raise ConfigError(reason)
     optim = make_optimizer(args.optimizer, args.learning_rate)
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)
     guide_trace, model_trace = pair.guide_trace, pair.model_trace
@@ -223,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
             "final_elbo": elbo, "final_elbo_standard_error": elbo_error, "elbo_samples": args.elbo_samples,
             "final_loss": result.losses[-1] if result.losses else None,
             "seconds": result.seconds, "steps_per_second": result.steps_per_second,
-            "skipped_steps": result.skipped_steps, "seed": args.seed, "device": str(device),
+            "skipped_steps": result.skipped_steps, "compiled_steps": result.compiled_steps, "seed": args.seed,
+            "device": str(device),
             "latent_sites": {name: list(shape) for name, shape in sites.items()},
             "sites_not_in_guide": [name for name in sites if name not in guide_sites],
             "posterior_samples": args.posterior_samples,

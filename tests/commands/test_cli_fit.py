@@ -95,6 +95,7 @@ def test_coin_reaches_the_beta_16_14_posterior(tmp_path):
     assert row["q5"] < row["q50"] < row["q95"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_steps"] == metrics["steps"] == len(metrics["losses"]) == 300
+    assert metrics["compiled_steps"] == 0  # 300 steps: too short for the default to record
     assert metrics["loss"] == "trace" and metrics["seed"] == 0 and metrics["latent_sites"] == {"latent_fairness": []}
     # log p(x) = log B(16, 14) - log B(10, 10) = -7.0597; the ELBO is below it by KL(q || posterior) >= 0.
     log_evidence = float(torch.lgamma(torch.tensor([16.0, 14.0, 20.0])).sum() - torch.lgamma(torch.tensor([30.0, 10.0, 10.0])).sum())
@@ -277,3 +278,19 @@ def test_example_and_the_readme_fit_command(tmp_path, monkeypatch, capsys):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "latent_fairness" in result.stdout and (out / "posterior.csv").is_file()
+
+
+def test_compile_flags(tmp_path, capsys):
+    """--compile replays the recorded step from the second step on whatever the run's length (here
+    Trace_ELBO with particles one after another); --compile on a loss it does not cover is one line
+    naming the cause, before any output; --no-compile keeps every step plain."""
+    base = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "20",
+            "--posterior-samples", "10", "--elbo-samples", "5", "--no-progress"]
+    assert cli.main(base + ["--compile", "--out", str(tmp_path / "on")]) == 0
+    assert json.loads((tmp_path / "on" / "metrics.json").read_text())["compiled_steps"] == 19
+    assert cli.main(base + ["--no-compile", "--out", str(tmp_path / "off")]) == 0
+    assert json.loads((tmp_path / "off" / "metrics.json").read_text())["compiled_steps"] == 0
+    assert cli.main(base + ["--compile", "--loss", "tracegraph", "--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "TraceGraph_ELBO computes its loss with .item()" in error
+    assert not (tmp_path / "refused").exists()
