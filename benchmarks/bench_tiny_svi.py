@@ -10,7 +10,8 @@ Three models whose arithmetic is negligible, so steps/s measures the machinery a
 
 Contenders per model: ``pyro_vi`` (``pyro_vi.fit``), ``pyro_vi-compiled`` (``pyro_vi.fit`` with
 ``TrainConfig(compile=True)``: the step recorded once as a tensor program, TraceEnum_ELBO's
-included), ``torch`` (the same objective, parametrization
+included), ``pyro_vi-inductor`` (``compile="inductor"``: that program compiled to fused kernels by
+inductor, in the untimed warm-up; not in ``--quick``), ``torch`` (the same objective, parametrization
 and Adam written by hand), ``pyro`` (``SVI.step`` with ``pyro.optim.Adam``) and ``numpyro`` (the
 same model in NumPyro, a chunk of steps compiled as one ``jax.jit(lax.fori_loop)``). NumPyro's
 enumeration needs ``funsor``; its GMM sums z out with ``MixtureSameFamily`` instead (the same
@@ -44,7 +45,7 @@ import pyro_vi  # noqa: E402
 import pyro_vi.engine.optim  # noqa: E402
 
 MODELS = ("normal-normal", "gmm-enum", "vae-tiny")
-CONTENDERS = ("pyro_vi", "pyro_vi-compiled", "torch", "pyro", "numpyro")
+CONTENDERS = ("pyro_vi", "pyro_vi-compiled", "pyro_vi-inductor", "torch", "pyro", "numpyro")
 LEARNING_RATE = 0.01
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -276,6 +277,7 @@ def build_numpyro(case, x: Tensor, steps: int, seed: int):
 BUILDERS = {
     "pyro_vi": build_pyro_vi,
     "pyro_vi-compiled": functools.partial(build_pyro_vi, compile=True),
+    "pyro_vi-inductor": functools.partial(build_pyro_vi, compile="inductor"),
     "torch": build_torch,
     "pyro": build_pyro,
     "numpyro": build_numpyro,
@@ -362,6 +364,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="timed chunks per contender (default 7; quick 2)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.quick and "pyro_vi-inductor" in args.contenders:  # seconds of compiling: full runs only
+        args.contenders = [name for name in args.contenders if name != "pyro_vi-inductor"]
     args.steps = args.steps or (10 if args.quick else 200)
     args.rounds = args.rounds or (2 if args.quick else 7)
     return args

@@ -87,7 +87,7 @@ def handwritten_loss(vae: VAE, x: Tensor, num_data: int) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-def build_pyro_vi(images: Tensor, args, batch_size: int, compile: bool = False):
+def build_pyro_vi(images: Tensor, args, batch_size: int, compile: bool | str = False):
     torch.manual_seed(args.seed)
     vae = VAE(images.shape[1], args.z_dim, args.hidden_dims).to(images.device)
     config = pyro_vi.TrainConfig(
@@ -219,6 +219,7 @@ def build_numpyro(images: Tensor, args, batch_size: int):
 BUILDERS = {
     "pyro_vi": build_pyro_vi,
     "pyro_vi-compiled": functools.partial(build_pyro_vi, compile=True),
+    "pyro_vi-inductor": functools.partial(build_pyro_vi, compile="inductor"),  # bench_tiny_svi's vae-tiny; --contenders
     "torch": build_torch,
     "pyro": build_pyro,
     "numpyro": build_numpyro,

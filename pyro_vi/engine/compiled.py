@@ -237,7 +237,10 @@ def compile_loss(
     with rng.preserved():  # recording draws noise; the run's random stream must not notice
         compiled = _compile(model, guide, args, loss, param_names)
         if backend is not None:
-            compiled._joint = programs.compiled_by(compiled._joint, backend)
+            try:
+                compiled._joint = programs.compiled_by(compiled._joint, backend, compiled.params, args)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         if check:
             _check(compiled, model, guide, args, loss)
     return compiled

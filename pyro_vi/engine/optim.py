@@ -25,6 +25,7 @@ from typing import Iterable
 import pyro
 import pyro.optim
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import Tensor
 
 __all__ = ["Adam"]
@@ -55,7 +56,8 @@ class Adam(pyro.optim.PyroOptim):
         if new:
             self._add(new)
         if len(params) == len(self._params):
-            self._optimizer.step()
+            if not self._fused_step(params):
+                self._optimizer.step()
             return
         # Step only the given parameters, as pyro.optim does: hide the others' gradients.
         given = set(map(id, params))
@@ -67,6 +69,39 @@ class Adam(pyro.optim.PyroOptim):
         finally:
             for p, grad in hidden:
                 p.grad = grad
+
+    def _fused_step(self, params: list[Tensor]) -> bool:
+        """``torch.optim.Adam(fused=True).step()``'s two kernel calls without its Python wrapper
+        (hooks, profiler ranges, grouping by device: ~0.1 ms a step, more than a tiny model's whole
+        update). The same kernels on the same tensors, so the same numbers; taken only where the
+        wrapper would do nothing else: one group, the plain fused update, every parameter already
+        has state and a gradient, one device and dtype, no hooks, no LR scheduler wrapping ``step``.
+        ``False``: take ``step()``."""
+        optimizer = self._optimizer
+        group = optimizer.param_groups[0]
+        if (len(optimizer.param_groups) != 1 or not group.get("fused") or group["amsgrad"] or group["maximize"]
+                or group.get("capturable") or group.get("differentiable") or group.get("decoupled_weight_decay")
+                or "step" in vars(optimizer) or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks):
+            return False
+        params = group["params"]
+        states = [optimizer.state.get(p) for p in params]
+        if any(not state or p.grad is None for p, state in zip(params, states)):
+            return False
+        first = params[0]
+        if any(p.device != first.device or p.dtype != first.dtype or p.grad.is_sparse for p in params):
+            return False
+        steps = [state["step"] for state in states]
+        beta1, beta2 = group["betas"]
+        with torch.no_grad():
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                params, [p.grad for p in params], [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False, grad_scale=None,
+                found_inf=None,
+            )
+        return True
 
     def _add(self, params: list[Tensor]) -> None:
         if self._optimizer is None:

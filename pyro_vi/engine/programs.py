@@ -58,39 +58,49 @@ def joint(graph: Callable, params: list[Tensor], args: Sequence) -> torch.fx.Gra
     return program
 
 
-def compiled_by(program: torch.fx.GraphModule, backend: str) -> Callable:
-    """``program`` compiled by ``torch.compile(backend=backend)``, called as ``program`` is.
+def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Tensor], args: Sequence) -> Callable:
+    """``program`` compiled by inductor (``torch._inductor.compile``), called as ``program`` is.
 
-    Inductor generates fused C++ (CPU) or Triton (GPU) kernels: on the coin of "SVI Part I" the
-    joint program's replay takes 49 instead of 278 microseconds (2-core CPU), after ~18 s of
-    compiling. Random operations stay torch's own (``fallback_random``), so a step draws the noise
-    the plain step draws; the arithmetic is fused and reordered, so values agree to float rounding
-    (~1e-6 relative), not bit for bit. Compiled on the first call.
+    The program is already a graph of ATen operations, so it goes to inductor directly, without
+    TorchDynamo in front (whose guards cost ~60 microseconds a call on a tiny model). Inductor
+    generates fused C++ (CPU) or Triton (GPU) kernels: on the coin of "SVI Part I" the joint
+    program's replay takes ~50 instead of ~280 microseconds (2-core CPU), after ~3 s of compiling
+    (``params`` and ``args`` are the example inputs). Random operations stay torch's own
+    (``fallback_random``), so a step draws the noise the plain step draws; the arithmetic is fused
+    and reordered, so values agree to float rounding (~1e-6 relative), not bit for bit.
     """
+    import copy
     import logging
 
+    import torch._inductor
     import torch._inductor.config as inductor_config
+    from torch.utils import _pytree as pytree
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    compiled = torch.compile(program, backend=backend, fullgraph=True, dynamic=False)
-    first = [True]
+    info = program.graph._codegen.pytree_info
+    # detached: the program is run under no_grad (it computes its own gradients), and inductor would
+    # otherwise compile a backward pass of the backward pass
+    flat, spec = pytree.tree_flatten(([p.detach() for p in params], *args))
+    if spec != info.in_spec:
+        raise ValueError("the recorded program's inputs do not match the step's arguments; compile without inductor")
+    # Arguments that are leaves (tensors, numbers, strings) flatten by hand; others (None, lists) by pytree.
+    simple = all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # notes on the C++ toolchain, not for users
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with inductor_config.patch(fallback_random=True), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            compiled = torch._inductor.compile(copy.deepcopy(program), flat)  # it rewrites the graph it gets
+    finally:
+        quiet.setLevel(level)
+    with torch.no_grad():  # which outputs are None (a param without a gradient): the kernel leaves them out
+        missing = [value is None for value in program(*pytree.tree_unflatten(flat, spec))]
 
-    def run(*args):
-        if not first[0]:
-            return compiled(*args)
-        # the first call compiles: torch's own random ops, and torch's C++ toolchain notes kept quiet
-        quiet = logging.getLogger("torch.utils.cpp_extension")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = compiled(*args)
-        finally:
-            quiet.setLevel(level)
-        first[0] = False
-        return out
+    def run(values, *step_args):  # the outputs rebuilt by hand (pytree's unflatten costs more than the kernel)
+        produced = iter(compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args))))
+        return [None if gone else next(produced) for gone in missing]
 
     run.fresh_grads = program.fresh_grads
     return run

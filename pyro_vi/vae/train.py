@@ -50,8 +50,8 @@ class TrainConfig:
     on_nan: str = "raise"  # raise | skip (skip a step whose loss or gradient is not finite)
     # Replay the step as a recorded tensor program (pyro_vi.engine.compiled): same values and gradients,
     # no Pyro tracing per step. None: where it applies and pays (fit's default); True: always, or a
-    # one-line ConfigError; False: never.
-    compile: bool | None = None
+    # one-line ConfigError; "inductor": as True, compiled to fused kernels; False: never.
+    compile: bool | str | None = None
     # Learning rate of each step: constant, or from learning_rate down to final_learning_rate at the
     # end of the run's epochs (cosine: half a cosine wave; exponential: a constant factor per step).
     lr_schedule: str = "constant"  # constant | cosine | exponential

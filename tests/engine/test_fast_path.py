@@ -176,3 +176,31 @@ def test_resume_is_exact_with_the_default_optimizer(tmp_path):
     assert [h["train_elbo"] for h in resumed.history] == [h["train_elbo"] for h in straight.history]
     for name, value in _params().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("optim_args", OPTIONS, ids=["default", "options"])
+def test_the_direct_fused_step_equals_torch_adams_fused_step_exactly(optim_args, monkeypatch):
+    """Adam's direct call of the fused kernel (no Optimizer.step wrapper) against torch's own
+    ``Adam(fused=True).step()``, same gradients, 5 steps: every parameter and state bit for bit; and
+    the direct call is really taken from the second step on."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(3, 4, generator=generator), torch.randn(5, generator=generator)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    pyro.clear_param_store()
+    fast = optim.Adam(optim_args)
+    reference = torch.optim.Adam(theirs, **{**optim_args, "fused": True})
+    taken = []
+    direct = fast._fused_step
+    monkeypatch.setattr(fast, "_fused_step", lambda params: taken.append(direct(params)) or taken[-1])
+    for step_grads in grads:
+        for p, q, g in zip(ours, theirs, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        fast(ours)
+        reference.step()
+    assert taken == [False] + [True] * 4  # the first step creates the state through torch's step, then direct
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(fast._optimizer.state[p][key], reference.state[q][key])
