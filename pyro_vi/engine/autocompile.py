@@ -83,6 +83,7 @@ class StepRecorder:
             and compiled.can_compile(model, guide, (), loss) is None
         )
         self.programs: dict[tuple, object] = {}
+        self.finite: bool | None = None  # the last recorded step's loss and gradients were finite (None: unknown)
         self.steps = 0  # recorded steps taken in this call
         self.refusal: str | None = None  # why the default stopped recording, for the curious
 
@@ -146,6 +147,7 @@ class StepRecorder:
                 self.steps -= 1
                 return None
         self._last = program
+        self.finite = program.finite
         return float(value)
 
     def _stop(self, reason: str) -> None:

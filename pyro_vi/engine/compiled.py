@@ -91,6 +91,7 @@ class CompiledLoss:
         self._graph = graph
         self._joint = joint
         self.terms, self._particles, self._plain_step = list(terms), num_particles, plain_step
+        self.finite: bool | None = None  # the last loss_and_grads' loss and gradients were finite (None: unknown)
         self.names = names
         self.params = params
         self.guards = list(guards)
@@ -118,9 +119,11 @@ class CompiledLoss:
             return float(_backward(self(*args)))
         state = self._rng_state() if self.guards else None
         with torch.no_grad():
-            value, *rest = self._joint(self.params, *args)
+            value, *rest, finite = self._joint(self.params, *args)
         grads, read = rest[: len(self.params)], rest[len(self.params):]
+        self.finite = bool(finite)  # the loss and every gradient, checked in the program
         if not self._guards_hold(read[len(self.terms):]):
+            self.finite = None  # the plain step's: fit checks it
             return self._fall_back(state, args, step=True)
         for param, grad, fresh in zip(self.params, grads, self._joint.fresh_grads):
             if grad is None:
@@ -141,10 +144,7 @@ class CompiledLoss:
     def _fall_back(self, state: Tensor, args, step: bool = False):
         self.fallbacks += 1
         device = self.params[0].device if self.params else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
+        torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state)
         with pyro.validation_enabled(False):
             if not step:
                 return self._plain(*args)

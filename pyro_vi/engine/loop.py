@@ -215,7 +215,7 @@ def fit(
                 step_args, step_kwargs = step_values(args, kwargs, run.step)
                 value = recorder.step(step_args)
                 if value is not None:
-                    step_loss = _apply(optim, recorder.params, value, reduce)
+                    step_loss = _apply(optim, recorder.params, value, reduce, recorder.finite)
                 else:
                     first = run.step == first_step
                     if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
@@ -338,12 +338,15 @@ def _untrack_provenance(names) -> None:
             store[name] = detach_provenance(store[name]).detach()
 
 
-def _apply(optim, params, value, reduce) -> float | None:
+def _apply(optim, params, value, reduce, finite: bool | None = None) -> float | None:
+    """Step ``optim`` on ``params`` unless the loss or a gradient is not finite (``finite``: already
+    known, from a recorded program); drop the gradients; the loss, or ``None`` for a skipped step."""
     grads = [p.grad for p in params if p.grad is not None]
     value = float(value)
     if reduce is not None:
-        value = reduce(value, grads)
-    finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
+        value, finite = reduce(value, grads), None  # averaged over ranks: check the averages
+    if finite is None:
+        finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
     stepped = [p for p in params if p.grad is not None]  # a param the loss does not differentiate (a baseline) is not stepped
     if finite and stepped:
         optim(stepped)

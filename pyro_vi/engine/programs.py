@@ -27,7 +27,9 @@ BACKENDS = ("inductor",)
 
 
 def joint(graph: Callable, params: list[Tensor], args: Sequence) -> torch.fx.GraphModule:
-    """The recorded loss and its backward pass as one program, ``[loss, *grads, *guards]``.
+    """The recorded loss and its backward pass as one program, ``[loss, *grads, *extras, finite]``
+    (``extras``: what the loss program returns after the loss; ``finite``: the loss and every
+    gradient are finite, as ``fit`` checks it, computed in the program).
 
     Recorded by running autograd once on the loss program, below autograd: the backward
     operations are recorded in the order the engine ran them (gradient sums included), so the
@@ -42,7 +44,8 @@ def joint(graph: Callable, params: list[Tensor], args: Sequence) -> torch.fx.Gra
         differentiated = [v for v, w in zip(values, wanted) if w]
         found = iter(torch.autograd.grad(value, differentiated, allow_unused=True) if differentiated else ())
         grads = [next(found) if w else None for w in wanted]
-        return [value.detach(), *grads, *guards]
+        total = torch.stack([value.detach().reshape(()), *(g.sum() for g in grads if g is not None)]).sum()
+        return [value.detach(), *grads, *guards, torch.isfinite(total)]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,15 +95,15 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
     try:
         with inductor_config.patch(fallback_random=True), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            compiled = torch._inductor.compile(copy.deepcopy(program), flat)  # it rewrites the graph it gets
+            flat_program = copy.deepcopy(program)  # flat inputs, the output list as it is
+            flat_program.graph._codegen = torch.fx.graph.CodeGen()
+            flat_program.recompile()
+            compiled = torch._inductor.compile(flat_program, flat)
     finally:
         quiet.setLevel(level)
-    with torch.no_grad():  # which outputs are None (a param without a gradient): the kernel leaves them out
-        missing = [value is None for value in program(*pytree.tree_unflatten(flat, spec))]
 
-    def run(values, *step_args):  # the outputs rebuilt by hand (pytree's unflatten costs more than the kernel)
-        produced = iter(compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args))))
-        return [None if gone else next(produced) for gone in missing]
+    def run(values, *step_args):  # flat inputs and outputs (pytree's wrapping costs more than the kernel)
+        return compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args)))
 
     run.fresh_grads = program.fresh_grads
     return run

@@ -226,3 +226,25 @@ def test_a_float_that_changes_every_step_stops_the_default_a_tensor_one_compiles
     tensor_runs = _runs(_scaled_pair, (as_tensor,))
     assert tensor_runs[None].compiled_steps == STEPS - 1
     _assert_same_run(tensor_runs[None], tensor_runs[False])
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro's, from the plain steps: NaN on purpose here
+def test_a_nan_in_a_recorded_step_is_caught_before_the_update():
+    """The recorded program checks the loss and gradients for NaN/inf itself (fit's check, computed
+    in the program): a param turned NaN after step 5 stops the compiled run at step 6, as the plain
+    run stops, with the same error; and on_nan="skip" skips the same steps."""
+    from pyro_vi.errors import TrainingDivergedError
+
+    args = (torch.as_tensor(load("coin").make_data()["data"]),)
+
+    def poison(step, loss):
+        if step == 5:
+            with torch.no_grad():
+                pyro.get_param_store().get_param("alpha_q").unconstrained().fill_(float("nan"))
+
+    for mode in ("inductor", True, False):
+        with pytest.raises(TrainingDivergedError, match="at step 6") as caught:
+            _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison)
+        assert caught.value.step == 6
+        skipped = _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison, on_nan="skip")[mode]
+        assert skipped.skipped_steps == 5 and skipped.compiled_steps == (0 if mode is False else 9)
