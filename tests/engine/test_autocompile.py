@@ -246,5 +246,6 @@ def test_a_nan_in_a_recorded_step_is_caught_before_the_update():
         with pytest.raises(TrainingDivergedError, match="at step 6") as caught:
             _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison)
         assert caught.value.step == 6
-        skipped = _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison, on_nan="skip")[mode]
-        assert skipped.skipped_steps == 5 and skipped.compiled_steps == (0 if mode is False else 9)
+        if mode != "inductor":  # (its program is the same; one compile of it is enough for this test)
+            skipped = _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison, on_nan="skip")[mode]
+            assert skipped.skipped_steps == 5 and skipped.compiled_steps == (0 if mode is False else 9)
