@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vi"
 MAX_LINES = 420  # "no module over ~400 lines"
 # Attributes and names that belong to Pyro's private internals (the param store's dicts, Trace_ELBO's
 # helper); only engine/params.py may use them.
-PRIVATE_PYRO = {"_params", "_constraints", "_param_to_name", "_compute_log_r"}
+PRIVATE_PYRO = {"_params", "_constraints", "_param_to_name", "_compute_log_r", "_get_traces",
+                "_loss_and_surrogate_loss_particle", "_standard_normal"}
 PARAMS_MODULE = "pyro_vi.engine.params"
 # Lower number = lower layer; a module may import only from its own layer or below.
 LAYERS = {

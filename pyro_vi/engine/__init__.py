@@ -11,7 +11,7 @@
 * :mod:`~pyro_vi.engine.surrogate`    ``Trace_ELBO``'s loss as a recordable program, its value as Pyro sums it
 * :mod:`~pyro_vi.engine.samplers`     traceable Beta/Dirichlet/Gamma draws for recording
 * :mod:`~pyro_vi.engine.distributed`  torch.distributed: gradient all-reduce, agreed interrupts
-* :mod:`~pyro_vi.engine.optim`        optimizers and learning-rate schedules by name
+* :mod:`~pyro_vi.engine.optim`        one fused Adam over every parameter (a ``PyroOptim``)
 * :mod:`~pyro_vi.engine.params`       the param store as function inputs and back (the one place
   that reads Pyro's internals)
 * :mod:`~pyro_vi.engine.rng`          save and restore every RNG (Python, NumPy, torch, CUDA)

@@ -6,8 +6,8 @@ can be recorded (:func:`~pyro_vi.engine.compiled.can_compile`, then ``compile_lo
 recorded value and gradients equal the plain ones on the same batch and noise); anything else runs
 plain, silently. ``compile=True`` records whatever the run's length and raises ``ConfigError`` (one
 line, the real cause) where it cannot; ``compile="inductor"`` does the same and then compiles the
-recorded program with ``torch.compile``'s inductor (fused kernels: seconds to compile, then a
-several times faster step on tiny models; numbers equal to float rounding, not bit for bit);
+recorded program with inductor (``torch._inductor.compile``, no TorchDynamo: fused kernels, seconds
+to compile, then a several times faster step on tiny models; numbers equal to float rounding);
 ``compile=False`` never records.
 
 A recording freezes every Python value the model reads that is not one of its arguments (a
@@ -36,15 +36,23 @@ import pyro
 import torch
 from torch import Tensor
 
+from pyro_vi.engine import rng
 from pyro_vi.errors import ConfigError
 
-__all__ = ["AUTO_MIN_STEPS", "MAX_PROGRAMS", "StepRecorder", "reads_only"]
+__all__ = ["AUTO_MIN_STEPS", "MAX_PROGRAMS", "StepRecorder", "check_compile_mode", "reads_only"]
 
 # Recording costs about 0.3-0.5 s on a 2-core CPU (one-off imports aside) and saves 15-75% of a step
 # (benchmarks/RESULTS.md): measured break-even 130-2,500 steps (regression with AutoNormal, VAE
 # 784-400-50, Normal-Normal), so the default records runs with this many steps left.
 AUTO_MIN_STEPS = 1000
 MAX_PROGRAMS = 4
+
+
+def check_compile_mode(mode) -> None:
+    """``ConfigError`` unless ``mode`` is ``None``, ``True``, ``False`` or ``"inductor"`` (by identity:
+    ``1`` or a NumPy bool is refused, not taken for ``True``)."""
+    if not (mode is None or mode is True or mode is False or (isinstance(mode, str) and mode == "inductor")):
+        raise ConfigError(f"compile must be None (automatic), True, False or 'inductor', got {mode!r}")
 
 
 def reads_only(callback: Callable) -> Callable:
@@ -67,16 +75,15 @@ class StepRecorder:
             distributed run's ranks must step the same params in the same order).
     """
 
-    def __init__(self, mode: bool | None, model: Callable, guide: Callable, loss, steps_left: int,
+    def __init__(self, mode: bool | str | None, model: Callable, guide: Callable, loss, steps_left: int,
                  callback: Callable | None = None, kwargs: dict | None = None, data_parallel=None):
         from pyro_vi.engine import compiled
 
-        if mode not in (None, True, False, "inductor"):
-            raise ConfigError(f"compile must be None (automatic), True, False or 'inductor', got {mode!r}")
+        check_compile_mode(mode)
         self._compiled = compiled
         self.model, self.guide, self.loss = model, guide, loss
-        self.forced = mode is True or mode == "inductor"
-        self.backend = "inductor" if mode == "inductor" else None
+        self.forced = mode is True or isinstance(mode, str)
+        self.backend = "inductor" if isinstance(mode, str) else None
         self.active = self.forced or (
             mode is None and steps_left >= AUTO_MIN_STEPS and (callback is None or getattr(callback, "_pyro_vi_reads_only", False))
             and not kwargs and data_parallel is None
@@ -122,6 +129,7 @@ class StepRecorder:
         self.steps += 1
         audit = self.steps & (self.steps - 1) == 0  # recorded steps 1, 2, 4, 8, ...
         before = _torch_rng() if audit else None
+        every = rng.get_state() if audit else None  # Python's and NumPy's too, for a retaken step
         value = program.loss_and_grads(*step_args)
         if audit:
             after = _torch_rng()
@@ -134,7 +142,7 @@ class StepRecorder:
                     or (math.isnan(got) and math.isnan(plain))):
                 for p in program.params:
                     p.grad = None
-                _set_torch_rng(before)  # the plain step draws the noise the recorded one drew
+                rng.set_state(every)  # the plain step draws what the plain run draws (NumPy's included)
                 message = (
                     f"the recorded step's loss ({got:.6g}) differs from the plain one ({plain:.6g}) at recorded step "
                     f"{self.steps}: the model reads a value that changes between steps from outside its arguments "

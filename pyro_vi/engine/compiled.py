@@ -222,13 +222,13 @@ def compile_loss(
         check: compare value and gradients with ``loss.differentiable_loss`` once, on ``args`` with the same noise
             (every RNG is restored afterwards, so the run's random stream is not disturbed).
         backend: ``None`` (the recorded program replayed op by op: the plain run's numbers bit for
-            bit) or ``"inductor"`` (the joint program compiled by ``torch.compile``'s inductor:
+            bit) or ``"inductor"`` (the joint program compiled by inductor, ``torch._inductor.compile``:
             fused kernels, the same noise, numbers equal to float rounding; compiling takes seconds).
 
     Raises:
         ConfigError: the loss is not covered (see :func:`can_compile`), a guide site is not
             reparameterizable, or the recorded program disagrees with the plain path (the model's
-            structure depends on values).
+            program reads a value from outside its arguments).
     """
     loss = Trace_ELBO() if loss is None else loss
     reason = can_compile(model, guide, args, loss)
@@ -239,7 +239,7 @@ def compile_loss(
         if backend is not None:
             try:
                 compiled._joint = programs.compiled_by(compiled._joint, backend, compiled.params, args)
-            except ValueError as error:
+            except ValueError as error:  # what inductor refused, in one line
                 raise ConfigError(str(error)) from None
         if check:
             _check(compiled, model, guide, args, loss)
@@ -415,5 +415,5 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
     if mismatch:
         raise ConfigError(
             f"the compiled loss differs from {type(loss).__name__}'s on the same batch and noise (the model's "
-            "structure depends on values, or a changing argument is not a tensor); run without --compile"
+            "program reads a value from outside its arguments, or a changing argument is not a tensor); run without --compile"
         )

@@ -55,7 +55,7 @@ from torch import Tensor
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
 from pyro_vi.engine import resume as resuming
-from pyro_vi.engine.autocompile import StepRecorder
+from pyro_vi.engine.autocompile import StepRecorder, check_compile_mode
 from pyro_vi.engine.subsample import EpochSubsample, PerStep  # noqa: F401 - re-exported (older imports)
 from pyro_vi.engine.subsample import check_subsamples, explain_plate_mismatch, step_values
 from pyro_vi.errors import ConfigError, OutputError, TrainingDivergedError, TrainingInterrupted
@@ -146,7 +146,7 @@ def fit(
             (``pyro_vi.engine.compiled``; same numbers, checked). ``None``: where it applies and the
             run is long enough to repay it, else plain (``pyro_vi.engine.autocompile``); ``True``:
             always, or ``ConfigError`` naming why not; ``"inductor"``: as ``True``, the program then
-            compiled by ``torch.compile`` (fused kernels; equal to float rounding); ``False``: never.
+            compiled by inductor (fused kernels; equal to float rounding); ``False``: never.
         data_parallel: a ``pyro_vi.engine.distributed.DataParallel`` for a torch.distributed run.
 
     Returns:
@@ -161,6 +161,7 @@ def fit(
     from tqdm.auto import tqdm
 
     _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
+    check_compile_mode(compile)
     if compile not in (None, False) and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")
     loss = Trace_ELBO() if loss is None else loss
@@ -230,7 +231,8 @@ def fit(
                     if first:
                         check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
                         resuming.refuse_unused(pending, checkpoint)
-                    recorder.record(step_args)
+                    if step_loss is not None:  # a NaN step is not recorded: the run stops or skips it
+                        recorder.record(step_args)
                 if step_loss is None:
                     if on_nan == "raise":
                         diverged = TrainingDivergedError(

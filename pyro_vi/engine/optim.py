@@ -84,7 +84,9 @@ class Adam(pyro.optim.PyroOptim):
                 or "step" in vars(optimizer) or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks):
             return False
-        params = group["params"]
+        if any(isinstance(beta, Tensor) for beta in group["betas"]) or isinstance(group["lr"], Tensor):
+            return False  # tensor hyperparameters: torch's step converts them
+        params = group["params"]  # every parameter (fit passes them all: the caller checked the count)
         states = [optimizer.state.get(p) for p in params]
         if any(not state or p.grad is None for p, state in zip(params, states)):
             return False

@@ -16,6 +16,10 @@ else. Everything outside ``pyro_vi.engine.params`` uses only the functions below
 * :func:`recording_modules`, :func:`owners`        the nn.Modules behind the params, and where each
   param lives in them (so a swap reaches the module attribute as well as the store entry)
 * :func:`compute_log_r`                            Trace_ELBO's detached log p - log q per plate
+* :func:`tracegraph_particles`, :func:`tracegraph_particle_loss`   TraceGraph_ELBO's traces and its
+  per-particle loss and surrogate (pyro_vi's score-graph family reuses Pyro's own code)
+* :func:`standard_normal_replaced`                 torch's and Pyro's ``_standard_normal`` (the noise
+  of every Gaussian rsample) replaced for a block
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ __all__ = [
     "holders",
     "module_parameters_swapped",
     "compute_log_r",
+    "tracegraph_particles",
+    "tracegraph_particle_loss",
+    "standard_normal_replaced",
 ]
 
 # Trace_ELBO's per-plate detached log-ratio (score-function estimators' cost): Pyro's own function,
@@ -211,3 +218,31 @@ def holders(owners: dict[int, list[tuple[nn.Module, str]]]) -> dict[int, list[tu
             if not any(h[0] is holder[0] and h[1] == leaf for h in found.get(identity, ())):
                 found.setdefault(identity, []).append(holder)
     return found
+
+
+def tracegraph_particles(elbo, model: Callable, guide: Callable, args, kwargs) -> Iterator:
+    """``(model_trace, guide_trace)`` per particle, as ``TraceGraph_ELBO`` draws them (its private ``_get_traces``)."""
+    return elbo._get_traces(model, guide, args, kwargs)
+
+
+def tracegraph_particle_loss(elbo, model_trace, guide_trace) -> tuple:
+    """``TraceGraph_ELBO``'s (ELBO, surrogate loss) of one particle (its private ``_loss_and_surrogate_loss_particle``)."""
+    return elbo._loss_and_surrogate_loss_particle(model_trace, guide_trace)
+
+
+@contextlib.contextmanager
+def standard_normal_replaced(draw: Callable) -> Iterator[None]:
+    """Inside the block, every loaded ``torch.distributions`` / ``pyro.distributions`` module's private
+    ``_standard_normal`` returns ``draw(shape, dtype=dtype, device=device)``; put back after."""
+    import sys
+
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
+            patched.append((module, module._standard_normal))
+            module._standard_normal = lambda shape, dtype=None, device=None: draw(shape, dtype=dtype, device=device)
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module._standard_normal = original

@@ -1,14 +1,14 @@
 """Recorded tensor programs (``torch.fx`` graphs from ``make_fx``): simplified, and joined with
 their backward pass.
 
-:mod:`pyro_vi.engine.compiled` records one step's loss as a graph of ATen operations. Two passes
+:mod:`pyro_vi.engine.compiled` records one step's loss as a graph of ATen operations. Three passes
 over such a graph live here:
 
 * :func:`simplify` drops what the recording repeats for nothing on every call (operations on
   constants, identities such as ``x * 1``), values unchanged;
 * :func:`joint` records the loss and its gradients as one program, replayed under ``no_grad``
   without the autograd engine;
-* :func:`compiled_by` hands a joint program to ``torch.compile`` (inductor: fused kernels).
+* :func:`compiled_by` hands a joint program to inductor (``torch._inductor.compile``: fused kernels).
 """
 
 from __future__ import annotations
@@ -98,7 +98,12 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
             flat_program = copy.deepcopy(program)  # flat inputs, the output list as it is
             flat_program.graph._codegen = torch.fx.graph.CodeGen()
             flat_program.recompile()
-            compiled = torch._inductor.compile(flat_program, flat)
+            try:
+                compiled = torch._inductor.compile(flat_program, flat)
+            except Exception as error:  # noqa: BLE001 - no C++ toolchain, an operation inductor cannot lower
+                first = str(error).splitlines()[0][:200] if str(error) else "no message"
+                raise ValueError(f"inductor could not compile the recorded step ({type(error).__name__}: {first}); "
+                                 "use compile=True") from None
     finally:
         quiet.setLevel(level)
 

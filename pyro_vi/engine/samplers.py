@@ -17,7 +17,7 @@ whose value is ``x`` (``d`` is exactly zero) and whose vector-Jacobian product i
 through it draws the same numbers and gets the same gradients as torch's, bit for bit.
 
 Gamma needs nothing: ``aten._standard_gamma`` has a derivative (``_standard_gamma_grad``) that
-autograd applies to the replayed operation. (estimators/variance.py takes another route under
+autograd applies to the replayed operation. (estimators/vectorized.py takes another route under
 ``vmap``: a Dirichlet as normalized independent gammas, the same distribution but a different
 pathwise gradient per draw; here the guarantee is equality with the plain run, so torch's own
 gradient is kept.)

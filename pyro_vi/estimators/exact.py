@@ -123,13 +123,9 @@ class noise_from:
         self.draw = draw
 
     def __enter__(self):
-        self.patched = []
-        for name, module in list(sys.modules.items()):
-            if name.startswith(("torch.distributions", "pyro.distributions")) and hasattr(module, "_standard_normal"):
-                self.patched.append((module, module._standard_normal))
-                module._standard_normal = lambda shape, dtype=None, device=None: self.draw(shape, dtype=dtype, device=device)
+        self._block = params.standard_normal_replaced(self.draw)
+        self._block.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for module, original in self.patched:
-            module._standard_normal = original
+        return self._block.__exit__(*exc)

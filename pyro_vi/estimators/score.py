@@ -21,6 +21,7 @@ from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
+from pyro_vi.engine import params
 from pyro_vi.errors import ConfigError
 from pyro_vi.estimators import traces
 from pyro_vi.estimators.base import GradientEstimator
@@ -102,13 +103,13 @@ class GraphScore(GradientEstimator, names=("score-graph",)):
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
         elbo, surrogate_loss = 0.0, 0.0
-        for model_trace, guide_trace in self._pyro_elbo._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in params.tracegraph_particles(self._pyro_elbo, model, guide, args, kwargs):
             # TraceGraph_ELBO accumulates in place from the first model site: put the observed
             # sites first, whose log-probs depend on every draw, so that under vmap the
             # accumulator is batched even when the first latent is a point mass.
             nodes = model_trace.nodes
             model_trace.nodes = type(nodes)(sorted(nodes.items(), key=lambda item: not item[1].get("is_observed", False)))
-            particle_elbo, particle_surrogate = self._pyro_elbo._loss_and_surrogate_loss_particle(model_trace, guide_trace)
+            particle_elbo, particle_surrogate = params.tracegraph_particle_loss(self._pyro_elbo, model_trace, guide_trace)
             elbo, surrogate_loss = elbo + particle_elbo, surrogate_loss + particle_surrogate
         return -elbo / self.num_particles, surrogate_loss / self.num_particles
 

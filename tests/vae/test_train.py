@@ -37,7 +37,7 @@ def _run(digits, config, path=None, resume=False, init_seed=123):
 
 
 def test_training_on_digits_beats_a_measured_threshold(digits):
-    # Measured (tests/test_train.py config, seeds 0-4): the untrained network scores -45.3 to
+    # Measured (tests/vae/test_train.py config, seeds 0-4): the untrained network scores -45.3 to
     # -49.3 nats/image on the thresholded test set, and 30 epochs reach -19.66 to -19.91 with a
     # KL of 4.1-4.4 nats. The threshold sits ~1.1 nats below the worst seed.
     pyro.set_rng_seed(0)
