@@ -117,6 +117,10 @@ class StepRecorder:
             if self.forced:
                 raise
             self._stop(str(error))
+        except Exception as error:  # noqa: BLE001 - whatever a recording trips on, the default runs plain
+            if self.forced:
+                raise
+            self._stop(f"recording failed ({type(error).__name__}: {error})")
 
     def step(self, step_args: Sequence) -> float | None:
         """One recorded step: loss and gradients into the params' ``.grad``, the loss returned;
@@ -134,8 +138,13 @@ class StepRecorder:
         if audit:
             after = _torch_rng()
             _set_torch_rng(before)
-            with pyro.validation_enabled(False):
-                plain = float(self.loss.loss(self.model, self.guide, *step_args))
+            try:
+                with pyro.validation_enabled(False):
+                    plain = float(self.loss.loss(self.model, self.guide, *step_args))
+            except Exception:  # noqa: BLE001 - a loss without a usable .loss(): no audit, so no recording
+                if self.forced:
+                    raise
+                plain = math.nan
             _set_torch_rng(after)
             got = float(value)
             if not (math.isclose(got, plain, rel_tol=0.0, abs_tol=1e-4 * (1.0 + abs(plain)))

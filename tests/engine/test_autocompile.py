@@ -258,3 +258,19 @@ def test_a_nan_in_a_recorded_step_is_caught_before_the_update():
         if mode != "inductor":  # (its program is the same; one compile of it is enough for this test)
             skipped = _runs(_coin, args, num_steps=10, modes=(mode,), callback=poison, on_nan="skip")[mode]
             assert skipped.skipped_steps == 5 and skipped.compiled_steps == (0 if mode is False else 9)
+
+
+def test_a_recording_that_fails_leaves_the_default_run_plain(monkeypatch):
+    """Whatever the recording trips on (here torch raising inside it), the default run is the plain
+    run, bit for bit, as SVI would have trained it; compile=True lets the error through."""
+    args = (torch.as_tensor(load("coin").make_data()["data"]),)
+
+    def broken(*a, **k):
+        raise RuntimeError("an operation the recorder cannot follow")
+
+    monkeypatch.setattr(pyro_vi.engine.compiled, "recorded_loss", broken)
+    runs = _runs(_coin, args)
+    assert runs[None].compiled_steps == 0
+    _assert_same_run(runs[None], runs[False])
+    with pytest.raises(RuntimeError, match="cannot follow"):
+        _runs(_coin, args, num_steps=5, modes=(True,))
