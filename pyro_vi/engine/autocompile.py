@@ -33,7 +33,6 @@ import math
 from typing import Callable, Sequence
 
 import pyro
-import torch
 from torch import Tensor
 
 from pyro_vi.engine import rng
@@ -132,12 +131,12 @@ class StepRecorder:
             return None
         self.steps += 1
         audit = self.steps & (self.steps - 1) == 0  # recorded steps 1, 2, 4, 8, ...
-        before = _torch_rng() if audit else None
+        before = rng.torch_state() if audit else None
         every = rng.get_state() if audit else None  # Python's and NumPy's too, for a retaken step
         value = program.loss_and_grads(*step_args)
         if audit:
-            after = _torch_rng()
-            _set_torch_rng(before)
+            after = rng.torch_state()
+            rng.set_torch_state(before)
             try:
                 with pyro.validation_enabled(False):
                     plain = float(self.loss.loss(self.model, self.guide, *step_args))
@@ -145,7 +144,7 @@ class StepRecorder:
                 if self.forced:
                     raise
                 plain = math.nan
-            _set_torch_rng(after)
+            rng.set_torch_state(after)
             got = float(value)
             if not (math.isclose(got, plain, rel_tol=0.0, abs_tol=1e-4 * (1.0 + abs(plain)))
                     or (math.isnan(got) and math.isnan(plain))):
@@ -177,12 +176,3 @@ def _same_shapes(key: tuple, other: tuple) -> bool:
         return [entry for entry in signature if entry[0] != "value"]
     return len(key) == len(other) and tensors(key) == tensors(other)
 
-
-def _torch_rng() -> tuple:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
-
-
-def _set_torch_rng(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])

@@ -103,7 +103,7 @@ class CompiledLoss:
         if not self.guards:
             out = self._graph(self.params, *args)
             return out if isinstance(out, Tensor) else out[0]
-        state = self._rng_state()
+        state = rng.torch_state()
         value, *read = self._graph(self.params, *args)
         if self._guards_hold(read[len(self.terms):]):
             return value
@@ -117,7 +117,7 @@ class CompiledLoss:
         time on a tiny model: the engine's per-node bookkeeping is most of its backward)."""
         if self._joint is None:
             return float(_backward(self(*args)))
-        state = self._rng_state() if self.guards else None
+        state = rng.torch_state() if self.guards else None
         with torch.no_grad():
             value, *rest, finite = self._joint(self.params, *args)
         grads, read = rest[: len(self.params)], rest[len(self.params):]
@@ -133,18 +133,12 @@ class CompiledLoss:
             param.grad = grad if param.grad is None else param.grad + grad
         return trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)
 
-    def _rng_state(self) -> Tensor:
-        device = self.params[0].device if self.params else torch.device("cpu")
-        # the program's noise comes from that device's generator
-        return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
     def _guards_hold(self, read: Sequence[Tensor]) -> bool:
         return all(bool(flag) == want for flag, want in zip(read, self.guards))
 
     def _fall_back(self, state: Tensor, args, step: bool = False):
         self.fallbacks += 1
-        device = self.params[0].device if self.params else torch.device("cpu")
-        torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state)
+        rng.set_torch_state(state)  # the plain step draws the noise the program drew
         with pyro.validation_enabled(False):
             if not step:
                 return self._plain(*args)

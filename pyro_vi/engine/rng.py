@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["get_state", "set_state", "preserved", "python_state", "numpy_state"]
+__all__ = ["get_state", "set_state", "preserved", "python_state", "numpy_state", "torch_state", "set_torch_state"]
 
 
 def get_state() -> dict:
@@ -42,6 +42,19 @@ def set_state(state: dict) -> None:
     np.random.set_state(numpy_state(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def torch_state() -> tuple:
+    """torch's generators only (the CPU one and, once CUDA is initialized, every device's): what a
+    tensor program draws from. Cheaper than :func:`get_state` (no Python or NumPy state)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def set_torch_state(state: tuple) -> None:
+    """Restore what :func:`torch_state` returned."""
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def python_state(saved: dict) -> tuple:
