@@ -390,3 +390,25 @@ def test_resume_is_bit_exact(tmp_path, case):
     assert sorted(resumed.params) == sorted(reference.params)
     for key, value in reference.params.items():
         assert torch.equal(resumed.params[key], value), key
+
+
+@pytest.mark.parametrize("name", ["coin", "gmm", "bayesian_regression", "eight_schools"])
+def test_default_compile_on_tutorial_models_matches_plain_svi(name, monkeypatch):
+    """fit's default compile (here on runs of 30+ steps instead of 1000, the same decisions) on
+    tutorial models run unchanged: the steps are replayed from step 2 on, and the run is still plain
+    SVI's, bit for bit (losses and parameters), for the Beta guide, the enumerated GMM (TraceEnum_ELBO,
+    AutoDelta), the PyroModule regression with AutoDiagonalNormal and eight schools (whose guide draws
+    torch.randn on every call)."""
+    from pyro_vi.engine import autocompile
+
+    monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 30)
+    data = data_of(load(name))
+    if name == "gmm":
+        pair, loss = (lambda m: (m.model, m.global_guide)), (lambda: TraceEnum_ELBO(max_plate_nesting=1))
+    else:
+        pair, loss = (lambda m: (m.model, m.guide)), Trace_ELBO
+    args = (data["x"], data["y"]) if name == "bayesian_regression" else (data["data"],)
+    result, _, params, losses = fit_and_svi(name, pair, args=args, num_steps=40, seed=1, loss=loss,
+                                            optim=lambda: pyro.optim.Adam({"lr": 0.05}))
+    assert result.compiled_steps == 39
+    assert_same_run(result, params, losses)
