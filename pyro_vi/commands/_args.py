@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = [
-    "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "add_output", "add_compile",
+    "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "add_output", "add_compile", "check_compile",
     "add_no_progress",
     "estimator_names",
 ]
@@ -83,6 +83,21 @@ def add_compile(parser) -> None:
         "work. Default: on where it applies and the run has 1000+ steps to repay the recording; --compile: "
         "always, or a one-line error naming why not; --no-compile: never",
     )
+
+
+def check_compile(compile: bool | None, loss) -> None:
+    """With ``--compile``, refuse a loss compile does not cover, in one line, before any output
+    (what only a recording shows, such as ``.item()`` in a model, ``fit`` refuses after step 1).
+
+    Raises:
+        ConfigError: ``pyro_vi.engine.compiled.can_compile``'s reason.
+    """
+    from pyro_vi.engine.compiled import can_compile
+    from pyro_vi.errors import ConfigError
+
+    reason = can_compile(None, None, (), loss) if compile else None
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 def add_no_progress(parser: argparse.ArgumentParser) -> None:

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyro_vi import io, preflight
     from pyro_vi.commands import user_model
+    from pyro_vi.commands._args import check_compile
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import CheckpointError, ConfigError, OutputError
 
@@ -189,12 +190,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = user_model.load_data(args.data, device)
     loss, loss_name = make_loss(args)
-    if args.compile:  # what only a recording shows (.item() in the model) is refused by fit after step 1
-        from pyro_vi.engine.compiled import can_compile
-
-        reason = can_compile(None, None, (), loss)
-        if reason is not None:
-            raise ConfigError(reason)
+    check_compile(args.compile, loss)
     optim = make_optimizer(args.optimizer, args.learning_rate)
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)
     guide_trace, model_trace = pair.guide_trace, pair.model_trace

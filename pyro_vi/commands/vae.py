@@ -192,6 +192,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     """Check everything the user passed, writing nothing."""
     import pyro
 
+    from pyro_vi.commands._args import check_compile
     from pyro_vi.engine import checkpoint
     from pyro_vi.vae.data import load_dataset
     from pyro_vi.device import resolve_device
@@ -226,13 +227,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = build_loss(args)
-    if args.compile:
-        from pyro_vi.engine.compiled import can_compile
-        from pyro_vi.errors import ConfigError
-
-        reason = can_compile(None, None, (), loss)
-        if reason is not None:
-            raise ConfigError(reason)
+    check_compile(args.compile, loss)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
     vae.validate(dataset.train_images, name=f"{args.dataset} training images")
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
