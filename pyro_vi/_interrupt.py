@@ -19,11 +19,28 @@ def exit_quietly_during_import() -> None:
     """Install the quiet SIGINT handler if this process is the ``pyro-vi`` command."""
     if threading.current_thread() is not threading.main_thread():
         return
-    program = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if program not in ("pyro-vi", "-m", "__main__.py"):
+    if not _is_the_command():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_130)
+
+
+def _is_the_command() -> bool:
+    """``pyro-vi`` (the console script) or ``python [options] -m pyro_vi``; not ``python -m pytest``
+    or any other program that happens to import pyro_vi."""
+    if sys.argv and os.path.basename(sys.argv[0]) == "pyro-vi":
+        return True
+    arguments = iter(getattr(sys, "orig_argv", [])[1:])
+    for argument in arguments:
+        if argument == "-m":
+            return next(arguments, None) == "pyro_vi"
+        if argument.startswith("-m"):
+            return argument[2:] == "pyro_vi"
+        if argument in ("-X", "-W"):  # the interpreter's options that take a value
+            next(arguments, None)
+        elif argument == "-c" or not argument.startswith("-"):
+            return False  # python -c ... or python script.py
+    return False
 
 
 def restore_default() -> None:

@@ -105,7 +105,8 @@ def test_import_time_handler_exits_130_quietly():
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "time.sleep(10)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_default_sigint)
     assert done.returncode == 130 and done.stderr == "pyro-vi: interrupted\n", done.stderr
 
 
@@ -117,8 +118,47 @@ def test_import_time_handler_leaves_library_users_alone():
         "_interrupt.exit_quietly_during_import()\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_default_sigint)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.smoke
+def test_import_time_handler_leaves_other_python_m_programs_alone(tmp_path):
+    """``python -m pytest`` (or any package run with -m) that imports pyro_vi keeps Python's handler:
+    its argv[0] is that package's ``__main__.py``, which once passed for ``python -m pyro_vi``."""
+    package = tmp_path / "my_tool"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import signal\nimport pyro_vi  # noqa: F401\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)\n")
+    done = subprocess.run([sys.executable, "-m", "my_tool"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, preexec_fn=_default_sigint)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("argv0, orig_argv, expected", [
+    ("/venv/bin/pyro-vi", ["/venv/bin/python", "/venv/bin/pyro-vi", "gmm"], True),
+    ("-m", ["python", "-m", "pyro_vi", "gmm"], True),
+    ("-m", ["python", "-X", "importtime", "-u", "-mpyro_vi"], True),
+    ("-m", ["python", "-m", "my_tool"], False),
+    ("/x/pytest/__main__.py", ["python", "-m", "pytest"], False),
+    ("-c", ["python", "-c", "import pyro_vi; -m pyro_vi"], False),
+    ("train.py", ["python", "train.py", "-m", "pyro_vi"], False),
+])
+def test_the_command_is_recognized_from_the_interpreters_arguments(argv0, orig_argv, expected, monkeypatch):
+    from pyro_vi import _interrupt
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    assert _interrupt._is_the_command() is expected
+
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT's default action, even when the tests run in the background
+    (where the shell starts them with SIGINT ignored, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _import_hook_installed() -> bool:
@@ -132,7 +172,7 @@ def _import_hook_installed() -> bool:
 def test_ctrl_c_in_the_first_half_second(delay, tmp_path):
     """A real process: SIGINT while ``python -m pyro_vi`` imports torch and Pyro."""
     process = subprocess.Popen([sys.executable, "-m", "pyro_vi", "gmm", "--out", str(tmp_path / "out")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
