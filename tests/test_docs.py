@@ -1,10 +1,11 @@
 """The API reference builds from the docstrings with Sphinx, warnings as errors."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -12,10 +13,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 @pytest.mark.smoke
 def test_sphinx_builds_without_warnings(tmp_path):
     out = tmp_path / "html"
-    completed = subprocess.run(
+    completed = launch.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q", "-d", str(tmp_path / "doctrees"),
-         str(DOCS), str(out)],
-        capture_output=True, text=True, timeout=600,
+         str(DOCS), str(out)], timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     for page in ("index", "api/pyro_vi", "api/engine", "api/estimators", "api/mixture", "api/vae", "api/local", "api/plots", "api/commands", "api/shared"):

@@ -3,7 +3,6 @@ the same loss and gradients on the same batch and seed; and every ``benchmarks/b
 with ``--quick``. (Speed itself is measured only by the benchmark scripts, never here.)"""
 
 import importlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -126,7 +127,7 @@ def test_benchmark_runs_quick(script, tmp_path):
     if "--results-md" in source:
         command += ["--results-md", str(tmp_path / "RESULTS.md")]
     command += EXTRA.get(script.stem, [])
-    done = subprocess.run(command, capture_output=True, text=True, cwd=BENCHMARKS.parent, timeout=600)
+    done = launch.run(command, cwd=BENCHMARKS.parent, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -1,18 +1,18 @@
 """The gradient-variance benchmarks run with --quick and their numbers check out."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import launch  # tests/launch.py: commands in a forked warm interpreter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out-dir", str(tmp_path), "--no-table"],
-        capture_output=True, text=True, timeout=600,
+    result = launch.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out-dir", str(tmp_path), "--no-table"], timeout=600,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

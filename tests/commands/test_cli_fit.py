@@ -4,7 +4,6 @@ keyword arguments, exact resume after a crash or Ctrl-C, and one-line errors (ex
 import csv
 import json
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import pytest
 import torch
 
 from pyro_vi import cli
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_model.py"
@@ -275,7 +276,7 @@ def test_example_and_the_readme_fit_command(tmp_path, monkeypatch, capsys):
     out = tmp_path / "fit"
     command = [str(Path(sys.executable).parent / "pyro-vi"), "fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(data),
                "--num-steps", "20", "--no-progress", "--posterior-samples", "20", "--elbo-samples", "5", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = launch.run(command, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "latent_fairness" in result.stdout and (out / "posterior.csv").is_file()
 

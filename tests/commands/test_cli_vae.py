@@ -2,7 +2,6 @@
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 import torch
 
 from pyro_vi import cli
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["--epochs", "2", "--batch-size", "100", "--hidden-dims", "16", "--no-progress"]
@@ -72,9 +73,8 @@ def test_user_error_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.smoke
 def test_example_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "vae.py"), "--epochs", "2", "--hidden-dims", "16"],
-        capture_output=True, text=True, timeout=300,
+    result = launch.run(
+        [sys.executable, str(ROOT / "examples" / "vae.py"), "--epochs", "2", "--hidden-dims", "16"], timeout=300,
     )
     assert result.returncode == 0, result.stderr
     # The table: a header, then one row per epoch: epoch, train ELBO, test ELBO, recon, KL.

@@ -1,7 +1,6 @@
 """`pyro-vi gmm`, examples/gmm.py and benchmarks/bench_gmm.py with tiny arguments."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +8,8 @@ import numpy as np
 import pytest
 
 from pyro_vi import cli
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--num-data", "120", "--num-steps", "5", "--plot-iterations", "1,2", "--device", "cpu"]
@@ -67,8 +68,7 @@ def test_cli_rejects_bad_arguments_before_writing(tmp_path, capsys, argv, messag
 
 @pytest.mark.smoke
 def test_example_runs(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "100", "--num-steps", "5"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = launch.run([sys.executable, str(ROOT / "examples" / "gmm.py"), "--num-data", "100", "--num-steps", "5"], timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "sklearn" in result.stdout and "svi-map" in result.stdout and "svi-bayesian" in result.stdout
 
@@ -77,8 +77,8 @@ def test_example_runs(tmp_path):
 def test_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
     table = tmp_path / "RESULTS.md"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gmm.py"), "--quick", "--repeats", "1", "--out", str(out),
-                             "--results-md", str(table)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = launch.run([sys.executable, str(ROOT / "benchmarks" / "bench_gmm.py"), "--quick", "--repeats", "1", "--out", str(out),
+                             "--results-md", str(table)], timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["em"]["train_log_likelihood"] == pytest.approx(report["sklearn"]["train_log_likelihood"], rel=1e-4)

@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_vi import cli
 from tutorial_models import MODELS, load
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,7 +63,7 @@ def pyro_vi_fit(tmp_path: Path, name: str, guide: str, data: Path, options: list
         script = shutil.which("pyro-vi", path=str(Path(sys.executable).parent)) or shutil.which("pyro-vi")
         command = [script] if script else [sys.executable, "-m", "pyro_vi"]
         environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process (same float reductions)
-        finished = subprocess.run([*command, *argv], capture_output=True, text=True, env=environment, timeout=300)
+        finished = launch.run([*command, *argv], env=environment, timeout=300)
         assert finished.returncode == 0, finished.stderr
     params = torch.load(out / "params.pt", weights_only=True)
     metrics = json.loads((out / "metrics.json").read_text())

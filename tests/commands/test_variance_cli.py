@@ -1,7 +1,6 @@
 """pyro-vi variance: outputs, one-line errors before any output, and the example script."""
 
 import json
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -9,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from pyro_vi import cli
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +49,8 @@ def test_bad_options_fail_in_one_line_without_output(tmp_path, capsys, argv, mes
 
 @pytest.mark.smoke
 def test_example_runs():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "variance.py"), "--replicates", "20", "--estimators", "reparam,stl", "--seed", "1"],
-        capture_output=True, text=True, timeout=300,
+    result = launch.run(
+        [sys.executable, str(ROOT / "examples" / "variance.py"), "--replicates", "20", "--estimators", "reparam,stl", "--seed", "1"], timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "stl" in result.stdout

@@ -4,7 +4,6 @@ trained digits VAE, and the ``pyro-vi gap`` command."""
 import copy
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +16,8 @@ from pyro_vi import conjugate
 from pyro_vi.local import model as local
 from pyro_vi.vae.model import VAE
 from pyro_vi.vae.train import TrainConfig, fit
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 NOISE_SCALE = 0.5
 
@@ -217,7 +218,7 @@ def test_iwae_log_likelihood_is_per_image_and_chunk_independent(digits_vae, digi
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pyro_vi", "gap", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return launch.run([sys.executable, "-m", "pyro_vi", "gap", *args], cwd=cwd, timeout=600)
 
 
 @pytest.mark.smoke
@@ -255,11 +256,10 @@ def test_gap_command_rejects_bad_input_in_one_line_before_writing(tmp_path, args
 @pytest.mark.smoke
 def test_vae_command_trains_the_iwae_objective_and_reports_test_nll(tmp_path):
     out = tmp_path / "vae"
-    completed = subprocess.run(
+    completed = launch.run(
         [sys.executable, "-m", "pyro_vi", "vae", "--epochs", "1", "--z-dim", "2", "--hidden-dims", "16",
          "--objective", "iwae", "--particles", "5", "--iwae-k", "20", "--iwae-points", "10",
-         "--device", "cpu", "--no-progress", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+         "--device", "cpu", "--no-progress", "--out", str(out)], timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -274,10 +274,9 @@ def test_gap_example_runs_with_tiny_arguments():
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "gap.py"
-    completed = subprocess.run(
+    completed = launch.run(
         [sys.executable, str(example), "--epochs", "1", "--num-points", "10", "--iwae-k", "20", "--meanfield-steps", "5",
-         "--local-epochs", "1", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600,
+         "--local-epochs", "1", "--device", "cpu"], timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
     assert "amortization gap" in completed.stdout and "Hoffman" in completed.stdout

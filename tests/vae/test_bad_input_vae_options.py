@@ -7,7 +7,6 @@ API exists, through the Python API, which must raise the precise ``PyroVIError``
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,8 @@ from pyro_vi.errors import ConfigError, DataError, DeviceError, PyroVIError
 from pyro_vi.vae.data import load_dataset, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.vae.train import TrainConfig, fit
+
+import launch  # tests/launch.py: commands in a forked warm interpreter
 
 # --------------------------------------------------------------------------------------------
 # CLI: options. Each must fail before the output directory is created.
@@ -202,11 +203,8 @@ def test_api_bad_input(call, error_type, fragment):
 @pytest.mark.smoke
 def test_subprocess_bad_input(extra, fragment, tmp_path):
     out = tmp_path / "run"
-    process = subprocess.run(
-        [sys.executable, "-m", "pyro_vi", "vae", *TINY, "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    process = launch.run(
+        [sys.executable, "-m", "pyro_vi", "vae", *TINY, "--out", str(out), *extra], timeout=120,
     )
     assert process.returncode == 2
     assert_one_line(process.stderr, fragment)
