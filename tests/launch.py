@@ -8,8 +8,8 @@ interpreter per test worker (``tests/_zygote.py``) that forks a child per comman
 exit status, stdout, stderr, environment and working directory, running the same ``__main__`` code.
 What a fork cannot show, a fresh interpreter's imports, is tested by real processes: the
 Ctrl-C-during-import tests (tests/commands/test_bad_input_cli.py), kill -9 and resume
-(tests/engine/test_faults.py), the README's commands (tests/test_readme.py) and the tutorials'
-kernels. ``PYRO_VI_TEST_FRESH_PROCESSES=1`` runs every command in a fresh interpreter instead.
+(tests/engine/test_faults.py), the spawned ranks of tests/engine/test_distributed.py and the
+tutorials' kernels (tests/test_tutorials.py). ``PYRO_VI_TEST_FRESH_PROCESSES=1`` runs every command in a fresh interpreter instead.
 """
 
 from __future__ import annotations
