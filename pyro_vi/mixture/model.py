@@ -220,8 +220,10 @@ def assignment_probabilities(data: Tensor, params: MixtureParams) -> Tensor:
 
 def make_map_guide(initial: MixtureParams) -> AutoDelta:
     """A point mass on every global site, started at ``initial``; ``z`` stays in the model, to be
-    enumerated by TraceEnum_ELBO."""
-    return AutoDelta(poutine.block(model, expose=list(GLOBAL_SITES)), init_loc_fn=init_to_value(values=initial.as_sites()))
+    enumerated by TraceEnum_ELBO. The guide starts from copies: Adam's in-place updates would
+    otherwise reach ``initial``'s unconstrained tensors (``loc``), which AutoDelta stores as given."""
+    values = {name: value.detach().clone() for name, value in initial.as_sites().items()}
+    return AutoDelta(poutine.block(model, expose=list(GLOBAL_SITES)), init_loc_fn=init_to_value(values=values))
 
 
 def make_bayesian_guide(

@@ -9,6 +9,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
+from pyro_vi.engine import autocompile
 from pyro_vi.mixture import data as mixture_data
 from pyro_vi.mixture import em as mixture_em
 from pyro_vi.mixture import eval as mixture_eval
@@ -107,3 +108,31 @@ def test_bayesian_tracegraph_moves_every_q_n_to_its_e_step():
     # Rao-Blackwellization: 0.22-0.25); with the score term zeroed the q_n never leave uniform (0.50).
     assert (uniform - e_step).abs().max(-1).values.mean() > 0.45
     assert distance < 0.15, distance
+
+
+def test_a_run_to_a_target_elbo_stays_plain_by_default_and_a_long_run_compiles(monkeypatch):
+    """A run that stops at target_elbo is short (30 steps on bench_gmm's N = 100,000): run_svi's
+    default does not record it (the recording would cost a dozen plain steps there), and stops at
+    the same step with the same ELBOs as compile=False; a long run without a target is recorded."""
+    monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 40)  # "long" for this test's 60-step run
+    data = mixture_data.synthetic(2, 2, 200, separation=5.0, seed=0)
+    initial = mixture_em.initialize(data.train, 2, "full", "random", torch.Generator().manual_seed(0))
+    target = mixture_svi.run_svi(data.train, initial, "map", num_steps=60, learning_rate=0.1).elbos[20]
+    stopped = mixture_svi.run_svi(data.train, initial, "map", num_steps=60, learning_rate=0.1, target_elbo=target)
+    plain = mixture_svi.run_svi(data.train, initial, "map", num_steps=60, learning_rate=0.1, target_elbo=target,
+                                compile=False)
+    assert stopped.compiled_steps == 0 and stopped.steps == plain.steps < 60
+    assert stopped.elbos == plain.elbos
+    assert mixture_svi.run_svi(data.train, initial, "map", num_steps=60, learning_rate=0.1).compiled_steps == 59
+
+
+def test_run_svi_leaves_the_callers_initial_params_alone():
+    """The MAP guide once trained ``initial.loc`` itself (AutoDelta keeps an unconstrained init value
+    as the param tensor, and Adam updates it in place): a second run then started elsewhere."""
+    data = mixture_data.synthetic(2, 2, 200, separation=5.0, seed=0)
+    initial = mixture_em.initialize(data.train, 2, "full", "random", torch.Generator().manual_seed(0))
+    before = [tensor.clone() for tensor in initial.as_sites().values()]
+    first = mixture_svi.run_svi(data.train, initial, "map", num_steps=5, learning_rate=0.1, compile=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, initial.as_sites().values()))
+    second = mixture_svi.run_svi(data.train, initial, "map", num_steps=5, learning_rate=0.1, compile=False)
+    assert first.elbos == second.elbos
