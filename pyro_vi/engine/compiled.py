@@ -302,7 +302,7 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
         layout[:] = [(particle, sign) for particle, sign, _ in terms]
         return [value, *(term for _, _, term in terms), *guards.tensors]
 
-    with _recordable():
+    with _recordable(), programs.one_fake_mode():
         try:
             # pre_dispatch: recorded above autograd, so detach() and no_grad blocks stay what they are
             # (below it, detach is recorded as an alias and the replay would differentiate through it).

@@ -13,6 +13,7 @@ over such a graph live here:
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from typing import Callable, Sequence
@@ -21,7 +22,24 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["BACKENDS", "compiled_by", "joint", "simplify"]
+__all__ = ["BACKENDS", "compiled_by", "joint", "one_fake_mode", "simplify"]
+
+
+@contextlib.contextmanager
+def one_fake_mode():
+    """One FakeTensorMode for a whole ``make_fx`` recording.
+
+    Recording real tensors, make_fx keeps each value's shape as a fake tensor in ``node.meta``; with
+    no fake mode in the tracing context it builds a new FakeTensorMode per value, and each captures
+    the Python stack (``traceback.extract_stack``): under Pyro's handler stacks, a third of the
+    recording's time (0.38 of 1.1 s for the enumerated GMM at N = 100,000). The values recorded are
+    the same; only their metadata share one mode.
+    """
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))):
+        yield
 
 BACKENDS = ("inductor",)
 
@@ -47,7 +65,7 @@ def joint(graph: Callable, params: list[Tensor], args: Sequence) -> torch.fx.Gra
         total = torch.stack([value.detach().reshape(()), *(g.sum() for g in grads if g is not None)]).sum()
         return [value.detach(), *grads, *guards, torch.isfinite(total)]
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_fake_mode():
         warnings.simplefilter("ignore")
         program = make_fx(step)([p.detach().requires_grad_(p.requires_grad) for p in params], *args)
     program = simplify(program, expand=True)
