@@ -66,6 +66,8 @@ def _stop(zygote: subprocess.Popen) -> None:
     if zygote.poll() is None:
         zygote.kill()
         zygote.wait()
+    zygote.stdin.close()
+    zygote.stdout.close()
 
 
 def _read(timeout: float | None) -> dict | None:

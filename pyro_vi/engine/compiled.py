@@ -34,12 +34,11 @@ between a Pyro step and a recording, and is handled here:
   ``if x.sum() > 0:``) is recorded as a guard: the program returns the tensor too, and a step
   where it differs from the recording's is taken by the plain path from the same RNG state.
 
-What it refuses (``ConfigError``, one line; :func:`can_compile` says it without recording): losses
-not covered (``score-baseline`` and ``TraceGraph_ELBO`` keep state the step rewrites in the param
-store; others are not covered yet), vectorized particles, a ``Trace_ELBO`` guide site that cannot
-rsample (use a score-function estimator), and a value read into Python (``.item()``, ``float(x)``,
-a tensor as an index), which a recording cannot follow. Non-tensor arguments are recorded as
-constants: pass what changes between steps (a KL weight) as a tensor.
+What it refuses (``ConfigError``, one line; :func:`can_compile` says it without recording): state the
+step rewrites in the param store (``score-baseline``, TraceGraph_ELBO's decaying-average baselines),
+losses not covered yet, vectorized particles, a ``Trace_ELBO`` guide site that cannot rsample (use a
+score-function estimator), and a value read into Python (``.item()``, a tensor as an index).
+Non-tensor arguments are recorded as constants: pass what changes between steps (a KL weight) as a tensor.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from typing import Callable, Iterator, Sequence
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make_fx
@@ -61,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 
 from pyro_vi.engine import params as param_store
 from pyro_vi.engine import programs, rng, samplers
-from pyro_vi.engine.surrogate import surrogate_loss, trace_elbo_value
+from pyro_vi.engine.surrogate import surrogate_loss, trace_elbo_value, tracegraph_loss
 from pyro_vi.errors import ConfigError
 
 __all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "signature", "surrogate_loss"]
@@ -158,19 +157,18 @@ COVERED_ESTIMATORS = (
     "gumbel", "iwae", "dreg",
 )
 # Pyro ELBOs by class name, and why the others are not covered.
-_PYRO_LOSSES = ("Trace_ELBO", "TraceEnum_ELBO")
+_PYRO_LOSSES = ("Trace_ELBO", "TraceEnum_ELBO", "TraceGraph_ELBO")
 _REFUSED = {
     "score-baseline": "score-baseline's decaying-average baselines are state each step rewrites in the param store, "
                       "which a recorded program would freeze",
-    "TraceGraph_ELBO": "TraceGraph_ELBO computes its loss with .item() and may keep baselines as param-store state each "
-                       "step rewrites; use pyro_vi's score-graph estimator (the same gradient), which compiles",
 }
 
 
 def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str | None:
     """``None`` if ``compile_loss`` covers this loss and these arguments, else the one-line reason.
 
-    Covered: ``Trace_ELBO`` and ``TraceEnum_ELBO`` (any ``num_particles``, one after another), and
+    Covered: ``Trace_ELBO``, ``TraceEnum_ELBO`` and ``TraceGraph_ELBO`` (any ``num_particles``, one
+    after another; TraceGraph_ELBO without decaying-average baselines, which recording refuses), and
     the pyro_vi estimators in ``COVERED_ESTIMATORS``. Cheap: it looks at the loss and the arguments
     only (no tracing, no recording, no random draw); what only a trace shows (a Trace_ELBO guide
     site that cannot rsample, ``.item()`` in the model) is refused by :func:`compile_loss` with a
@@ -185,7 +183,7 @@ def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str |
         return f"{reason}; drop --compile for it"
     name = type(loss).__name__
     if name not in _PYRO_LOSSES or type(loss).__module__.split(".")[0] != "pyro":
-        reason = _REFUSED.get(name, f"compile covers Trace_ELBO, TraceEnum_ELBO and pyro_vi's estimators, not {name}")
+        reason = _REFUSED.get(name, f"compile covers Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO and pyro_vi's estimators, not {name}")
         return f"{reason}; drop --compile for this loss"
     if loss.num_particles > 1 and loss.vectorize_particles:
         return f"compile records particles one after another; use {name}(vectorize_particles=False) or drop --compile"
@@ -255,12 +253,21 @@ def _recordable() -> Iterator[None]:
         torch.distributions.Distribution._validate_sample = validate_sample
 
 
+def _differentiable(loss) -> Callable[..., Tensor]:
+    """``differentiable_loss(model, guide, *args)`` of ``loss``; TraceGraph_ELBO's from
+    :func:`pyro_vi.engine.surrogate.tracegraph_loss` (Pyro's class has none)."""
+    if type(loss) is TraceGraph_ELBO:
+        return functools.partial(tracegraph_loss, loss)
+    return loss.differentiable_loss
+
+
 def _objective(loss) -> Callable[..., Tensor]:
     """The step's loss as a tensor whose value is the loss and whose gradient the estimator's;
     ``objective(model, guide, args, terms)`` lists ``Trace_ELBO``'s site terms in ``terms``."""
     if type(loss) is Trace_ELBO:
         return lambda model, guide, args, terms=None: surrogate_loss(model, guide, args, loss.num_particles, terms)
-    return lambda model, guide, args, terms=None: loss.differentiable_loss(model, guide, *args)
+    differentiable = _differentiable(loss)
+    return lambda model, guide, args, terms=None: differentiable(model, guide, *args)
 
 
 def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
@@ -315,7 +322,7 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "the model or guide reads a tensor's value (data-dependent control flow, .item()), which a "
                 "recorded program cannot follow; run without --compile"
             ) from None
-    plain = functools.partial(loss.differentiable_loss, model, guide)
+    plain = functools.partial(_differentiable(loss), model, guide)
     graph = programs.simplify(graph)
     return CompiledLoss(graph, names, params, guards.values, plain, programs.joint(graph, params, args), layout,
                         getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide))
@@ -382,7 +389,7 @@ def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:
     state = rng.get_state()
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plain = loss.differentiable_loss(model, guide, *args)
+        plain = _differentiable(loss)(model, guide, *args)
         plain_grads = torch.autograd.grad(plain, compiled.params, allow_unused=True)
         rng.set_state(state)
         value = compiled(*args)

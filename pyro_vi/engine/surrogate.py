@@ -5,7 +5,7 @@ site by site as Python floats (``torch_item`` of each site's log-prob sum, in do
 :func:`surrogate_loss` is that surrogate for a reparameterized guide, written without reading a
 tensor's value (so ``make_fx`` can record it) and listing the site terms;
 :func:`trace_elbo_value` sums the terms as Pyro does, so a recorded step reports Pyro's loss bit
-for bit.
+for bit. :func:`tracegraph_loss` is ``TraceGraph_ELBO``'s loss and surrogate as one tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
-__all__ = ["surrogate_loss", "trace_elbo_value"]
+from pyro_vi.engine import params
+from pyro_vi.errors import ConfigError
+
+__all__ = ["surrogate_loss", "trace_elbo_value", "tracegraph_loss"]
 
 
 def surrogate_loss(model: Callable, guide: Callable, args: Sequence, num_particles: int = 1,
@@ -56,3 +59,27 @@ def trace_elbo_value(layout: Sequence[tuple[int, int]], values: Sequence[Tensor]
     for elbo in elbos:
         loss += -elbo / num_particles
     return loss
+
+
+def tracegraph_loss(elbo, model: Callable, guide: Callable, *args) -> Tensor:
+    """``TraceGraph_ELBO``'s step as one tensor (the differentiable loss Pyro's class lacks): its value
+    is the loss ``elbo.loss_and_grads`` returns (minus the float32 ELBO it sums, read as a float),
+    its gradient that of Pyro's surrogate, from the same traces and the same arithmetic.
+
+    A decaying-average baseline is refused: it is state each step rewrites in the param store, which
+    a recorded program would freeze (baseline networks and values are tensor operations, recorded).
+    """
+    elbo_value, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in params.tracegraph_particles(elbo, model, guide, args, {}):
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and (site["infer"].get("baseline") or {}).get("use_decaying_avg_baseline"):
+                raise ConfigError(
+                    f"TraceGraph_ELBO's decaying-average baseline at site {site['name']!r} is a running average the step rewrites in "
+                    "the param store, which a recorded program would freeze; drop --compile"
+                )
+        particle_elbo, particle_surrogate = params.tracegraph_particle_loss(elbo, model_trace, guide_trace)
+        elbo_value = elbo_value + particle_elbo
+        surrogate = surrogate + particle_surrogate
+    elbo_value = elbo_value / elbo.num_particles
+    surrogate = surrogate / elbo.num_particles
+    return (-elbo_value).detach() + (surrogate - surrogate.detach())

@@ -173,7 +173,7 @@ def test_can_compile_names_what_it_refuses_in_one_line():
     assert compiled.can_compile(None, None, (x,), Trace_ELBO()) is None
     assert compiled.can_compile(None, None, (x,), None) is None
     for loss, cause in [
-        (TraceGraph_ELBO(), "TraceGraph_ELBO"),
+        (TraceEnum_ELBO(num_particles=2, vectorize_particles=True), "vectorize"),
         (Trace_ELBO(num_particles=2, vectorize_particles=True), "vectorize"),
     ]:
         reason = compiled.can_compile(None, None, (x,), loss)
@@ -276,7 +276,6 @@ def test_what_compile_refuses_is_named_in_one_line_and_fit_refuses_it():
     x = _DISCRETE_DATA[0]
     for loss, cause in [
         (pyro_vi.estimators.GradientEstimator("score-baseline"), "decaying-average baselines are state"),
-        (TraceGraph_ELBO(), "TraceGraph_ELBO computes its loss with .item()"),
         (TraceMeanField_ELBO(), "not TraceMeanField_ELBO"),
         (TraceEnum_ELBO(num_particles=2, vectorize_particles=True), "TraceEnum_ELBO(vectorize_particles=False)"),
     ]:
@@ -387,3 +386,39 @@ def test_joint_program_falls_back_to_the_plain_step_when_a_guard_differs():
         assert value == pytest.approx(float(want_value.detach()), rel=1e-6, abs=1e-6)  # Trace_ELBO's double vs float32
         assert all(torch.allclose(g, w, rtol=1e-5, atol=1e-6) for g, w in zip(got, want))
     assert program.fallbacks == 1
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("make_pair, args", [(_discrete_pair, _DISCRETE_DATA), (_coin_pair, _COIN_DATA)],
+                         ids=["score-function-sites", "coin"])
+def test_tracegraph_elbo_compiles_to_the_plain_run_bit_for_bit(make_pair, args, num_particles):
+    """TraceGraph_ELBO (once refused: it reads its loss with .item()): its Rao-Blackwellized surrogate
+    recorded, its loss returned as the float of the same float32 sum; the run's losses and params
+    are the plain run's, bit for bit, with Bernoulli (score-function) sites and a Beta guide."""
+    runs = {}
+    for flag in (False, True):
+        pyro.clear_param_store()
+        model, guide = make_pair()
+        runs[flag] = pyro_vi.fit(model, guide, *args, num_steps=25, compile=flag, seed=0, progress=False,
+                                 loss=TraceGraph_ELBO(num_particles=num_particles), optim=pyro_vi.engine.optim.Adam({"lr": 0.05}))
+    assert runs[True].compiled_steps == 24
+    assert runs[True].losses == runs[False].losses
+    _assert_same(runs[False].params, runs[True].params)
+
+
+def test_tracegraph_elbo_with_a_decaying_average_baseline_is_refused_in_one_line_and_runs_plain_by_default(monkeypatch):
+    """SVI Part III's coin: its decaying-average baseline is param-store state each step rewrites.
+    The default (told that 3 steps are a long run) tries to record, is refused, and stays plain."""
+    from pyro_vi.engine import autocompile
+
+    monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 2)
+    module = load("coin_nonreparam")
+    pyro.clear_param_store()
+    with pytest.raises(ConfigError, match="decaying-average baseline at site 'latent_fairness'"):
+        pyro_vi.fit(module.model, module.guide, True, num_steps=3, loss=TraceGraph_ELBO(), compile=True, progress=False)
+    runs = {}
+    for flag in (None, False):
+        pyro.clear_param_store()
+        runs[flag] = pyro_vi.fit(module.model, module.guide, True, num_steps=3, loss=TraceGraph_ELBO(), compile=flag,
+                                 seed=0, progress=False)
+    assert runs[None].compiled_steps == 0 and runs[None].losses == runs[False].losses
