@@ -350,7 +350,7 @@ def _apply(optim, params, value, reduce, finite: bool | None = None) -> float | 
     if finite is None:
         finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
     stepped = [p for p in params if p.grad is not None]  # a param the loss does not differentiate (a baseline) is not stepped
-    if finite and stepped:
+    if finite and stepped and not pyro_vi_optim.pyro_adam_step(optim, stepped):
         optim(stepped)
     for p in params:  # drop the gradients, not zero them: the next backward writes instead of adding
         p.grad = None

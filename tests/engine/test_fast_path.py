@@ -204,3 +204,75 @@ def test_the_direct_fused_step_equals_torch_adams_fused_step_exactly(optim_args,
         assert torch.equal(p, q)
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(fast._optimizer.state[p][key], reference.state[q][key])
+
+
+def _coin_with_two_sites():
+    data = torch.cat([torch.ones(6), torch.zeros(4)])
+
+    def model(data):
+        fairness = pyro.sample("fairness", pyro.distributions.Beta(10.0, 10.0))
+        shift = pyro.sample("shift", pyro.distributions.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", pyro.distributions.Bernoulli(fairness), obs=data)
+            pyro.sample("y", pyro.distributions.Normal(shift, 1.0), obs=data)
+
+    def guide(data):
+        a = pyro.param("a", torch.tensor(15.0), constraint=pyro.distributions.constraints.positive)
+        b = pyro.param("b", torch.tensor(15.0), constraint=pyro.distributions.constraints.positive)
+        loc = pyro.param("loc", torch.zeros(()))
+        pyro.sample("fairness", pyro.distributions.Beta(a, b))
+        pyro.sample("shift", pyro.distributions.Normal(loc, 0.5))
+
+    return model, guide, (data,)
+
+
+@pytest.mark.parametrize("optim_args", [
+    {"lr": 0.01},
+    lambda module, name: {"lr": 0.05 if name == "loc" else 0.01, "betas": (0.8, 0.99), "weight_decay": 0.1 * (name == "a")},
+], ids=["one-lr", "per-param-options"])
+@pytest.mark.parametrize("compile", [False, True])
+def test_pyro_adam_through_fit_is_one_update_call_and_equals_svi_exactly(optim_args, compile, monkeypatch):
+    """fit with pyro.optim.Adam (as Pyro's tutorials write it): after the first step (which makes
+    each parameter's torch.optim.Adam and its state), the update skips Optimizer.step's wrapper and
+    calls torch's own Adam function (engine.optim.pyro_adam_step), once per set of options; losses
+    and params equal SVI's with pyro.optim.Adam, bit for bit."""
+    model, guide, args = _coin_with_two_sites()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svi = SVI(model, guide, pyro.optim.Adam(optim_args), Trace_ELBO())
+    plain_losses = [svi.step(*args) for _ in range(30)]
+    plain = _params()
+
+    wrapped_steps = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (wrapped_steps.append(1), step(self, *a, **k))[1])
+    pyro.clear_param_store()
+    result = pyro_vi.fit(model, guide, *args, num_steps=30, loss=Trace_ELBO(), optim=pyro.optim.Adam(optim_args), seed=0,
+                         progress=False, compile=compile)
+    assert len(wrapped_steps) == 3  # the first step only, one per parameter: the other 29 took the direct call
+    assert result.losses == plain_losses
+    fast = _params()
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_pyro_adam_with_gradient_clipping_keeps_its_own_step():
+    """ClippedAdam / clip_args: pyro.optim clips each gradient before its step, so fit leaves it alone."""
+    model, guide, args = _coin_with_two_sites()
+    params = []
+    for optimizer in (pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 0.1}), None):
+        pyro.clear_param_store()
+        if optimizer is None:
+            pyro.set_rng_seed(0)
+            svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 0.1}), Trace_ELBO())
+            for _ in range(10):
+                svi.step(*args)
+        else:
+            pyro_vi.fit(model, guide, *args, num_steps=10, loss=Trace_ELBO(), optim=optimizer, seed=0, progress=False)
+            loc = pyro.get_param_store().get_param("loc").unconstrained()
+            loc.grad = torch.ones_like(loc)  # everything the direct call needs but the clipping
+            assert not optim.pyro_adam_step(optimizer, [loc]) and torch.equal(loc.grad, torch.ones_like(loc))
+            loc.grad = None
+        params.append(_params())
+    for name in params[0]:
+        torch.testing.assert_close(params[0][name], params[1][name], rtol=0, atol=0, msg=name)
