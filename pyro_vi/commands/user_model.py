@@ -32,6 +32,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from pyro_vi.engine import params
 from pyro_vi.errors import CheckpointError, DataError, PyroVIError
 
 __all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
@@ -304,8 +305,8 @@ def describe_failure(error: BaseException, files=()) -> str:
 def latent_sites(model_trace) -> dict[str, tuple]:
     """The model's sample sites that are not observed (subsample sites excluded): name -> shape."""
     return {name: tuple(site["value"].shape) for name, site in model_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site["infer"].get("_do_not_trace")
-            and type(site["fn"]).__name__ != "_Subsample"}
+            if site["type"] == "sample" and not site["is_observed"] and not params.is_hidden(site)
+            and not params.is_subsample(site)}
 
 
 class SiteSummary(NamedTuple):

@@ -58,7 +58,7 @@ def exact_elbo(model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
     discrete = [
         site
         for site in dry_run.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample"
+        if site["type"] == "sample" and not site["is_observed"] and not params.is_subsample(site)
         and site["fn"].support.is_discrete
     ]
     supports = [site["fn"].enumerate_support(expand=True) for site in discrete]  # (K, *batch)

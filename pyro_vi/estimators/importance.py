@@ -35,6 +35,8 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
+from pyro_vi.engine import params
+
 __all__ = ["ImportanceEstimate", "importance_estimate", "log_weights", "plate_nesting"]
 
 
@@ -142,7 +144,7 @@ def _sum_log_probs(trace, particle_dim: int, plate_name: str | None) -> Tensor:
     """Sum unscaled (but masked) log densities of all sample sites down to (particles[, batch])."""
     total = 0.0
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or _is_subsample_site(site) or site["mask"] is False:
+        if site["type"] != "sample" or params.is_subsample(site) or site["mask"] is False:
             continue
         log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
         if isinstance(site["mask"], Tensor):
@@ -161,9 +163,6 @@ def _sum_log_probs(trace, particle_dim: int, plate_name: str | None) -> Tensor:
         total = total + reduced
     return total
 
-
-def _is_subsample_site(site) -> bool:
-    return type(site["fn"]).__name__ == "_Subsample"
 
 
 def _plate_dim(site, plate_name: str, site_name: str) -> int:

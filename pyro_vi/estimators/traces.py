@@ -56,7 +56,7 @@ def draw(model, guide, args, kwargs):
 
 def is_subsample(site) -> bool:
     """Whether a sample site is a plate's subsample-index site (not a random variable)."""
-    return type(site["fn"]).__name__ == "_Subsample"
+    return params.is_subsample(site)
 
 
 def latent_sites(trace) -> list:
@@ -91,7 +91,7 @@ def is_latent(msg) -> bool:
         msg["type"] == "sample"
         and not msg["is_observed"]
         and isinstance(msg["fn"], dist.Distribution)
-        and type(msg["fn"]).__name__ != "_Subsample"
+        and not params.is_subsample(msg)
         and msg["infer"].get("enumerate") is None
     )
 
