@@ -90,7 +90,7 @@ plt.show()
 # training the decoder is poor and the cheapest way to raise the ELBO is to make q(z | x) equal
 # the prior (KL = 0), after which the decoder learns to ignore z: annealing lets the encoder
 # first carry information. We train the same VAE (Z_DIM = 50 latent dimensions on MNIST, as in the
-README's runs; 20 on the 8x8 digits) with and without it.
+# README's runs; 20 on the 8x8 digits) with and without it.
 
 # %%
 def train_vae(z_dim, likelihood="bernoulli", kl_warmup_epochs=0.0, binarization="dynamic", epochs=EPOCHS, seed=0):
