@@ -112,6 +112,25 @@ def interleaved(contenders: dict[str, Callable[[], float]], rounds: int, warmup_
     return times
 
 
+def numpyro_chunk(svi, state, steps: int, *data) -> Callable[[], float]:
+    """NumPyro's contender chunk: ``steps`` updates of ``svi`` from ``state`` in one
+    ``jax.jit(lax.fori_loop)``, as ``SVI.run`` runs them; each call returns its seconds (waiting for
+    the result) and keeps the state for the next."""
+    import jax
+
+    @jax.jit
+    def run(svi_state):
+        return jax.lax.fori_loop(0, steps, lambda i, s: svi.update(s, *data)[0], svi_state)
+
+    def chunk() -> float:
+        nonlocal state
+        start = time.perf_counter()
+        state = jax.block_until_ready(run(state))
+        return time.perf_counter() - start
+
+    return chunk
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -136,26 +136,13 @@ def numpyro_program(name: str, args):
 
 
 def build_numpyro(name: str, args, steps: int):
-    import time
-
     import jax
     import numpyro
 
     model, guide, data = numpyro_program(name, args)
     svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(0.01), numpyro.infer.Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(0), *data)
-
-    @jax.jit
-    def run(svi_state):
-        return jax.lax.fori_loop(0, steps, lambda i, s: svi.update(s, *data)[0], svi_state)
-
-    def chunk() -> float:
-        nonlocal state
-        start = time.perf_counter()
-        state = jax.block_until_ready(run(state))
-        return time.perf_counter() - start
-
-    return chunk
+    return _common.numpyro_chunk(svi, state, steps, *data)
 
 
 def contenders(name: str, steps: int, inductor: bool = True) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import functools
 import math
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -260,18 +259,7 @@ def build_numpyro(case, x: Tensor, steps: int, seed: int):
     data = jnp.asarray(x.numpy())
     svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(LEARNING_RATE), loss)
     state = svi.init(jax.random.PRNGKey(seed), data)
-
-    @jax.jit
-    def run(svi_state):
-        return jax.lax.fori_loop(0, steps, lambda i, s: svi.update(s, data)[0], svi_state)
-
-    def chunk() -> float:
-        nonlocal state
-        start = time.perf_counter()
-        state = jax.block_until_ready(run(state))
-        return time.perf_counter() - start
-
-    return chunk
+    return _common.numpyro_chunk(svi, state, steps, data)
 
 
 BUILDERS = {

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyro_vi.engine import params
@@ -306,7 +307,7 @@ def latent_sites(model_trace) -> dict[str, tuple]:
     """The model's sample sites that are not observed (subsample sites excluded): name -> shape."""
     return {name: tuple(site["value"].shape) for name, site in model_trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"] and not params.is_hidden(site)
-            and not params.is_subsample(site)}
+            and not site_is_subsample(site)}
 
 
 class SiteSummary(NamedTuple):

@@ -30,13 +30,11 @@ from typing import Callable, Iterator, Mapping
 import pyro
 from pyro import poutine
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.poutine.subsample_messenger import _Subsample
 from torch import Tensor, nn
 
 from pyro_vi.errors import ConfigError
 
 __all__ = [
-    "is_subsample",
     "is_hidden",
     "unconstrained",
     "constraint",
@@ -249,12 +247,6 @@ def standard_normal_replaced(draw: Callable) -> Iterator[None]:
     finally:
         for module, original in patched:
             module._standard_normal = original
-
-
-def is_subsample(site) -> bool:
-    """Whether a sample site (or message) is a plate's subsample-index site, Pyro's private
-    ``_Subsample`` distribution, and not a random variable."""
-    return isinstance(site["fn"], _Subsample)
 
 
 def is_hidden(site) -> bool:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from typing import Callable
 
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import Tensor
 
 from pyro_vi.engine import params
@@ -58,7 +57,7 @@ def exact_elbo(model: Callable, guide: Callable, *args, **kwargs) -> Tensor:
     discrete = [
         site
         for site in dry_run.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and not params.is_subsample(site)
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
         and site["fn"].support.is_discrete
     ]
     supports = [site["fn"].enumerate_support(expand=True) for site in discrete]  # (K, *batch)

@@ -33,9 +33,8 @@ from typing import Callable, NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-
-from pyro_vi.engine import params
 
 __all__ = ["ImportanceEstimate", "importance_estimate", "log_weights", "plate_nesting"]
 
@@ -144,7 +143,7 @@ def _sum_log_probs(trace, particle_dim: int, plate_name: str | None) -> Tensor:
     """Sum unscaled (but masked) log densities of all sample sites down to (particles[, batch])."""
     total = 0.0
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or params.is_subsample(site) or site["mask"] is False:
+        if site["type"] != "sample" or site_is_subsample(site) or site["mask"] is False:
             continue
         log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
         if isinstance(site["mask"], Tensor):

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_model_guide_match
 from torch import Tensor
 
@@ -55,8 +55,9 @@ def draw(model, guide, args, kwargs):
 
 
 def is_subsample(site) -> bool:
-    """Whether a sample site is a plate's subsample-index site (not a random variable)."""
-    return params.is_subsample(site)
+    """Whether a sample site is a plate's subsample-index site (not a random variable): Pyro's
+    ``site_is_subsample``."""
+    return site_is_subsample(site)
 
 
 def latent_sites(trace) -> list:
@@ -91,7 +92,7 @@ def is_latent(msg) -> bool:
         msg["type"] == "sample"
         and not msg["is_observed"]
         and isinstance(msg["fn"], dist.Distribution)
-        and not params.is_subsample(msg)
+        and not site_is_subsample(msg)
         and msg["infer"].get("enumerate") is None
     )
 
