@@ -392,22 +392,28 @@ def test_resume_is_bit_exact(tmp_path, case):
         assert torch.equal(resumed.params[key], value), key
 
 
-@pytest.mark.parametrize("name", ["coin", "gmm", "bayesian_regression", "eight_schools"])
+@pytest.mark.parametrize("name", ["coin", "gmm", "bayesian_regression", "eight_schools", "coin_nonreparam"])
 def test_default_compile_on_tutorial_models_matches_plain_svi(name, monkeypatch):
     """fit's default compile (here on runs of 30+ steps instead of 1000, the same decisions) on
     tutorial models run unchanged: the steps are replayed from step 2 on, and the run is still plain
     SVI's, bit for bit (losses and parameters), for the Beta guide, the enumerated GMM (TraceEnum_ELBO,
     AutoDelta), the PyroModule regression with AutoDiagonalNormal and eight schools (whose guide draws
-    torch.randn on every call)."""
+    torch.randn on every call), and SVI Part III's non-reparameterized coin with TraceGraph_ELBO (its
+    baseline switch off: a decaying average is refused, see test_compiled_coverage)."""
     from pyro_vi.engine import autocompile
 
     monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 30)
     data = data_of(load(name))
     if name == "gmm":
         pair, loss = (lambda m: (m.model, m.global_guide)), (lambda: TraceEnum_ELBO(max_plate_nesting=1))
+    elif name == "coin_nonreparam":
+        pair, loss = (lambda m: (m.model, m.guide)), TraceGraph_ELBO
     else:
         pair, loss = (lambda m: (m.model, m.guide)), Trace_ELBO
-    args = (data["x"], data["y"]) if name == "bayesian_regression" else (data["data"],)
+    if name == "coin_nonreparam":
+        args = (False,)  # the tutorial's use_decaying_avg_baseline
+    else:
+        args = (data["x"], data["y"]) if name == "bayesian_regression" else (data["data"],)
     result, _, params, losses = fit_and_svi(name, pair, args=args, num_steps=40, seed=1, loss=loss,
                                             optim=lambda: pyro.optim.Adam({"lr": 0.05}))
     assert result.compiled_steps == 39
