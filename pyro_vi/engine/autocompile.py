@@ -30,15 +30,18 @@ recording at its second value: pass it as a tensor.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import pyro
 from torch import Tensor
 
-from pyro_vi.engine import rng
+from pyro_vi.engine import rng, wholestep
 from pyro_vi.errors import ConfigError
 
-__all__ = ["AUTO_MIN_STEPS", "MAX_PROGRAMS", "StepRecorder", "check_compile_mode", "reads_only"]
+if TYPE_CHECKING:
+    from pyro_vi.engine.compiled import CompiledLoss
+
+__all__ = ["AUTO_MIN_STEPS", "MAX_PROGRAMS", "StepRecorder", "check_compile_mode", "reads_only", "recorded_loss", "signature"]
 
 # Recording costs about 0.3-0.5 s on a 2-core CPU (one-off imports aside) and saves 15-75% of a step
 # (benchmarks/RESULTS.md): measured break-even 130-2,500 steps (regression with AutoNormal, VAE
@@ -92,6 +95,8 @@ class StepRecorder:
         self.finite: bool | None = None  # the last recorded step's loss and gradients were finite (None: unknown)
         self.steps = 0  # recorded steps taken in this call
         self.refusal: str | None = None  # why the default stopped recording, for the curious
+        self.updated = False  # the last step's program made the optimizer's update too
+        self._fused = None  # the whole-step programs of this call's optimizer
 
     @property
     def params(self) -> list[Tensor]:
@@ -102,7 +107,7 @@ class StepRecorder:
         """After a plain step: record the step for these arguments' signature, if it applies."""
         if not self.active:
             return
-        key = self._compiled.signature(step_args)
+        key = signature(step_args)
         if key in self.programs or len(self.programs) >= MAX_PROGRAMS:
             return
         if not self.forced and any(_same_shapes(key, other) for other in self.programs):
@@ -111,7 +116,7 @@ class StepRecorder:
             self._stop("a non-tensor argument changes between steps; pass it as a tensor to compile the step")
             return
         try:
-            self.programs[key] = self._compiled.recorded_loss(self.model, self.guide, step_args, self.loss, self.backend)
+            self.programs[key] = recorded_loss(self.model, self.guide, step_args, self.loss, self.backend)
         except ConfigError as error:
             if self.forced:
                 raise
@@ -121,16 +126,29 @@ class StepRecorder:
                 raise
             self._stop(f"recording failed ({type(error).__name__}: {error})")
 
-    def step(self, step_args: Sequence) -> float | None:
+    def step(self, step_args: Sequence, optim=None) -> float | None:
         """One recorded step: loss and gradients into the params' ``.grad``, the loss returned;
-        ``None`` when there is no program for these arguments (or the audit failed): take the plain step."""
+        ``None`` when there is no program for these arguments (or the audit failed): take the plain step.
+
+        With ``optim`` and the inductor backend, a step that is not audited is taken by the whole-step
+        program where the optimizer allows (:mod:`pyro_vi.engine.wholestep`): the update is then made
+        too (``self.updated``), else the optimizer is left to the caller."""
+        self.updated = False
         if not self.active:
             return None
-        program = self.programs.get(self._compiled.signature(step_args))
+        program = self.programs.get(signature(step_args))
         if program is None:
             return None
         self.steps += 1
         audit = self.steps & (self.steps - 1) == 0  # recorded steps 1, 2, 4, 8, ...
+        if not audit and optim is not None and program.backend is not None:
+            if self._fused is None or self._fused.optim is not optim:
+                self._fused = wholestep.FusedSteps(optim)
+            run = self._fused.get(program)
+            if run is not None:
+                value, self.updated = program.loss_and_update(run, *step_args)
+                self._last, self.finite = program, program.finite
+                return value
         before = rng.torch_state() if audit else None
         every = rng.get_state() if audit else None  # Python's and NumPy's too, for a retaken step
         value = program.loss_and_grads(*step_args)
@@ -176,3 +194,42 @@ def _same_shapes(key: tuple, other: tuple) -> bool:
         return [entry for entry in signature if entry[0] != "value"]
     return len(key) == len(other) and tensors(key) == tensors(other)
 
+
+def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss, backend: str | None = None) -> CompiledLoss:
+    """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
+
+    ``pyro_vi.fit`` calls this after a plain step. The program is reused by a later call with the
+    same model, guide, argument shapes and non-tensor arguments while the param store still holds
+    the very tensors it was recorded with (a cleared store, a resumed checkpoint or new parameters
+    record it afresh), so calling ``fit`` epoch by epoch records once per argument signature.
+    """
+    key = (_identity(model), _identity(guide), signature(args), backend)
+    cache = getattr(loss, "_pyro_vi_recorded", None)
+    if not isinstance(cache, dict):
+        cache = loss._pyro_vi_recorded = {}
+    if key in cache and _same_tensors(cache[key]):
+        return cache[key]
+    from pyro_vi.engine.compiled import compile_loss
+
+    program = compile_loss(model, guide, args, loss, backend=backend)
+    cache[key] = program
+    return program
+
+
+def _same_tensors(program: CompiledLoss) -> bool:
+    from pyro_vi.engine import params as param_store
+
+    present = set(param_store.names())
+    return all(name in present and param_store.unconstrained(name) is p for name, p in zip(program.names, program.params))
+
+
+def _identity(function) -> tuple[int, int]:
+    """Bound methods are made afresh at each attribute access: key them by object and function."""
+    return id(getattr(function, "__self__", None)), id(getattr(function, "__func__", function))
+
+
+def signature(args: Sequence) -> tuple:
+    """What a recording is valid for: each tensor's shape, dtype and device, each other value's repr."""
+    return tuple(
+        (tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else ("value", type(a).__name__, repr(a)) for a in args
+    )

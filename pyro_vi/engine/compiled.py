@@ -63,7 +63,7 @@ from pyro_vi.engine import programs, rng, samplers
 from pyro_vi.engine.surrogate import surrogate_loss, trace_elbo_value, tracegraph_loss
 from pyro_vi.errors import ConfigError
 
-__all__ = ["CompiledLoss", "can_compile", "compile_loss", "recorded_loss", "signature", "surrogate_loss"]
+__all__ = ["CompiledLoss", "can_compile", "compile_loss", "surrogate_loss"]
 # surrogate_loss: re-exported from pyro_vi.engine.surrogate (older imports)
 
 
@@ -88,7 +88,9 @@ class CompiledLoss:
                  plain: Callable | None = None, joint: Callable | None = None, terms: Sequence = (),
                  num_particles: int = 1, plain_step: Callable | None = None):
         self._graph = graph
-        self._joint = joint
+        self._joint = self.joint_graph = joint  # _joint: what runs (inductor's, with a backend)
+        self.backend: str | None = None
+        self.whole_steps: dict = {}  # the whole step with an optimizer's update (pyro_vi.engine.wholestep), by its state
         self.terms, self._particles, self._plain_step = list(terms), num_particles, plain_step
         self.finite: bool | None = None  # the last loss_and_grads' loss and gradients were finite (None: unknown)
         self.names = names
@@ -131,6 +133,20 @@ class CompiledLoss:
                 grad = grad.clone(memory_format=torch.contiguous_format)
             param.grad = grad if param.grad is None else param.grad + grad
         return trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)
+
+    def loss_and_update(self, run: Callable, *args) -> tuple[float, bool]:
+        """One step by ``run``, a whole-step program (:func:`pyro_vi.engine.wholestep.whole_step`):
+        the loss, and ``True`` when the program took the step (the update is made, or nothing is
+        written because the loss or a gradient is not finite: ``self.finite``); ``False`` when a
+        guard differed: the plain step has then filled the gradients, for the optimizer to apply."""
+        state = rng.torch_state() if self.guards else None
+        with torch.no_grad():
+            value, *read, _ok, finite = run(*args)
+        if not self._guards_hold(read[len(self.terms):]):
+            self.finite = None
+            return self._fall_back(state, args, step=True), False
+        self.finite = bool(finite)
+        return (trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)), True
 
     def _guards_hold(self, read: Sequence[Tensor]) -> bool:
         return all(bool(flag) == want for flag, want in zip(read, self.guards))
@@ -231,6 +247,7 @@ def compile_loss(
         if backend is not None:
             try:
                 compiled._joint = programs.compiled_by(compiled._joint, backend, compiled.params, args)
+                compiled.backend, compiled.example_args = backend, tuple(args)
             except ValueError as error:  # what inductor refused, in one line
                 raise ConfigError(str(error)) from None
         if check:
@@ -345,42 +362,6 @@ class _Guards(TorchFunctionMode):
             self.values.append(value)
             return value
         return func(*args, **(kwargs or {}))
-
-
-def recorded_loss(model: Callable, guide: Callable, args: Sequence, loss, backend: str | None = None) -> CompiledLoss:
-    """``compile_loss``, kept on the ``loss`` object and reused while it still applies.
-
-    ``pyro_vi.fit`` calls this after a plain step. The program is reused by a later call with the
-    same model, guide, argument shapes and non-tensor arguments while the param store still holds
-    the very tensors it was recorded with (a cleared store, a resumed checkpoint or new parameters
-    record it afresh), so calling ``fit`` epoch by epoch records once per argument signature.
-    """
-    key = (_identity(model), _identity(guide), signature(args), backend)
-    cache = getattr(loss, "_pyro_vi_recorded", None)
-    if not isinstance(cache, dict):
-        cache = loss._pyro_vi_recorded = {}
-    if key in cache and _same_tensors(cache[key]):
-        return cache[key]
-    program = compile_loss(model, guide, args, loss, backend=backend)
-    cache[key] = program
-    return program
-
-
-def _same_tensors(program: CompiledLoss) -> bool:
-    present = set(param_store.names())
-    return all(name in present and param_store.unconstrained(name) is p for name, p in zip(program.names, program.params))
-
-
-def _identity(function) -> tuple[int, int]:
-    """Bound methods are made afresh at each attribute access: key them by object and function."""
-    return id(getattr(function, "__self__", None)), id(getattr(function, "__func__", function))
-
-
-def signature(args: Sequence) -> tuple:
-    """What a recording is valid for: each tensor's shape, dtype and device, each other value's repr."""
-    return tuple(
-        (tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else ("value", type(a).__name__, repr(a)) for a in args
-    )
 
 
 def _check(compiled: CompiledLoss, model, guide, args, loss) -> None:

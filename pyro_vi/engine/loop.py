@@ -214,9 +214,12 @@ def fit(
         with interrupt:
             while run.step < num_steps:
                 step_args, step_kwargs = step_values(args, kwargs, run.step)
-                value = recorder.step(step_args)
+                value = recorder.step(step_args, optim if reduce is None else None)
                 if value is not None:
-                    step_loss = _apply(optim, recorder.params, value, reduce, recorder.finite)
+                    if recorder.updated:  # the whole step, update included, was one program
+                        step_loss = value if recorder.finite else None
+                    else:
+                        step_loss = _apply(optim, recorder.params, value, reduce, recorder.finite)
                 else:
                     first = run.step == first_step
                     if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only

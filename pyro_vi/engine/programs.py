@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["BACKENDS", "compiled_by", "joint", "one_fake_mode", "simplify"]
+__all__ = ["BACKENDS", "compiled_by", "compiled_by_inductor", "joint", "one_fake_mode", "simplify"]
 
 
 @contextlib.contextmanager
@@ -90,11 +90,6 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
     (``fallback_random``), so a step draws the noise the plain step draws; the arithmetic is fused
     and reordered, so values agree to float rounding (~1e-6 relative), not bit for bit.
     """
-    import copy
-    import logging
-
-    import torch._inductor
-    import torch._inductor.config as inductor_config
     from torch.utils import _pytree as pytree
 
     if backend not in BACKENDS:
@@ -105,8 +100,27 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
     flat, spec = pytree.tree_flatten(([p.detach() for p in params], *args))
     if spec != info.in_spec:
         raise ValueError("the recorded program's inputs do not match the step's arguments; compile without inductor")
+    compiled = compiled_by_inductor(program, flat)
     # Arguments that are leaves (tensors, numbers, strings) flatten by hand; others (None, lists) by pytree.
     simple = all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
+
+    def run(values, *step_args):  # flat inputs and outputs (pytree's wrapping costs more than the kernel)
+        return compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args)))
+
+    run.fresh_grads = program.fresh_grads
+    return run
+
+
+def compiled_by_inductor(program: torch.fx.GraphModule, flat: Sequence) -> Callable:
+    """``program`` (recorded by ``make_fx``) compiled by inductor, called with its inputs flattened
+    (``flat``: example inputs) and returning its output list as it is; ``ValueError`` (one line)
+    when inductor cannot compile it."""
+    import copy
+    import logging
+
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+
     quiet = logging.getLogger("torch.utils.cpp_extension")  # notes on the C++ toolchain, not for users
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -117,19 +131,13 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
             flat_program.graph._codegen = torch.fx.graph.CodeGen()
             flat_program.recompile()
             try:
-                compiled = torch._inductor.compile(flat_program, flat)
+                return torch._inductor.compile(flat_program, list(flat))
             except Exception as error:  # noqa: BLE001 - no C++ toolchain, an operation inductor cannot lower
                 first = str(error).splitlines()[0][:200] if str(error) else "no message"
                 raise ValueError(f"inductor could not compile the recorded step ({type(error).__name__}: {first}); "
                                  "use compile=True") from None
     finally:
         quiet.setLevel(level)
-
-    def run(values, *step_args):  # flat inputs and outputs (pytree's wrapping costs more than the kernel)
-        return compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args)))
-
-    run.fresh_grads = program.fresh_grads
-    return run
 
 
 _aten = torch.ops.aten

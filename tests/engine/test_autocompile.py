@@ -268,7 +268,7 @@ def test_a_recording_that_fails_leaves_the_default_run_plain(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("an operation the recorder cannot follow")
 
-    monkeypatch.setattr(pyro_vi.engine.compiled, "recorded_loss", broken)
+    monkeypatch.setattr(pyro_vi.engine.autocompile, "recorded_loss", broken)
     runs = _runs(_coin, args)
     assert runs[None].compiled_steps == 0
     _assert_same_run(runs[None], runs[False])

@@ -1,0 +1,214 @@
+"""The whole SVI step as one inductor program: loss, gradients and the Adam update.
+
+With ``compile="inductor"`` a step was two calls: the recorded loss-and-gradients program
+(:func:`pyro_vi.engine.programs.joint`, compiled by inductor) and then the optimizer, stepping each
+parameter from Python (on a tiny model, half the step's time). Here the Adam update is recorded
+after the gradients, in the same program::
+
+    loss, grads, extras, finite = joint(params, *args)
+    ok = finite and every guard holds          # else: nothing is written, the step is retaken plain
+    step += 1; m = lerp(m, g, 1 - b1); v = b2 v + (1 - b2) g^2                      # torch's Adam
+    param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps)        # where ok
+
+and inductor fuses it into the same kernels. The program writes the parameters and the optimizer's
+own state tensors (``exp_avg``, ``exp_avg_sq``, ``step``) in place, so the optimizer, its checkpoints
+and a later plain step see exactly what an unfused step leaves. The bias corrections are computed in
+double precision from the step count, as torch's Adam computes them in Python; the update is
+torch's arithmetic reordered by inductor, equal to float rounding.
+
+It applies to the optimizers whose update is plain Adam with fixed hyperparameters: ``pyro.optim.Adam``
+(per-parameter options included) and :class:`pyro_vi.engine.optim.Adam`, with no gradient clipping,
+scheduler, hooks, amsgrad or maximize, every parameter already stepped once (state made), on one
+process. :func:`adam_slots` says whether it applies; anything else keeps the two calls.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, NamedTuple, Sequence
+
+import pyro
+import pyro.optim
+import torch
+import torch.optim.optimizer as torch_optimizer
+from torch import Tensor
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+
+from pyro_vi.engine import rng
+
+__all__ = ["AdamSlot", "adam_slots", "whole_step"]
+
+
+class AdamSlot(NamedTuple):
+    """One parameter's Adam: its state tensors (updated in place) and hyperparameters."""
+
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    step: Tensor
+    hyper: tuple  # (lr, beta1, beta2, eps, weight_decay), Python floats
+
+
+def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
+    """Each param's Adam state and hyperparameters (``None`` for a param without state, which the
+    loss does not differentiate), or ``None`` when ``optim``'s step is not plain Adam that a
+    program may take over (see the module's docstring)."""
+    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+        return None
+    from pyro_vi.engine.optim import Adam as PyroViAdam
+
+    if type(optim) is PyroViAdam:
+        optimizer = optim._optimizer
+        if optimizer is None:
+            return None
+        lookup = {id(p): (optimizer, group) for group in optimizer.param_groups for p in group["params"]}
+    elif type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor is torch.optim.Adam:
+        if any(optim.grad_clip.get(p) is not None for p in params):
+            return None
+        lookup = {}
+        for p in params:
+            optimizer = optim.optim_objs.get(p)
+            if optimizer is not None:
+                if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+                    return None
+                lookup[id(p)] = (optimizer, optimizer.param_groups[0])
+    else:
+        return None
+    slots: list[AdamSlot | None] = []
+    for p in params:
+        if id(p) not in lookup:
+            slots.append(None)  # not stepped yet: the program may not differentiate it (else whole_step refuses)
+            continue
+        optimizer, group = lookup[id(p)]
+        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
+            return None  # hooks, or an LR scheduler wrapping step()
+        if (group["amsgrad"] or group["maximize"] or group.get("capturable") or group.get("differentiable")
+                or group.get("decoupled_weight_decay")):
+            return None
+        beta1, beta2 = group["betas"]
+        hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+        if any(isinstance(value, Tensor) for value in hyper):
+            return None
+        state = optimizer.state.get(p)
+        if p.is_sparse or torch.is_complex(p):
+            return None
+        if not state:
+            slots.append(None)
+            continue
+        slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper))))
+    return slots
+
+
+def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Sequence[AdamSlot], guards: Sequence[bool],
+               args: Sequence) -> Callable:
+    """``joint`` (``[loss, *grads, *extras, finite]``, :func:`pyro_vi.engine.programs.joint`) and
+    the Adam update of ``slots`` as one program compiled by inductor.
+
+    Called as ``run(*args)`` under ``no_grad``, it returns ``[loss, *extras, ok, finite]`` and has
+    updated each param and its Adam state in place if ``ok`` (the loss and gradients are finite and
+    each guard in ``extras[-len(guards):]`` read its recorded value); else it has written nothing.
+    """
+    from pyro_vi.engine.programs import compiled_by_inductor, one_fake_mode
+
+    count = len(params)
+    outputs = next(node for node in joint.graph.nodes if node.op == "output").args[0]
+    for grad, slot in zip(outputs[1 : 1 + count], slots):
+        if grad is not None and slot is None:
+            raise ValueError("a differentiated param has no Adam state yet")
+    used = [slot is not None for slot in slots]
+    slots = [slot for slot in slots if slot is not None]
+    hypers = [slot.hyper for slot in slots]
+
+    def program(values, averages, squares, steps, *step_args):
+        value, *rest, finite = joint(values, *step_args)
+        grads, extras = rest[:count], rest[count:]
+        grads = [grad for grad, use in zip(grads, used) if use]
+        values = [value for value, use in zip(values, used) if use]
+        ok = finite
+        for tensor, want in zip(extras[len(extras) - len(guards):], guards):
+            ok = ok & (tensor.bool().reshape(()) == want)
+        for param, grad, average, square, step, (lr, beta1, beta2, eps, weight_decay) in zip(
+                values, grads, averages, squares, steps, hypers):
+            if grad is None:  # state, but not differentiated by this program: left alone, as fit's step leaves it
+                continue
+            if weight_decay != 0:
+                grad = grad + weight_decay * param
+            count_now = step + 1
+            new_average = torch.lerp(average, grad, 1 - beta1)
+            new_square = square * beta2 + grad * grad * (1 - beta2)
+            exact = count_now.to(torch.float64)
+            step_size = (lr / (1 - beta1 ** exact)).to(param.dtype)
+            correction = torch.sqrt(1 - beta2 ** exact).to(param.dtype)
+            denominator = torch.sqrt(new_square) / correction + eps
+            new_param = param - step_size * (new_average / denominator)
+            param.copy_(torch.where(ok, new_param, param))
+            average.copy_(torch.where(ok, new_average, average))
+            square.copy_(torch.where(ok, new_square, square))
+            step.copy_(torch.where(ok, count_now, step))
+        return [value, *extras, ok, finite]
+
+    # copies: recording runs the program, update included, on what it is given
+    inputs = [[p.detach().clone() for p in params], [s.exp_avg.clone() for s in slots],
+              [s.exp_avg_sq.clone() for s in slots], [s.step.clone() for s in slots]]
+    with rng.preserved(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        with one_fake_mode():
+            recorded = make_fx(program)(*inputs, *args)
+        compiled = compiled_by_inductor(recorded, [t for group in inputs for t in group] + pytree.tree_leaves(list(args)))
+    flat = all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
+    state = [*params, *(s.exp_avg for s in slots), *(s.exp_avg_sq for s in slots), *(s.step for s in slots)]
+
+    def run(*step_args):
+        return compiled(*state, *step_args) if flat else compiled(*state, *pytree.tree_leaves(list(step_args)))
+
+    return run
+
+
+class FusedSteps:
+    """The whole-step programs one ``fit`` call uses with its optimizer, looked up once per
+    recorded program and call; a step whose hyperparameters changed since (a callback set a new
+    learning rate) is not taken by them."""
+
+    def __init__(self, optim):
+        self.optim = optim
+        self._found: dict[int, tuple | None] = {}
+
+    def get(self, program) -> Callable | None:
+        """The whole-step program of ``program`` (a ``CompiledLoss`` compiled by inductor) with this
+        optimizer's update, or ``None``: take the two calls."""
+        key = id(program)
+        if key not in self._found:
+            self._found[key] = self._build(program)
+        found = self._found[key]
+        if found is None:
+            return None
+        run, groups = found
+        if any((group["lr"], *group["betas"], group["eps"], group["weight_decay"]) != hyper for group, hyper in groups):
+            return None
+        return run
+
+    def _build(self, program) -> tuple | None:
+        slots = adam_slots(self.optim, program.params)
+        if slots is None:
+            return None
+        key = (tuple(id(t) for slot in slots if slot is not None for t in slot[:3]),
+               tuple(slot.hyper if slot is not None else None for slot in slots))
+        run = program.whole_steps.get(key)
+        if run is None:
+            try:
+                run = whole_step(program.joint_graph, program.params, slots, program.guards, program.example_args)
+            except ValueError:
+                return None
+            program.whole_steps[key] = run
+        groups = {}
+        for p, slot in zip(program.params, slots):
+            if slot is not None:
+                group = _group(self.optim, p)
+                groups[id(group)] = (group, slot.hyper)
+        return run, list(groups.values())
+
+
+def _group(optim, param: Tensor) -> dict:
+    if type(optim) is pyro.optim.PyroOptim:
+        return optim.optim_objs[param].param_groups[0]
+    return next(group for group in optim._optimizer.param_groups if any(p is param for p in group["params"]))
