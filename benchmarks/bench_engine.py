@@ -199,7 +199,7 @@ def contenders(name: str, steps: int, inductor: bool = True) -> dict:
 
 def main(args) -> int:
     _common.setup_threads(args.threads)
-    steps, rounds = (20, 3) if args.quick else (200, 9)
+    steps, rounds = (20, 3) if args.quick else (args.steps, 9)
     results, numbers, ratios = {}, [], []
     for name in args.models.split(","):
         times = _common.interleaved(contenders(name, steps, inductor=not args.quick), rounds=rounds)
@@ -236,4 +236,7 @@ if __name__ == "__main__":
     _common.add_common_arguments(parser)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=200,
+                        help="steps per timed chunk (one fit call; each call's first step is plain and its recorded "
+                             "steps 1, 2, 4, ... are audited, so longer chunks show the steady state)")
     sys.exit(main(parser.parse_args()))

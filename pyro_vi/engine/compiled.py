@@ -141,12 +141,12 @@ class CompiledLoss:
         guard differed: the plain step has then filled the gradients, for the optimizer to apply."""
         state = rng.torch_state() if self.guards else None
         with torch.no_grad():
-            value, *read, _ok, finite = run(*args)
-        if not self._guards_hold(read[len(self.terms):]):
+            value, terms, *guards, _ok, finite = run(*args)
+        if not self._guards_hold(guards):
             self.finite = None
             return self._fall_back(state, args, step=True), False
         self.finite = bool(finite)
-        return (trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)), True
+        return (trace_elbo_value(self.terms, terms.tolist(), self._particles) if self.terms else float(value)), True
 
     def _guards_hold(self, read: Sequence[Tensor]) -> bool:
         return all(bool(flag) == want for flag, want in zip(read, self.guards))

@@ -100,13 +100,14 @@ def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
 
 
 def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Sequence[AdamSlot], guards: Sequence[bool],
-               args: Sequence) -> Callable:
-    """``joint`` (``[loss, *grads, *extras, finite]``, :func:`pyro_vi.engine.programs.joint`) and
-    the Adam update of ``slots`` as one program compiled by inductor.
+               args: Sequence, terms: int = 0) -> Callable:
+    """``joint`` (``[loss, *grads, *terms, *guards, finite]``, :func:`pyro_vi.engine.programs.joint`)
+    and the Adam update of ``slots`` as one program compiled by inductor.
 
-    Called as ``run(*args)`` under ``no_grad``, it returns ``[loss, *extras, ok, finite]`` and has
-    updated each param and its Adam state in place if ``ok`` (the loss and gradients are finite and
-    each guard in ``extras[-len(guards):]`` read its recorded value); else it has written nothing.
+    Called as ``run(*args)`` under ``no_grad``, it returns ``[loss, terms, *guards, ok, finite]``
+    (``terms``: the ``terms`` site log-prob sums that follow the gradients, as one float64 tensor,
+    read with one ``tolist()``) and has updated each param and its Adam state in place if ``ok`` (the
+    loss and gradients are finite and each guard read its recorded value); else it has written nothing.
     """
     from pyro_vi.engine.programs import compiled_by_inductor, one_fake_mode
 
@@ -115,37 +116,23 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
     for grad, slot in zip(outputs[1 : 1 + count], slots):
         if grad is not None and slot is None:
             raise ValueError("a differentiated param has no Adam state yet")
-    used = [slot is not None for slot in slots]
+    used = [(index, slot.hyper) for index, slot in enumerate(slots) if slot is not None]
     slots = [slot for slot in slots if slot is not None]
-    hypers = [slot.hyper for slot in slots]
 
     def program(values, averages, squares, steps, *step_args):
         value, *rest, finite = joint(values, *step_args)
         grads, extras = rest[:count], rest[count:]
-        grads = [grad for grad, use in zip(grads, used) if use]
-        values = [value for value, use in zip(values, used) if use]
+        summed = torch.stack([t.detach().reshape(()).to(torch.float64) for t in extras[:terms]]) if terms else value
         ok = finite
         for tensor, want in zip(extras[len(extras) - len(guards):], guards):
             ok = ok & (tensor.bool().reshape(()) == want)
-        for param, grad, average, square, step, (lr, beta1, beta2, eps, weight_decay) in zip(
-                values, grads, averages, squares, steps, hypers):
-            if grad is None:  # state, but not differentiated by this program: left alone, as fit's step leaves it
+        for (index, hyper), *state in zip(used, averages, squares, steps):
+            if grads[index] is None:  # state, but not differentiated by this program: left alone, as fit leaves it
                 continue
-            if weight_decay != 0:
-                grad = grad + weight_decay * param
-            count_now = step + 1
-            new_average = torch.lerp(average, grad, 1 - beta1)
-            new_square = square * beta2 + grad * grad * (1 - beta2)
-            exact = count_now.to(torch.float64)
-            step_size = (lr / (1 - beta1 ** exact)).to(param.dtype)
-            correction = torch.sqrt(1 - beta2 ** exact).to(param.dtype)
-            denominator = torch.sqrt(new_square) / correction + eps
-            new_param = param - step_size * (new_average / denominator)
-            param.copy_(torch.where(ok, new_param, param))
-            average.copy_(torch.where(ok, new_average, average))
-            square.copy_(torch.where(ok, new_square, square))
-            step.copy_(torch.where(ok, count_now, step))
-        return [value, *extras, ok, finite]
+            new = _adam(values[index], grads[index], *state, *hyper)
+            for target, update in zip((values[index], *state), new):  # in place: the optimizer keeps its tensors
+                target.copy_(torch.where(ok, update, target))
+        return [value, summed, *extras[terms:], ok, finite]
 
     # copies: recording runs the program, update included, on what it is given
     inputs = [[p.detach().clone() for p in params], [s.exp_avg.clone() for s in slots],
@@ -162,6 +149,21 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
         return compiled(*state, *step_args) if flat else compiled(*state, *pytree.tree_leaves(list(step_args)))
 
     return run
+
+
+def _adam(param, grad, average, square, step, lr, beta1, beta2, eps, weight_decay):
+    """torch's Adam update (``torch.optim.adam``, single-tensor, no amsgrad), as new tensors; the
+    bias corrections in double precision, as torch computes them in Python."""
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    count = step + 1
+    average = torch.lerp(average, grad, 1 - beta1)
+    square = square * beta2 + grad * grad * (1 - beta2)
+    exact = count.to(torch.float64)
+    step_size = (lr / (1 - beta1 ** exact)).to(param.dtype)
+    correction = torch.sqrt(1 - beta2 ** exact).to(param.dtype)
+    denominator = torch.sqrt(square) / correction + eps
+    return param - step_size * (average / denominator), average, square, count
 
 
 class FusedSteps:
@@ -196,7 +198,8 @@ class FusedSteps:
         run = program.whole_steps.get(key)
         if run is None:
             try:
-                run = whole_step(program.joint_graph, program.params, slots, program.guards, program.example_args)
+                run = whole_step(program.joint_graph, program.params, slots, program.guards, program.example_args,
+                                 len(program.terms))
             except ValueError:
                 return None
             program.whole_steps[key] = run
