@@ -95,6 +95,9 @@ def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
         if not state:
             slots.append(None)
             continue
+        if state["exp_avg"].device != p.device or state["step"].device not in (p.device, torch.device("cpu")) or (
+                state["step"].device != p.device and p.device.type != "cpu"):
+            return None  # a CPU step count beside CUDA params: one program runs on one device
         slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper))))
     return slots
 
@@ -200,8 +203,10 @@ class FusedSteps:
             try:
                 run = whole_step(program.joint_graph, program.params, slots, program.guards, program.example_args,
                                  len(program.terms))
-            except ValueError:
+            except Exception:  # noqa: BLE001 - whatever the recording or inductor trips on: the two calls are exact
                 return None
+            while len(program.whole_steps) >= 2:  # an older optimizer's: let its state go
+                program.whole_steps.pop(next(iter(program.whole_steps)))
             program.whole_steps[key] = run
         groups = {}
         for p, slot in zip(program.params, slots):
