@@ -98,6 +98,7 @@ class CompiledLoss:
         self.guards = list(guards)
         self._plain = plain
         self.fallbacks = 0
+        self.uses = 0  # steps taken with it by fit, over all calls (pyro_vi.engine.autocompile's audit schedule)
 
     def __call__(self, *args) -> Tensor:
         """The loss on ``args``, differentiable: ``backward()`` fills the params' ``.grad``."""

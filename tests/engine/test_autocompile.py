@@ -171,6 +171,33 @@ def test_the_audit_is_on_recorded_steps_one_two_four_and_so_on():
     assert result.compiled_steps > 0 and caught_at & (caught_at - 1) == 0
 
 
+def test_a_program_reused_by_later_calls_audits_their_first_step_then_its_powers_of_two():
+    """Audits count a program's steps over all calls: a second 60-step call on the same loss and
+    params audits its first recorded step (a value may have changed between calls) and the
+    program's 64th step, not its own steps 1, 2, 4, ..., 32 again; its run is the plain one."""
+    args = (torch.as_tensor(load("coin").make_data()["data"]),)
+    loss = Trace_ELBO()
+    audits = []
+    plain_loss = loss.loss
+
+    def counted(*a, **k):
+        audits[-1] += 1
+        return plain_loss(*a, **k)
+
+    loss.loss = counted  # the audit's plain loss (the plain steps call loss_and_grads)
+    pyro.clear_param_store()
+    model, guide = _coin()
+    optim = pyro_vi.engine.optim.Adam({"lr": 0.01})
+    results = []
+    for _ in range(2):
+        audits.append(0)
+        results.append(pyro_vi.fit(model, guide, *args, num_steps=STEPS, progress=False, compile=True, loss=loss,
+                                   optim=optim))
+    assert [r.compiled_steps for r in results] == [STEPS - 1] * 2
+    # recorded steps 1-59 (audits at 1, 2, 4, 8, 16, 32), then 60-118 (60: the call's first, and 64)
+    assert audits == [6, 2]
+
+
 def test_compile_must_be_none_true_or_false():
     for wrong in ("yes", 1, np.True_):  # by identity: 1 and NumPy's True are not taken for True
         with pytest.raises(ConfigError, match="compile must be None"):
