@@ -150,7 +150,7 @@ class StepRecorder:
         if not audit and optim is not None and program.backend is not None:
             if self._fused is None or self._fused.optim is not optim:
                 self._fused = wholestep.FusedSteps(optim)
-            run = self._fused.get(program)
+            run = self._fused.get(program, step_args)
             if run is not None:
                 value, self.updated = program.loss_and_update(run, *step_args)
                 self._last, self.finite = program, program.finite
@@ -186,6 +186,7 @@ class StepRecorder:
                 self._stop(message)
                 self.steps -= 1
                 program.uses -= 1
+                _forget(self.loss, program)  # a later call records afresh, audited from its first step
                 return None
         self._last = program
         self.finite = program.finite
@@ -193,6 +194,14 @@ class StepRecorder:
 
     def _stop(self, reason: str) -> None:
         self.active, self.refusal = False, reason
+
+
+def _forget(loss, program) -> None:
+    """Drop ``program`` from the recordings kept on ``loss`` (:func:`recorded_loss`)."""
+    cache = getattr(loss, "_pyro_vi_recorded", None)
+    if isinstance(cache, dict):
+        for key in [key for key, value in cache.items() if value is program]:
+            del cache[key]
 
 
 def _same_shapes(key: tuple, other: tuple) -> bool:

@@ -248,7 +248,7 @@ def compile_loss(
         if backend is not None:
             try:
                 compiled._joint = programs.compiled_by(compiled._joint, backend, compiled.params, args)
-                compiled.backend, compiled.example_args = backend, tuple(args)
+                compiled.backend = backend
             except ValueError as error:  # what inductor refused, in one line
                 raise ConfigError(str(error)) from None
         if check:

@@ -47,6 +47,9 @@ class AdamSlot(NamedTuple):
     exp_avg_sq: Tensor
     step: Tensor
     hyper: tuple  # (lr, beta1, beta2, eps, weight_decay), Python floats
+    optimizer: torch.optim.Optimizer  # what holds them: checked before each step (FusedSteps)
+    state: dict
+    group: dict
 
 
 def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
@@ -82,24 +85,35 @@ def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
         optimizer, group = lookup[id(p)]
         if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
             return None  # hooks, or an LR scheduler wrapping step()
-        if (group["amsgrad"] or group["maximize"] or group.get("capturable") or group.get("differentiable")
-                or group.get("decoupled_weight_decay")):
+        if _settings(group)[5:] != _PLAIN:
             return None
         beta1, beta2 = group["betas"]
         hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
         if any(isinstance(value, Tensor) for value in hyper):
             return None
         state = optimizer.state.get(p)
-        if p.is_sparse or torch.is_complex(p):
-            return None
+        if p.is_sparse or p.dtype not in (torch.float32, torch.float64):
+            return None  # (half precision: torch's Adam keeps its step size in double, a program in the param's dtype)
         if not state:
             slots.append(None)
             continue
         if state["exp_avg"].device != p.device or state["step"].device not in (p.device, torch.device("cpu")) or (
                 state["step"].device != p.device and p.device.type != "cpu"):
             return None  # a CPU step count beside CUDA params: one program runs on one device
-        slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper))))
+        slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper)),
+                              optimizer, state, group))
     return slots
+
+
+# amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: the plain update's
+_PLAIN = (False, False, False, False, False)
+
+
+def _settings(group: dict) -> tuple:
+    """What a program bakes in of a param group: (lr, beta1, beta2, eps, weight_decay, *flags)."""
+    return (group["lr"], *group["betas"], group["eps"], group["weight_decay"], bool(group["amsgrad"]),
+            bool(group["maximize"]), bool(group.get("capturable")), bool(group.get("differentiable")),
+            bool(group.get("decoupled_weight_decay")))
 
 
 def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Sequence[AdamSlot], guards: Sequence[bool],
@@ -129,12 +143,14 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
         ok = finite
         for tensor, want in zip(extras[len(extras) - len(guards):], guards):
             ok = ok & (tensor.bool().reshape(()) == want)
+        writes = []  # every update computed before any is written (none reads another's new value)
         for (index, hyper), *state in zip(used, averages, squares, steps):
             if grads[index] is None:  # state, but not differentiated by this program: left alone, as fit leaves it
                 continue
             new = _adam(values[index], grads[index], *state, *hyper)
-            for target, update in zip((values[index], *state), new):  # in place: the optimizer keeps its tensors
-                target.copy_(torch.where(ok, update, target))
+            writes += [(target, torch.where(ok, update, target)) for target, update in zip((values[index], *state), new)]
+        for target, update in writes:  # in place: the param store and the optimizer keep their tensors
+            target.copy_(update)
         return [value, summed, *extras[terms:], ok, finite]
 
     # copies: recording runs the program, update included, on what it is given
@@ -170,29 +186,41 @@ def _adam(param, grad, average, square, step, lr, beta1, beta2, eps, weight_deca
 
 
 class FusedSteps:
-    """The whole-step programs one ``fit`` call uses with its optimizer, looked up once per
-    recorded program and call; a step whose hyperparameters changed since (a callback set a new
-    learning rate) is not taken by them."""
+    """The whole-step programs one ``fit`` call uses with its optimizer. Before each step the
+    optimizer is checked against what the program holds: its state dicts and param groups are the
+    same objects (``set_state``/``load_state_dict`` replace them: the program is made again for the
+    new ones), its settings unchanged (a callback's new learning rate: the two calls from then on,
+    rather than a new compilation per value) and no hooks or scheduler since."""
 
     def __init__(self, optim):
         self.optim = optim
         self._found: dict[int, tuple | None] = {}
 
-    def get(self, program) -> Callable | None:
-        """The whole-step program of ``program`` (a ``CompiledLoss`` compiled by inductor) with this
-        optimizer's update, or ``None``: take the two calls."""
+    def get(self, program, args: Sequence) -> Callable | None:
+        """The whole-step program of ``program`` (a ``CompiledLoss`` compiled by inductor, ``args``
+        a step's arguments of its signature) with this optimizer's update, or ``None``: take the two calls."""
         key = id(program)
         if key not in self._found:
-            self._found[key] = self._build(program)
+            self._found[key] = self._build(program, args)
         found = self._found[key]
         if found is None:
             return None
-        run, groups = found
-        if any((group["lr"], *group["betas"], group["eps"], group["weight_decay"]) != hyper for group, hyper in groups):
+        run, slots, groups = found
+        if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
             return None
+        for group, optimizer, settings in groups:
+            if (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer)
+                    or _settings(group) != settings):
+                return None
+        if any(slot.optimizer.state.get(p) is not slot.state for p, slot in slots) or not all(
+                any(g is group for g in optimizer.param_groups) for group, optimizer, _ in groups) or (
+                type(self.optim) is pyro.optim.PyroOptim and any(self.optim.optim_objs.get(p) is not slot.optimizer
+                                                                for p, slot in slots)):
+            del self._found[key]  # state or groups replaced (a checkpoint loaded): made again for the new ones
+            return self.get(program, args)
         return run
 
-    def _build(self, program) -> tuple | None:
+    def _build(self, program, args: Sequence) -> tuple | None:
         slots = adam_slots(self.optim, program.params)
         if slots is None:
             return None
@@ -201,22 +229,12 @@ class FusedSteps:
         run = program.whole_steps.get(key)
         if run is None:
             try:
-                run = whole_step(program.joint_graph, program.params, slots, program.guards, program.example_args,
-                                 len(program.terms))
+                run = whole_step(program.joint_graph, program.params, slots, program.guards, args, len(program.terms))
             except Exception:  # noqa: BLE001 - whatever the recording or inductor trips on: the two calls are exact
                 return None
             while len(program.whole_steps) >= 2:  # an older optimizer's: let its state go
                 program.whole_steps.pop(next(iter(program.whole_steps)))
             program.whole_steps[key] = run
-        groups = {}
-        for p, slot in zip(program.params, slots):
-            if slot is not None:
-                group = _group(self.optim, p)
-                groups[id(group)] = (group, slot.hyper)
-        return run, list(groups.values())
-
-
-def _group(optim, param: Tensor) -> dict:
-    if type(optim) is pyro.optim.PyroOptim:
-        return optim.optim_objs[param].param_groups[0]
-    return next(group for group in optim._optimizer.param_groups if any(p is param for p in group["params"]))
+        taken = [(p, slot) for p, slot in zip(program.params, slots) if slot is not None]
+        groups = {id(slot.group): (slot.group, slot.optimizer, _settings(slot.group)) for _, slot in taken}
+        return run, taken, list(groups.values())

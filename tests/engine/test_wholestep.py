@@ -103,6 +103,30 @@ def test_a_learning_rate_changed_by_a_callback_is_not_frozen(fused_calls):
     _assert_near(fused, plain)
 
 
+def test_optimizer_state_loaded_mid_run_is_the_state_the_program_updates(fused_calls):
+    """A callback loading saved optimizer state (set_state, as a checkpoint's restore does) gives the
+    optimizer new state tensors: the program is made again for them (without the check, the fused
+    steps would go on updating the old, orphaned moments, and the run would end elsewhere)."""
+    saved, optim_of = {}, {}
+
+    def reload(step, loss):
+        if step == 10:
+            saved["state"] = optim_of["run"].get_state()
+        if step == 20:
+            optim_of["run"].set_state(saved["state"])
+
+    def make_optim():
+        optim_of["run"] = pyro_vi.engine.optim.Adam({"lr": 0.01})
+        return optim_of["run"]
+
+    fused, got = _run(_coin, _coin_args(), make_optim, "inductor", callback=reload)
+    assert fused_calls == [True] * FUSED
+    plain, want = _run(_coin, _coin_args(), make_optim, False, callback=reload)
+    _assert_near(fused, plain)
+    for name in want:  # 10 steps counted at step 10, then 20 more
+        assert float(got[name]["state"][0]["step"]) == float(want[name]["state"][0]["step"]) == STEPS - 10
+
+
 def _branching():
     def model(data):
         loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
