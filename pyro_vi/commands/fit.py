@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyro_vi import io, preflight
     from pyro_vi.commands import user_model
-    from pyro_vi.commands._args import check_compile
+    from pyro_vi.commands._args import check_compile, compile_mode
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import CheckpointError, ConfigError, OutputError
 
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = user_model.load_data(args.data, device)
     loss, loss_name = make_loss(args)
-    check_compile(args.compile, loss)
+    check_compile(compile_mode(args), loss)
     optim = make_optimizer(args.optimizer, args.learning_rate)
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)
     guide_trace, model_trace = pair.guide_trace, pair.model_trace
@@ -271,6 +271,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
     """``pyro_vi.fit`` with the checkpoint in OUT; a model raising mid-run is one line naming the step."""
     from pyro_vi import engine
     from pyro_vi.commands import user_model
+    from pyro_vi.commands._args import compile_mode
     from pyro_vi.engine.autocompile import reads_only
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
 
@@ -284,7 +285,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
         return engine.fit(
             pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
             callback=count, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
-            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, compile=args.compile,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, compile=compile_mode(args),
         )
     except TrainingInterrupted as interrupted:
         raise TrainingInterrupted(f"interrupted at step {interrupted.step} of {args.num_steps}; checkpoint saved to "

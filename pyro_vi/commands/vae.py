@@ -192,7 +192,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     """Check everything the user passed, writing nothing."""
     import pyro
 
-    from pyro_vi.commands._args import check_compile
+    from pyro_vi.commands._args import check_compile, compile_mode
     from pyro_vi.engine import checkpoint
     from pyro_vi.vae.data import load_dataset
     from pyro_vi.device import resolve_device
@@ -214,7 +214,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every_steps,
         on_nan=args.on_nan,
-        compile=args.compile,
+        compile=compile_mode(args),
         lr_schedule=args.lr_schedule,
         final_learning_rate=args.final_learning_rate,
     )
@@ -227,7 +227,7 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     if data_parallel is not None:
         data_parallel.validate(config.batch_size)
     loss = build_loss(args)
-    check_compile(args.compile, loss)
+    check_compile(config.compile, loss)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
     vae.validate(dataset.train_images, name=f"{args.dataset} training images")
     model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}

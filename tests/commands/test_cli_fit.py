@@ -298,3 +298,11 @@ def test_compile_flags(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "not TraceMeanField_ELBO" in error
     assert not (tmp_path / "refused").exists()
+    # --inductor: the recorded step compiled by inductor (the whole step, Adam included), near the plain run
+    assert cli.main(base + ["--inductor", "--out", str(tmp_path / "inductor")]) == 0
+    fused = json.loads((tmp_path / "inductor" / "metrics.json").read_text())
+    assert fused["compiled_steps"] == 19
+    assert cli.main(base + ["--inductor", "--no-compile", "--out", str(tmp_path / "both")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "drop one of them" in error
+    assert not (tmp_path / "both").exists()

@@ -57,6 +57,7 @@ OPTION_CASES = [
     pytest.param(["--on-nan", "ignore"], "invalid choice: 'ignore'", id="unknown-on-nan"),
     pytest.param(["--compile", "--estimator", "score-baseline"], "baselines are state each step rewrites", id="compile-with-estimator"),
     pytest.param(["--compile", "--elbo", "analytic-kl"], "not TraceMeanField_ELBO; drop --compile", id="compile-with-meanfield"),
+    pytest.param(["--inductor", "--no-compile"], "--no-compile turns recording off; drop one of them", id="inductor-with-no-compile"),
     pytest.param(["--device", "tpu"], "invalid choice: 'tpu'", id="unknown-device"),
     pytest.param(["--frobnicate"], "unrecognized arguments", id="unknown-option"),
     pytest.param(["--particles", "0"], "--particles must be a positive integer", id="particles-0"),
