@@ -13,6 +13,7 @@ from tutorial_models import load
 import pyro_vi
 from pyro_vi.engine import wholestep
 from pyro_vi.engine.compiled import CompiledLoss
+from pyro_vi.errors import TrainingDivergedError
 
 STEPS = 40
 # fit's first step is plain; recorded steps 1, 2, 4, 8, 16, 32 are audited (and unfused)
@@ -181,20 +182,25 @@ def test_a_step_whose_guard_differs_writes_nothing_and_is_taken_plain(fused_call
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro's, from the plain steps: NaN on purpose here
-def test_a_nan_step_is_skipped_by_the_program_with_on_nan_skip(fused_calls):
-    """A param turned NaN after step 5: the program writes nothing on each later step (on_nan="skip"),
-    as fit's check skips them unfused."""
+def test_a_nan_step_writes_nothing_and_is_skipped_or_raised(fused_calls):
+    """A param turned NaN after step 5: the program writes nothing on each later step; fit skips the
+    step (on_nan="skip") or raises at it (on_nan="raise"), as its check does unfused."""
     def poison(step, loss):
         if step == 5:
             with torch.no_grad():
                 pyro.get_param_store().get_param("loc").unconstrained().fill_(float("nan"))
 
-    result, state = _run(_normal, _normal_args(), lambda: pyro.optim.Adam({"lr": 0.01}), "inductor", num_steps=12,
-                         callback=poison, on_nan="skip")
+    make_optim = lambda: pyro.optim.Adam({"lr": 0.01})  # noqa: E731
+    result, state = _run(_normal, _normal_args(), make_optim, "inductor", num_steps=12, callback=poison, on_nan="skip")
     assert result.skipped_steps == 7 and result.compiled_steps == 11
     assert fused_calls.count(True) == 11 - 4  # recorded steps 1, 2, 4, 8 audited
     assert all(float(saved["state"][0]["step"]) == 5 for saved in state.values())
     assert torch.isnan(result.params["loc"]) and torch.isfinite(result.params["scale"])
+    # on_nan="raise": step 6 (recorded step 5, fused) raises, as the plain run does, nothing written
+    fused_calls.clear()
+    with pytest.raises(TrainingDivergedError, match="at step 6") as caught:
+        _run(_normal, _normal_args(), make_optim, "inductor", num_steps=12, callback=poison)
+    assert caught.value.step == 6 and fused_calls == [True, True]  # recorded steps 3 and 5
 
 
 def test_adam_slots_takes_plain_adam_only():
