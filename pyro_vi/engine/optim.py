@@ -20,7 +20,7 @@ SVI loop and checkpoints use:
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple, Sequence
 
 import pyro
 import pyro.optim
@@ -29,7 +29,7 @@ import torch.optim.optimizer as torch_optimizer
 from torch.optim.adam import adam as adam_update
 from torch import Tensor
 
-__all__ = ["Adam", "pyro_adam_step"]
+__all__ = ["Adam", "AdamSlot", "adam_slots", "group_settings", "pyro_adam_step"]
 
 
 def pyro_adam_step(optim, params: list[Tensor]) -> bool:
@@ -40,41 +40,30 @@ def pyro_adam_step(optim, params: list[Tensor]) -> bool:
     parameter, more than a tiny model's whole step. Here every parameter goes through the function
     ``Adam.step`` itself calls (``torch.optim.adam.adam``, single-tensor), once per set of
     hyperparameters: the same arithmetic on the same tensors, so the same numbers. Taken only where
-    the wrappers would do nothing else: a plain ``pyro.optim.Adam`` (no gradient clipping, no
-    scheduler), every parameter already stepped once (state made), a CPU gradient, the plain
-    update (no amsgrad, maximize, foreach, fused, capturable, differentiable), no hooks.
-    ``False``: nothing was done; call ``optim(params)``.
+    the wrappers would do nothing else (:func:`adam_slots`: a plain ``pyro.optim.Adam``, every
+    parameter already stepped once), on CPU gradients with the plain single-tensor update (no
+    foreach, no fused). ``False``: nothing was done; call ``optim(params)``.
     """
-    if type(optim) is not pyro.optim.PyroOptim or optim.pt_optim_constructor is not torch.optim.Adam:
+    if type(optim) is not pyro.optim.PyroOptim:
         return False
-    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+    slots = adam_slots(optim, params)
+    if slots is None:
         return False
     batches: dict[tuple, tuple[list, ...]] = {}
-    for p in params:
-        optimizer = optim.optim_objs.get(p)
-        if type(optimizer) is not torch.optim.Adam or optim.grad_clip.get(p) is not None or len(optimizer.param_groups) != 1:
+    for p, slot in zip(params, slots):
+        if slot is None or slot.group["foreach"] or slot.group["fused"]:
             return False
-        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
+        if p.grad is None or p.grad.is_sparse or p.device.type != "cpu":
             return False
-        group, state = optimizer.param_groups[0], optimizer.state.get(p)
-        if (group["amsgrad"] or group["maximize"] or group["foreach"] or group["fused"] or group["capturable"]
-                or group["differentiable"] or group.get("decoupled_weight_decay")):
-            return False
-        if not state or p.grad is None or p.grad.is_sparse or p.device.type != "cpu" or torch.is_complex(p):
-            return False
-        beta1, beta2 = group["betas"]
-        key = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
-        if any(isinstance(value, Tensor) for value in key):
-            return False  # tensor hyperparameters: Adam.step converts them
-        lists = batches.setdefault(key, ([], [], [], [], []))
-        for target, value in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+        lists = batches.setdefault(slot.hyper, ([], [], [], [], []))
+        for target, value in zip(lists, (p, p.grad, slot.exp_avg, slot.exp_avg_sq, slot.step)):
             target.append(value)
     with torch.no_grad():
         for (lr, beta1, beta2, eps, weight_decay), (ps, grads, exp_avgs, exp_avg_sqs, steps) in batches.items():
             adam_update(ps, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, capturable=False,
-                                  differentiable=False, fused=False, grad_scale=None, found_inf=None, has_complex=False,
-                                  decoupled_weight_decay=False, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
-                                  weight_decay=weight_decay, eps=eps, maximize=False)
+                        differentiable=False, fused=False, grad_scale=None, found_inf=None, has_complex=False,
+                        decoupled_weight_decay=False, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
+                        weight_decay=weight_decay, eps=eps, maximize=False)
     return True
 
 
@@ -223,3 +212,79 @@ def _to_param(state: dict, param: Tensor, step_on_device: bool) -> dict:
         else:
             moved[key] = value
     return moved
+
+
+class AdamSlot(NamedTuple):
+    """One parameter's Adam: its state tensors (updated in place) and hyperparameters."""
+
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    step: Tensor
+    hyper: tuple  # (lr, beta1, beta2, eps, weight_decay), Python floats
+    optimizer: torch.optim.Optimizer  # what holds them: checked before each fused step (pyro_vi.engine.wholestep)
+    state: dict
+    group: dict
+
+
+def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
+    """Each param's Adam state and hyperparameters (``None`` for a param without state, which the
+    loss does not differentiate), or ``None`` when ``optim``'s step is not plain Adam that a
+    program may take over: ``pyro.optim.Adam`` (per-parameter options included) or :class:`Adam`,
+    with no gradient clipping, scheduler, hooks, amsgrad, maximize or tensor hyperparameters, on
+    float32/float64 params whose state sits on their device (a CPU step count beside CPU params)."""
+    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+        return None
+    if type(optim) is Adam:
+        optimizer = optim._optimizer
+        if optimizer is None:
+            return None
+        lookup = {id(p): (optimizer, group) for group in optimizer.param_groups for p in group["params"]}
+    elif type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor is torch.optim.Adam:
+        if any(optim.grad_clip.get(p) is not None for p in params):
+            return None
+        lookup = {}
+        for p in params:
+            optimizer = optim.optim_objs.get(p)
+            if optimizer is not None:
+                if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+                    return None
+                lookup[id(p)] = (optimizer, optimizer.param_groups[0])
+    else:
+        return None
+    slots: list[AdamSlot | None] = []
+    for p in params:
+        if id(p) not in lookup:
+            slots.append(None)  # not stepped yet: the program may not differentiate it (else whole_step refuses)
+            continue
+        optimizer, group = lookup[id(p)]
+        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
+            return None  # hooks, or an LR scheduler wrapping step()
+        if group_settings(group)[5:] != _PLAIN:
+            return None
+        beta1, beta2 = group["betas"]
+        hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+        if any(isinstance(value, Tensor) for value in hyper):
+            return None
+        state = optimizer.state.get(p)
+        if p.is_sparse or p.dtype not in (torch.float32, torch.float64):
+            return None  # (half precision: torch's Adam keeps its step size in double, a program in the param's dtype)
+        if not state:
+            slots.append(None)
+            continue
+        if state["exp_avg"].device != p.device or state["step"].device not in (p.device, torch.device("cpu")) or (
+                state["step"].device != p.device and p.device.type != "cpu"):
+            return None  # a CPU step count beside CUDA params: one program runs on one device
+        slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper)),
+                              optimizer, state, group))
+    return slots
+
+
+# amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: the plain update's
+_PLAIN = (False, False, False, False, False)
+
+
+def group_settings(group: dict) -> tuple:
+    """What a program bakes in of a param group: (lr, beta1, beta2, eps, weight_decay, *flags)."""
+    return (group["lr"], *group["betas"], group["eps"], group["weight_decay"], bool(group["amsgrad"]),
+            bool(group["maximize"]), bool(group.get("capturable")), bool(group.get("differentiable")),
+            bool(group.get("decoupled_weight_decay")))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["BACKENDS", "compiled_by", "compiled_by_inductor", "joint", "one_fake_mode", "simplify"]
+__all__ = ["BACKENDS", "compiled_by", "compiled_by_inductor", "joint", "leaf_arguments", "one_fake_mode", "simplify"]
 
 
 @contextlib.contextmanager
@@ -101,14 +101,19 @@ def compiled_by(program: torch.fx.GraphModule, backend: str, params: Sequence[Te
     if spec != info.in_spec:
         raise ValueError("the recorded program's inputs do not match the step's arguments; compile without inductor")
     compiled = compiled_by_inductor(program, flat)
-    # Arguments that are leaves (tensors, numbers, strings) flatten by hand; others (None, lists) by pytree.
-    simple = all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
+    simple = leaf_arguments(args)
 
     def run(values, *step_args):  # flat inputs and outputs (pytree's wrapping costs more than the kernel)
         return compiled(*values, *step_args) if simple else compiled(*pytree.tree_leaves((values, *step_args)))
 
     run.fresh_grads = program.fresh_grads
     return run
+
+
+def leaf_arguments(args: Sequence) -> bool:
+    """Every argument is a pytree leaf (a tensor, number, string): a compiled program taking them
+    flattened is called with them as they are; others (None, lists) are flattened by pytree."""
+    return all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
 
 
 def compiled_by_inductor(program: torch.fx.GraphModule, flat: Sequence) -> Callable:

@@ -25,7 +25,7 @@ process. :func:`adam_slots` says whether it applies; anything else keeps the two
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import pyro
 import pyro.optim
@@ -36,84 +36,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from pyro_vi.engine import rng
+from pyro_vi.engine.optim import AdamSlot, adam_slots, group_settings
 
-__all__ = ["AdamSlot", "adam_slots", "whole_step"]
-
-
-class AdamSlot(NamedTuple):
-    """One parameter's Adam: its state tensors (updated in place) and hyperparameters."""
-
-    exp_avg: Tensor
-    exp_avg_sq: Tensor
-    step: Tensor
-    hyper: tuple  # (lr, beta1, beta2, eps, weight_decay), Python floats
-    optimizer: torch.optim.Optimizer  # what holds them: checked before each step (FusedSteps)
-    state: dict
-    group: dict
-
-
-def adam_slots(optim, params: Sequence[Tensor]) -> list[AdamSlot | None] | None:
-    """Each param's Adam state and hyperparameters (``None`` for a param without state, which the
-    loss does not differentiate), or ``None`` when ``optim``'s step is not plain Adam that a
-    program may take over (see the module's docstring)."""
-    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
-        return None
-    from pyro_vi.engine.optim import Adam as PyroViAdam
-
-    if type(optim) is PyroViAdam:
-        optimizer = optim._optimizer
-        if optimizer is None:
-            return None
-        lookup = {id(p): (optimizer, group) for group in optimizer.param_groups for p in group["params"]}
-    elif type(optim) is pyro.optim.PyroOptim and optim.pt_optim_constructor is torch.optim.Adam:
-        if any(optim.grad_clip.get(p) is not None for p in params):
-            return None
-        lookup = {}
-        for p in params:
-            optimizer = optim.optim_objs.get(p)
-            if optimizer is not None:
-                if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
-                    return None
-                lookup[id(p)] = (optimizer, optimizer.param_groups[0])
-    else:
-        return None
-    slots: list[AdamSlot | None] = []
-    for p in params:
-        if id(p) not in lookup:
-            slots.append(None)  # not stepped yet: the program may not differentiate it (else whole_step refuses)
-            continue
-        optimizer, group = lookup[id(p)]
-        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
-            return None  # hooks, or an LR scheduler wrapping step()
-        if _settings(group)[5:] != _PLAIN:
-            return None
-        beta1, beta2 = group["betas"]
-        hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
-        if any(isinstance(value, Tensor) for value in hyper):
-            return None
-        state = optimizer.state.get(p)
-        if p.is_sparse or p.dtype not in (torch.float32, torch.float64):
-            return None  # (half precision: torch's Adam keeps its step size in double, a program in the param's dtype)
-        if not state:
-            slots.append(None)
-            continue
-        if state["exp_avg"].device != p.device or state["step"].device not in (p.device, torch.device("cpu")) or (
-                state["step"].device != p.device and p.device.type != "cpu"):
-            return None  # a CPU step count beside CUDA params: one program runs on one device
-        slots.append(AdamSlot(state["exp_avg"], state["exp_avg_sq"], state["step"], tuple(map(float, hyper)),
-                              optimizer, state, group))
-    return slots
-
-
-# amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: the plain update's
-_PLAIN = (False, False, False, False, False)
-
-
-def _settings(group: dict) -> tuple:
-    """What a program bakes in of a param group: (lr, beta1, beta2, eps, weight_decay, *flags)."""
-    return (group["lr"], *group["betas"], group["eps"], group["weight_decay"], bool(group["amsgrad"]),
-            bool(group["maximize"]), bool(group.get("capturable")), bool(group.get("differentiable")),
-            bool(group.get("decoupled_weight_decay")))
+__all__ = ["AdamSlot", "FusedSteps", "adam_slots", "whole_step"]  # AdamSlot, adam_slots: from pyro_vi.engine.optim
 
 
 def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Sequence[AdamSlot], guards: Sequence[bool],
@@ -126,7 +51,7 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
     read with one ``tolist()``) and has updated each param and its Adam state in place if ``ok`` (the
     loss and gradients are finite and each guard read its recorded value); else it has written nothing.
     """
-    from pyro_vi.engine.programs import compiled_by_inductor, one_fake_mode
+    from pyro_vi.engine.programs import compiled_by_inductor, leaf_arguments, one_fake_mode
 
     count = len(params)
     outputs = next(node for node in joint.graph.nodes if node.op == "output").args[0]
@@ -161,7 +86,7 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
         with one_fake_mode():
             recorded = make_fx(program)(*inputs, *args)
         compiled = compiled_by_inductor(recorded, [t for group in inputs for t in group] + pytree.tree_leaves(list(args)))
-    flat = all(value is not None and not isinstance(value, (list, tuple, dict)) for value in args)
+    flat = leaf_arguments(args)
     state = [*params, *(s.exp_avg for s in slots), *(s.exp_avg_sq for s in slots), *(s.step for s in slots)]
 
     def run(*step_args):
@@ -210,7 +135,7 @@ class FusedSteps:
             return None
         for group, optimizer, settings in groups:
             if (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer)
-                    or _settings(group) != settings):
+                    or group_settings(group) != settings):
                 return None
         if any(slot.optimizer.state.get(p) is not slot.state for p, slot in slots) or not all(
                 any(g is group for g in optimizer.param_groups) for group, optimizer, _ in groups) or (
@@ -236,5 +161,5 @@ class FusedSteps:
                 program.whole_steps.pop(next(iter(program.whole_steps)))
             program.whole_steps[key] = run
         taken = [(p, slot) for p, slot in zip(program.params, slots) if slot is not None]
-        groups = {id(slot.group): (slot.group, slot.optimizer, _settings(slot.group)) for _, slot in taken}
+        groups = {id(slot.group): (slot.group, slot.optimizer, group_settings(slot.group)) for _, slot in taken}
         return run, taken, list(groups.values())

@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.distributions import constraints
+from test_engine import normal_mean_guide, normal_mean_model
 from tutorial_models import load
 
 import pyro_vi
@@ -54,19 +55,9 @@ def _run(make_pair, args, make_optim, mode, num_steps=STEPS, **options):
 
 
 def _normal():
-    """A conjugate Normal-Normal pair: the cheapest program to compile (the coin's Beta guide records
-    torch's Dirichlet sampler; tests of the update's bookkeeping use this one)."""
-    def model(data):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(data)):
-            pyro.sample("obs", dist.Normal(z, 1.0), obs=data)
-
-    def guide(data):
-        loc = pyro.param("loc", torch.tensor(0.0))
-        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-        pyro.sample("z", dist.Normal(loc, scale))
-
-    return model, guide
+    """test_engine's conjugate Normal-mean pair: the cheapest program to compile (the coin's Beta
+    guide records torch's Dirichlet sampler; tests of the update's bookkeeping use this one)."""
+    return normal_mean_model, normal_mean_guide
 
 
 def _normal_args():
