@@ -284,7 +284,7 @@ _PLAIN = (False, False, False, False, False)
 
 
 def group_settings(group: dict) -> tuple:
-    """What a program bakes in of a param group: (lr, beta1, beta2, eps, weight_decay, *flags)."""
+    """What a program bakes in of a param group: ``(lr, beta1, beta2, eps, weight_decay, *flags)``."""
     return (group["lr"], *group["betas"], group["eps"], group["weight_decay"], bool(group["amsgrad"]),
             bool(group["maximize"]), bool(group.get("capturable")), bool(group.get("differentiable")),
             bool(group.get("decoupled_weight_decay")))
