@@ -1,6 +1,7 @@
 """The engine: one SVI loop for any Pyro model and guide, and what it stands on.
 
 * :mod:`~pyro_vi.engine.loop`         ``fit`` and ``FitResult``: the SVI loop
+* :mod:`~pyro_vi.engine.arguments`    checks of ``fit``'s arguments, before any work
 * :mod:`~pyro_vi.engine.subsample`    ``PerStep``, ``EpochSubsample``: per-step arguments, minibatches
 * :mod:`~pyro_vi.engine.resume`       a resumed run: params restored as created, the warm-up
 * :mod:`~pyro_vi.engine.checkpoint`   atomic, weights-only checkpoints; the one param-store restore
@@ -18,7 +19,7 @@
 """
 
 from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
-    autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, programs, resume, rng,
+    arguments, autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, programs, resume, rng,
     samplers, subsample, surrogate,
 )
 from pyro_vi.engine.loop import FitResult, fit

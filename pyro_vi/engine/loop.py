@@ -52,17 +52,17 @@ from pyro.infer import Trace_ELBO
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance
 from torch import Tensor
 
+from pyro_vi.engine import arguments
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
 from pyro_vi.engine import resume as resuming
 from pyro_vi.engine.autocompile import StepRecorder, check_compile_mode
 from pyro_vi.engine.subsample import EpochSubsample, PerStep  # noqa: F401 - re-exported (older imports)
 from pyro_vi.engine.subsample import check_subsamples, explain_plate_mismatch, step_values
-from pyro_vi.errors import ConfigError, OutputError, TrainingDivergedError, TrainingInterrupted
+from pyro_vi.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 
 __all__ = ["FitResult", "fit"]  # PerStep, EpochSubsample: pyro_vi.engine.subsample
 
-ON_NAN = ("raise", "skip")
 
 
 class FitResult(NamedTuple):
@@ -160,7 +160,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
+    arguments.check_fit_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
     check_compile_mode(compile)
     if compile not in (None, False) and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")
@@ -174,7 +174,7 @@ def fit(
         else {"model": {}, "train": {"loss": type(loss).__name__, "optim": type(optim).__name__}}
     )
     if checkpoint is not None and not resume:
-        _check_fresh_checkpoint(Path(checkpoint), overwrite, data_parallel)
+        arguments.check_fresh_checkpoint(Path(checkpoint), overwrite, data_parallel)
 
     run = resuming.Run(step=0, losses=[], skipped=0)
     pending: dict[str, Tensor] = {}
@@ -282,35 +282,6 @@ def fit(
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
     return FitResult(params, list(run.losses), run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
                      run.skipped, stopped_early, recorder.steps)
-
-
-def _validate_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ConfigError(f"num_steps must be a non-negative integer, got {num_steps!r}")
-    if on_nan not in ON_NAN:
-        raise ConfigError(f"on_nan must be 'raise' or 'skip', got {on_nan!r}")
-    if seed is not None and (isinstance(seed, bool) or not hasattr(seed, "__index__") or not 0 <= int(seed) <= 2**32 - 1):
-        raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1 (NumPy's range), got {seed!r}")
-    if isinstance(scheduler_every, bool) or not isinstance(scheduler_every, int) or scheduler_every <= 0:
-        raise ConfigError(f"scheduler_every must be a positive integer, got {scheduler_every!r}")
-    if not callable(checkpoint_every) and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0):
-        raise ConfigError(f"checkpoint_every must be a non-negative integer of steps, got {checkpoint_every!r}")
-    if resume and checkpoint is None:
-        raise ConfigError("resume needs the checkpoint path to continue from; pass checkpoint=PATH")
-
-
-def _check_fresh_checkpoint(path: Path, overwrite: bool, data_parallel) -> None:
-    """A fresh run must not replace a run's checkpoint by accident, and must be able to write one."""
-    exists = path.exists()
-    if data_parallel is not None:
-        exists = data_parallel.broadcast(exists)  # rank 0 alone writes: its file is the one at stake
-    if exists and not overwrite:
-        raise OutputError(f"{str(path)!r} already holds a checkpoint; pass resume=True to continue it or overwrite=True to start over")
-    if data_parallel is None or data_parallel.is_main:
-        if path.is_dir():
-            raise OutputError(f"checkpoint path {str(path)!r} is a directory; pass a file path")
-        if not path.parent.is_dir():
-            raise OutputError(f"the directory of checkpoint {str(path)!r} does not exist; create it or choose another path")
 
 
 def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer=None) -> float | None:
