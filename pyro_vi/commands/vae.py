@@ -366,6 +366,10 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
         "history": result.history,
     }
     vae.eval()
+    # Burda et al.'s active units on the test set: the README's "10 of 10 units active" is this count.
+    active = evaluate.active_units(vae, test_images)
+    metrics.update(active_units=active.count, active_unit_threshold=active.threshold,
+                   active_unit_variances=[float(v) for v in active.variances])
     if args.iwae_k > 0:
         iwae_images = test_images[: args.iwae_points]
         log_px = evaluate.iwae_log_likelihood(vae, iwae_images, num_samples=args.iwae_k)
@@ -380,7 +384,8 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
     io.write_json(out / "metrics.json", metrics)
     print(
         f"{args.dataset}: test ELBO {metrics['test_elbo']:.2f} nats/image "
-        f"(recon {metrics['test_recon']:.2f}, KL {metrics['test_kl']:.2f}) after {result.epochs} epochs, "
+        f"(recon {metrics['test_recon']:.2f}, KL {metrics['test_kl']:.2f}), "
+        f"{active.count} of {args.z_dim} units active after {result.epochs} epochs, "
         f"{metrics['images_per_second']:.0f} images/s on {device}"
         + (f"; test NLL {metrics['test_nll_iwae']:.2f} (IWAE, k={args.iwae_k})" if args.iwae_k > 0 else "")
         + f"; wrote {out}/metrics.json"

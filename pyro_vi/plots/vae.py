@@ -6,6 +6,9 @@
 - ``latent_space``: encoder means coloured by label (PCA to 2-D when z_dim > 2).
 - ``manifold``: decoder means on a grid over [-3, 3]^2 (z_dim = 2 only).
 
+Image grids are tiled by ``torchvision.utils.make_grid`` with a grey border around each tile
+(``grid_padding``), so that a grid of small digits reads as digits, not as striped columns.
+
 Each writes its figure to ``path`` (then closes it) and returns it.
 """
 
@@ -16,7 +19,7 @@ from torch import Tensor
 
 from pyro_vi.plots._figure import finish, pyplot
 
-__all__ = ["elbo_curves", "reconstructions", "prior_samples", "latent_space", "manifold"]
+__all__ = ["GRID_PAD_VALUE", "grid_padding", "elbo_curves", "reconstructions", "prior_samples", "latent_space", "manifold"]
 
 
 def _mean_image(vae, z: Tensor) -> Tensor:
@@ -24,11 +27,24 @@ def _mean_image(vae, z: Tensor) -> Tensor:
     return decoded if vae.likelihood_name == "gaussian" else vae.likelihood(decoded).base_dist.mean
 
 
+GRID_PAD_VALUE = 0.5  # mid-grey: neither ink (1) nor background (0) of a binarized digit
+
+
+def grid_padding(image_shape) -> int:
+    """Pixels of border between the tiles of an image grid: 1 for 8x8 digits, 2 for 28x28 MNIST."""
+    return 1 if min(image_shape) < 16 else 2
+
+
 def _grid(images: Tensor, image_shape, rows: int, cols: int):
+    """``rows`` x ``cols`` tiles of ``images`` (flattened, row-major) with ``grid_padding`` pixels of
+    ``GRID_PAD_VALUE`` around each, as a 2-D NumPy array for ``imshow``."""
+    from torchvision.utils import make_grid
+
     height, width = image_shape
-    images = images[: rows * cols].reshape(rows, cols, height, width)
+    tiles = images[: rows * cols].reshape(-1, 1, height, width).clamp(0, 1).cpu()
+    grid = make_grid(tiles, nrow=cols, padding=grid_padding(image_shape), pad_value=GRID_PAD_VALUE)[0]
     # a NumPy array: matplotlib's np.array(copy=...) on a Tensor is a NumPy 2 DeprecationWarning
-    return images.permute(0, 2, 1, 3).reshape(rows * height, cols * width).clamp(0, 1).cpu().numpy()
+    return grid.numpy()
 
 
 def elbo_curves(history: list[dict], path):

@@ -16,10 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["--epochs", "2", "--batch-size", "100", "--hidden-dims", "16", "--no-progress"]
 
 
-def test_vae_command_writes_metrics_figures_and_checkpoint(tmp_path):
+def test_vae_command_writes_metrics_figures_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["vae", *SMOKE, "--z-dim", "2", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    # Active units (Burda et al.): the count of latent dimensions whose encoder mean varies over the
+    # test set by more than the threshold, stored with the variances it counts, and printed.
+    variances, threshold = metrics["active_unit_variances"], metrics["active_unit_threshold"]
+    assert len(variances) == 2 and threshold == 0.01
+    assert metrics["active_units"] == sum(v > threshold for v in variances)
+    assert f"{metrics['active_units']} of 2 units active" in capsys.readouterr().out
     for key in ("dataset", "epochs", "z_dim", "likelihood", "test_elbo", "test_recon", "test_kl",
                 "images_per_second", "device", "seconds"):
         assert key in metrics, key

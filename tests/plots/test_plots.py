@@ -28,6 +28,24 @@ def test_finish_writes_and_closes_only_when_given_a_path(tmp_path):
     _written_and_closed(figure, tmp_path / "f.png")
 
 
+def _tiles(grid, rows, cols, height, width):
+    """The ``rows`` x ``cols`` tiles of an image grid, as (rows * cols, height * width), after checking
+    that a border of ``grid_padding`` pixels of ``GRID_PAD_VALUE`` surrounds every tile."""
+    grid = np.asarray(grid)
+    pad = plots_vae.grid_padding((height, width))
+    assert pad >= 1
+    assert grid.shape == (rows * (height + pad) + pad, cols * (width + pad) + pad)
+    border = np.ones(grid.shape, dtype=bool)
+    tiles = []
+    for row in range(rows):
+        for col in range(cols):
+            top, left = pad + row * (height + pad), pad + col * (width + pad)
+            tiles.append(grid[top : top + height, left : left + width].reshape(-1))
+            border[top : top + height, left : left + width] = False
+    np.testing.assert_array_equal(grid[border], plots_vae.GRID_PAD_VALUE)  # tiles never touch
+    return np.stack(tiles)
+
+
 @pytest.fixture
 def tiny_vae():
     torch.manual_seed(0)
@@ -37,27 +55,28 @@ def tiny_vae():
 def test_reconstructions_put_the_inputs_above_the_decoded_means(tiny_vae, tmp_path):
     images = (torch.rand(5, 12, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     figure = plots_vae.reconstructions(tiny_vae, images, (3, 4), tmp_path / "r.png", num=5)
-    grid = figure.axes[0].images[0].get_array()
-    assert grid.shape == (2 * 3, 5 * 4)
-    top = np.asarray(grid[:3]).reshape(3, 5, 4).transpose(1, 0, 2).reshape(5, 12)
-    np.testing.assert_array_equal(top, images.numpy())
+    tiles = _tiles(figure.axes[0].images[0].get_array(), 2, 5, 3, 4)
+    np.testing.assert_array_equal(tiles[:5], images.numpy())  # top row: the inputs
     with torch.no_grad():
         means = tiny_vae.likelihood(tiny_vae.decoder(tiny_vae.encoder(images)[0])).base_dist.mean
-    bottom = np.asarray(grid[3:]).reshape(3, 5, 4).transpose(1, 0, 2).reshape(5, 12)
-    np.testing.assert_allclose(bottom, means.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tiles[5:], means.numpy(), rtol=1e-6)
     _written_and_closed(figure, tmp_path / "r.png")
 
 
 def test_prior_samples_and_manifold_tile_one_decoded_image_per_cell(tiny_vae, tmp_path):
+    torch.manual_seed(3)
     samples = plots_vae.prior_samples(tiny_vae, (3, 4), tmp_path / "p.png", "cpu", rows=2, cols=3)
-    assert samples.axes[0].images[0].get_array().shape == (2 * 3, 3 * 4)
+    torch.manual_seed(3)  # the same z ~ N(0, I), drawn with torch's global RNG
+    with torch.no_grad():
+        decoded = tiny_vae.likelihood(tiny_vae.decoder(torch.randn(6, 2))).base_dist.mean
+    np.testing.assert_allclose(_tiles(samples.axes[0].images[0].get_array(), 2, 3, 3, 4), decoded.numpy(), rtol=1e-6)
     grid = plots_vae.manifold(tiny_vae, (3, 4), tmp_path / "m.png", "cpu", num=4)
-    values = np.asarray(grid.axes[0].images[0].get_array())
-    assert values.shape == (4 * 3, 4 * 4) and values.min() >= 0 and values.max() <= 1
+    values = _tiles(grid.axes[0].images[0].get_array(), 4, 4, 3, 4)
+    assert values.min() >= 0 and values.max() <= 1
     # the top-left cell decodes z = (-3, 3): x runs left to right, y top to bottom
     with torch.no_grad():
-        corner = tiny_vae.likelihood(tiny_vae.decoder(torch.tensor([[-3.0, 3.0]]))).base_dist.mean.reshape(3, 4)
-    np.testing.assert_allclose(values[:3, :4], corner.numpy(), rtol=1e-6)
+        corner = tiny_vae.likelihood(tiny_vae.decoder(torch.tensor([[-3.0, 3.0]]))).base_dist.mean.reshape(-1)
+    np.testing.assert_allclose(values[0], corner.numpy(), rtol=1e-6)
     _written_and_closed(samples, tmp_path / "p.png")
     _written_and_closed(grid, tmp_path / "m.png")
 
