@@ -161,6 +161,7 @@ def fit(
     from tqdm.auto import tqdm
 
     arguments.check_fit_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
+    optim = arguments.check_fit_arguments(model, guide, args, kwargs, loss, optim)
     check_compile_mode(compile)
     if compile not in (None, False) and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")

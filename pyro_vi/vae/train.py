@@ -232,6 +232,8 @@ def fit(
         TrainingDivergedError: a NaN/inf loss or gradient (with ``on_nan="raise"``).
         TrainingInterrupted: Ctrl-C or SIGTERM, after the checkpoint is written.
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a pyro_vi.TrainConfig, got a {type(config).__name__}; pass e.g. TrainConfig(epochs=10)")
     owner = getattr(model, "__self__", None)
     if validate_data is None:
         validate_data = getattr(owner, "validate", None)  # e.g. VAE.validate
