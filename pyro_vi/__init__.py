@@ -8,6 +8,7 @@ gradient estimator is. The subpackages, one per job (see ARCHITECTURE.md):
 * :mod:`pyro_vi.mixture`     Gaussian mixtures: the model, EM, SVI
 * :mod:`pyro_vi.vae`         the amortized VAE, its data and metrics
 * :mod:`pyro_vi.local`       per-datapoint q_n and semi-amortized refinement
+* :mod:`pyro_vi.diagnostics` did VI work? PSIS k-hat, ELBO and IW bound, q against reference draws
 * :mod:`pyro_vi.plots`       figures
 * :mod:`pyro_vi.commands`    the ``pyro-vi`` command's subcommands
 """
@@ -16,7 +17,7 @@ from pyro_vi import _interrupt
 
 _interrupt.exit_quietly_during_import()  # the pyro-vi command: Ctrl-C while torch loads exits 130, quietly
 
-from pyro_vi import conjugate, device, engine, errors, estimators, io, local, mixture, plots, vae
+from pyro_vi import conjugate, device, diagnostics, engine, errors, estimators, io, local, mixture, plots, vae
 
 # Fitting any model and guide.
 from pyro_vi.engine import EpochSubsample, FitResult, PerStep, fit
@@ -32,6 +33,9 @@ from pyro_vi.mixture import MixtureParams, Prior, fit_em, fit_svi
 from pyro_vi.vae import VAE, Dataset, TrainConfig, binarize, load_dataset, validate_images
 from pyro_vi.vae.train import ImageFitResult
 from pyro_vi.vae.train import fit as fit_images
+
+# Did VI work? (PSIS diagnostics, q against reference draws)
+from pyro_vi.diagnostics import CheckResult, check
 
 # Per-datapoint and semi-amortized inference.
 from pyro_vi.local import LocalGuide, LocalTrainConfig, fit_local, refine
@@ -53,7 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # subpackages and shared modules
-    "engine", "estimators", "mixture", "vae", "local", "plots", "conjugate", "device", "errors", "io",
+    "engine", "estimators", "mixture", "vae", "local", "diagnostics", "plots", "conjugate", "device", "errors", "io",
     # fitting any model and guide
     "fit", "FitResult", "PerStep", "EpochSubsample",
     # gradient estimators and the variance lab
@@ -62,6 +66,8 @@ __all__ = [
     "MixtureParams", "Prior", "fit_em", "fit_svi",
     # the VAE on images
     "VAE", "TrainConfig", "fit_images", "ImageFitResult", "Dataset", "load_dataset", "binarize", "validate_images",
+    # did VI work?
+    "check", "CheckResult",
     # per-datapoint and semi-amortized inference
     "LocalGuide", "LocalTrainConfig", "fit_local", "refine",
     # devices and errors

@@ -23,7 +23,8 @@ PARAMS_MODULE = "pyro_vi.engine.params"
 LAYERS = {
     "pyro_vi.errors": 0, "pyro_vi._interrupt": 0, "pyro_vi.device": 1, "pyro_vi.io": 1, "pyro_vi.preflight": 1,
     "pyro_vi.conjugate": 1, "pyro_vi.engine": 2, "pyro_vi.vae.data": 3, "pyro_vi.vae.model": 3,
-    "pyro_vi.estimators": 4, "pyro_vi.local": 5, "pyro_vi.vae": 5, "pyro_vi.mixture": 5, "pyro_vi.plots": 6,
+    "pyro_vi.estimators": 4, "pyro_vi.local": 5, "pyro_vi.vae": 5, "pyro_vi.mixture": 5,
+    "pyro_vi.diagnostics": 5, "pyro_vi.posteriordb": 5, "pyro_vi.plots": 6,
     "pyro_vi.commands": 7, "pyro_vi.cli": 8, "pyro_vi.__main__": 9,
 }
 

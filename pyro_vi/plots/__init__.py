@@ -4,11 +4,12 @@
 * :mod:`~pyro_vi.plots.gmm`       assignments and convergence of EM vs SVI
 * :mod:`~pyro_vi.plots.gap`       the refinement curve of the amortization gap
 * :mod:`~pyro_vi.plots.variance`  gradient variance by estimator and particle count
+* :mod:`~pyro_vi.plots.check`     a guide's marginals against reference draws (``pyro_vi.diagnostics.check``)
 
 One convention throughout: a plotting function draws one figure and returns it; given a ``path``
 it writes the figure there (atomically) and closes it. matplotlib (Agg) is imported on first use.
 """
 
-from pyro_vi.plots import gap, gmm, vae, variance
+from pyro_vi.plots import check, gap, gmm, vae, variance
 
-__all__ = ["gap", "gmm", "vae", "variance"]
+__all__ = ["check", "gap", "gmm", "vae", "variance"]
