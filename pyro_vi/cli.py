@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = f"pyro-vi {args.command}"
-        return int(args._run(args) or 0)
+        try:
+            return int(args._run(args) or 0)
+        except SystemExit as exit_:  # sys.exit from a user's model, guide or file: never a silent exit 0
+            print(f"{command}: error: the run was ended by sys.exit({exit_.code!r}) (in your model, guide or a library "
+                  "they call); a model must return or raise, not end the process", file=sys.stderr)
+            return 2
     except KeyboardInterrupt as interrupt:  # TrainingInterrupted too: it carries its own message
         detail = _one_line(interrupt) if isinstance(interrupt, PyroVIError) and str(interrupt) else "interrupted"
         print(f"{command}: {detail}", file=sys.stderr)
@@ -80,8 +85,6 @@ def _unexpected(error: Exception) -> str:
         hint = "check the paths, free disk space and permissions"
     else:
         hint = "this looks like a bug in pyro_vi; rerun with PYRO_VI_TRACEBACK=1 and report the traceback"
-    if len(message) > 300:
-        message = message[:297] + "..."
     return f"unexpected {type(error).__name__}: {message}; {hint}"
 
 

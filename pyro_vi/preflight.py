@@ -16,7 +16,7 @@ import torch
 
 from pyro_vi.errors import ConfigError
 
-__all__ = ["FLOAT32_BYTES", "available_bytes", "check_allocation", "mlp_floats", "vae_floats", "check_vae"]
+__all__ = ["FLOAT32_BYTES", "available_bytes", "check_allocation", "check_counts", "mlp_floats", "vae_floats", "check_vae"]
 
 FLOAT32_BYTES = 4
 
@@ -70,6 +70,19 @@ def check_allocation(num_floats: float, what: str, device: torch.device | str = 
             f"{what} needs {_size(needed)} of memory, more than the {_size(available)} available on "
             f"{torch.device(device).type}; lower it"
         )
+
+
+def check_counts(counts: dict[str, tuple[float, float]], device: torch.device | str = "cpu") -> None:
+    """``check_allocation`` for each count option: ``{"--replicates 200": (count, numbers held per unit)}``.
+
+    A count such as ``--elbo-samples 10**30`` keeps one number per unit at least (a list of losses,
+    a tensor of draws): refused here in one line instead of running until killed.
+
+    Raises:
+        ConfigError: the first option whose count times its numbers per unit does not fit.
+    """
+    for what, (count, per_unit) in counts.items():
+        check_allocation(float(count) * max(1.0, float(per_unit)), what, device)
 
 
 def mlp_floats(sizes: Sequence[int]) -> float:

@@ -56,9 +56,12 @@ def _validate(args: argparse.Namespace) -> list[str]:
 
 
 def variance_steps(num_steps: int, num_points: int) -> list[int]:
-    """``num_points`` steps evenly spaced from 0 to ``num_steps`` (0 alone for one point)."""
+    """``num_points`` steps evenly spaced from 0 to ``num_steps`` (0 alone for one point; every
+    step when there are more points than steps)."""
     if num_points == 1:
         return [0]
+    if num_points > num_steps:
+        return list(range(num_steps + 1))
     return sorted({round(i * num_steps / (num_points - 1)) for i in range(num_points)})
 
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     data = user_model.load_data(args.data, device)
     pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # the file and data work; the first run's pair
     initial = _unconstrained_params()
+    _check_sizes(args, pair, initial, device)
     steps = variance_steps(args.num_steps, args.variance_points)
 
     runnable, skipped = [], []
@@ -101,6 +105,22 @@ def run(args: argparse.Namespace) -> int:
     print(_table(rows, steps))
     print(f"wrote {out}/compare.json and compare.png")
     return 0
+
+
+def _check_sizes(args, pair, initial: dict, device) -> None:
+    """The counts bounded against memory before any work: fit's (ELBO draws, particles) and the
+    variance measurements' (every replicate holds a gradient of every param per particle)."""
+    import math
+
+    from pyro_vi import preflight
+    from pyro_vi.commands import fit, user_model
+
+    num_latent = sum(math.prod(shape) for shape in user_model.latent_sites(pair.model_trace).values())
+    num_params = sum(value.numel() for value in initial.values())
+    counts = fit.model_counts(args, num_latent)
+    counts[f"--replicates {args.replicates} with --particles {args.particles}"] = (
+        float(args.replicates) * (1.0 + float(args.particles)), max(1, num_params + num_latent))
+    preflight.check_counts(counts, device)
 
 
 def _refusal(name: str, num_particles: int, pair) -> str | None:
@@ -194,7 +214,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) 
         elbo, elbo_error = user_model.estimate_elbo(Trace_ELBO(), pair, args.elbo_samples)
     except (PyroVIError, KeyboardInterrupt):
         raise
-    except Exception as error:  # noqa: BLE001 - the user's model raised during training
+    except user_model.USER_FAILURES as error:  # noqa: BLE001 - the user's model raised (or exited) during training
         raise user_model.ModelError(f"training with {name} failed: {user_model.describe_failure(error, pair.files)}") from None
     seconds = times[-1] if times else 0.0
     return {

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "HELP", "LOSSES", "OPTIMIZERS", "add_model_arguments", "add_arguments", "validate_common", "make_optimizer",
+    "HELP", "LOSSES", "OPTIMIZERS", "add_model_arguments", "add_arguments", "validate_common", "model_counts", "make_optimizer",
     "make_loss", "elbo_evaluator", "run",
 ]
 
@@ -115,6 +115,13 @@ def validate_common(args: argparse.Namespace) -> None:
         raise ConfigError(f"--learning-rate must be a positive number, got {args.learning_rate}")
 
 
+def model_counts(args: argparse.Namespace, num_latent: int) -> dict:
+    """``preflight.check_counts``'s counts of ``fit`` and ``compare``: the ELBO draws (a float64
+    each) and the particles (a draw of every latent element each, per step)."""
+    return {f"--elbo-samples {args.elbo_samples}": (args.elbo_samples, 2),
+            f"--particles {args.particles}": (args.particles, 2 * max(1, num_latent))}
+
+
 def make_optimizer(name: str, learning_rate: float):
     """The ``pyro.optim`` optimizer named by ``--optimizer`` (``adam``: pyro_vi's fused Adam) at ``learning_rate``."""
     import pyro.optim
@@ -128,6 +135,8 @@ def make_optimizer(name: str, learning_rate: float):
 
 def make_loss(args: argparse.Namespace):
     """(loss object, name): the Pyro ELBO of ``--loss`` or the pyro_vi estimator of ``--estimator``."""
+    import math
+
     import pyro.infer
 
     from pyro_vi import estimators
@@ -144,6 +153,8 @@ def make_loss(args: argparse.Namespace):
             raise ConfigError(f"--max-plate-nesting must be >= 0, got {args.max_plate_nesting}")
         options["max_plate_nesting"] = args.max_plate_nesting
     if name == "renyi":
+        if not math.isfinite(args.renyi_alpha):
+            raise ConfigError(f"--renyi-alpha must be a finite number (0 <= alpha < 1 bounds log p(x) from below), got {args.renyi_alpha}")
         if args.renyi_alpha == 1:
             raise ConfigError("--renyi-alpha 1 is the ELBO itself; use --loss trace, or another alpha")
         options["alpha"] = args.renyi_alpha
@@ -199,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         loss.check(pair.model, pair.guide, *pair.args)
     num_latent = sum(math.prod(shape) for shape in sites.values())
     preflight.check_allocation(2.0 * args.posterior_samples * num_latent, f"--posterior-samples {args.posterior_samples}")
+    preflight.check_counts(model_counts(args, num_latent), device)
 
     with io.run_output(args.out, "fit", args.overwrite) as out:  # locked; removed again if this run made it and fails early
         config = {
@@ -292,7 +304,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
                                   f"{str(checkpoint)!r}; rerun with --resume to continue") from None
     except (PyroVIError, KeyboardInterrupt):
         raise
-    except Exception as error:  # noqa: BLE001 - the user's model raised mid-run
+    except user_model.USER_FAILURES as error:  # noqa: BLE001 - the user's model raised mid-run
         if os.environ.get("PYRO_VI_TRACEBACK"):
             raise
         saved = ""
@@ -308,7 +320,7 @@ def _final_elbo(loss, loss_name: str, pair, num_samples: int) -> tuple[float, fl
     evaluator = elbo_evaluator(loss, loss_name)
     try:
         return user_model.estimate_elbo(evaluator, pair, num_samples)
-    except Exception as error:  # noqa: BLE001
+    except user_model.USER_FAILURES as error:  # noqa: BLE001
         raise user_model.ModelError(f"estimating the final ELBO failed: {user_model.describe_failure(error, pair.files)}") from None
 
 
@@ -317,7 +329,7 @@ def _posterior(pair, sites: list[str], num_samples: int):
 
     try:
         return user_model.posterior_summary(pair, sites, num_samples)
-    except Exception as error:  # noqa: BLE001
+    except user_model.USER_FAILURES as error:  # noqa: BLE001
         raise user_model.ModelError(f"summarizing the posterior (Predictive with the guide) failed: "
                                     f"{user_model.describe_failure(error, pair.files)}") from None
 

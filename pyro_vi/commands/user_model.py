@@ -36,7 +36,7 @@ from torch import Tensor
 from pyro_vi.engine import params
 from pyro_vi.errors import CheckpointError, DataError, PyroVIError
 
-__all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
+__all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "USER_FAILURES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
            "make_guide", "build", "probe", "latent_sites", "posterior_summary", "estimate_elbo", "restore_params",
            "describe_failure"]
 
@@ -54,6 +54,9 @@ AUTO_GUIDES = {
     "auto-delta": "AutoDelta",
 }
 DATA_SUFFIXES = (".npz", ".npy", ".csv", ".pt")
+# What a user's model, guide or file may raise that becomes one ModelError line: any exception, and
+# sys.exit (SystemExit is not an Exception; let through, it would end the command with status 0).
+USER_FAILURES = (Exception, SystemExit)
 
 
 class Data(NamedTuple):
@@ -136,7 +139,7 @@ def _import(path: Path, path_text: str, role: str):
         other = error.filename and Path(error.filename).resolve() != path.resolve()
         raise ModelError(f"{role} file {path_text!r} has a syntax error at line {error.lineno}"
                          + (f" of {Path(error.filename).name}" if other else "") + f": {error.msg}") from None
-    except Exception as error:  # noqa: BLE001 - whatever the user's file raises is reported in one line
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever the user's file raises (or exits with) is one line
         sys.modules.pop(module_name, None)
         raise ModelError(f"{role} file {path_text!r} does not import: {describe_failure(error, (path,))}") from None
     finally:
@@ -168,7 +171,7 @@ def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu"
     except PyroVIError:
         raise
     except Exception as error:  # noqa: BLE001 - any reader error is a bad file, in one line
-        message = " ".join(str(error).split())[:200]
+        message = " ".join(str(error).split())
         raise DataError(f"data file {str(path)!r} cannot be read as {suffix} ({type(error).__name__}: {message})") from None
     args, kwargs = (arrays, {}) if isinstance(arrays, tuple) else ((), arrays)
     args = tuple(_tensor(value, f"{path.name}", device) for value in args)
@@ -266,13 +269,13 @@ def probe(pair: Pair, data: Data | None = None) -> tuple:
             guide_trace = poutine.trace(pair.guide).get_trace(*pair.args)
         except PyroVIError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except USER_FAILURES as error:  # noqa: BLE001
             raise ModelError(f"{guide_role} raised {describe_failure(error, pair.files)}{call}") from None
         try:
             model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*pair.args)
         except PyroVIError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except USER_FAILURES as error:  # noqa: BLE001
             raise ModelError(f"model {pair.model_spec} raised {describe_failure(error, pair.files)}{call}") from None
     return guide_trace, model_trace
 
@@ -288,9 +291,10 @@ def _call_text(data: Data | None) -> str:
 def describe_failure(error: BaseException, files=()) -> str:
     """``Type: message (file.py:line)``, the line being the last one of the user's files in the
     traceback (where the model or guide called what raised)."""
-    message = " ".join(str(error).split()) or "(no message)"
-    if len(message) > 300:
-        message = message[:297] + "..."
+    if isinstance(error, SystemExit):
+        message = f"sys.exit({error.code!r}); a model or guide must return or raise, not end the process"
+    else:
+        message = " ".join(str(error).split()) or "(no message)"
     where = ""
     resolved = {str(Path(path).resolve()) for path in files}
     for frame in reversed(traceback.extract_tb(error.__traceback__)):

@@ -38,9 +38,18 @@ def _x_scale(text: str) -> float | None:
     if text == "learned":
         return None
     try:
-        return float(text)
+        scale = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--x-scale takes a positive number or 'learned', got {text!r}") from None
+    # Pixels lie in [0, 1]: a scale far outside [1e-6, 1e6] makes the likelihood flat or its float32
+    # arithmetic (scale squared) overflow.
+    if scale > 0 and not _X_SCALES[0] <= scale <= _X_SCALES[1]:  # zero, negative, NaN: VAE says why
+        raise argparse.ArgumentTypeError(f"--x-scale must be from {_X_SCALES[0]:g} to {_X_SCALES[1]:g} (pixels lie in [0, 1]) "
+                                         f"or 'learned', got {text!r}")
+    return scale
+
+
+_X_SCALES = (1e-6, 1e6)
 
 
 ELBOS = ("trace", "analytic-kl", "iwae")
@@ -416,3 +425,8 @@ def _validate_iwae_options(args, num_test: int) -> None:
         raise ConfigError(f"--iwae-k must be >= 0 (0 turns it off), got {args.iwae_k}")
     if args.iwae_points is not None and not 0 < args.iwae_points <= num_test:
         raise ConfigError(f"--iwae-points must be between 1 and the {num_test} test images, got {args.iwae_points}")
+    from pyro_vi import preflight
+
+    points = num_test if args.iwae_points is None else args.iwae_points
+    # The IWAE evaluation keeps a log weight per sample and image (chunked draws, summed at the end).
+    preflight.check_allocation(float(args.iwae_k) * points, f"--iwae-k {args.iwae_k} on {points} test images")

@@ -59,6 +59,19 @@ def _validate(args) -> list[str]:
     return names
 
 
+def _check_sizes(args) -> None:
+    """``--replicates`` and ``--particles`` bounded against memory before any work: each replicate
+    holds a gradient of every param, and its particles' draws, at once (the vectorized pass)."""
+    import pyro
+
+    from pyro_vi import preflight
+
+    num_params = sum(value.numel() for value in pyro.get_param_store().values())
+    particles = max(args.particles)
+    preflight.check_counts({f"--replicates {args.replicates} with --particles {particles}":
+                            (float(args.replicates) * (1.0 + float(particles)), max(1, num_params))})
+
+
 def _particle_refusals(name: str, particles: list[int]) -> dict[int, str]:
     """``{k: why}`` for the particle counts at which estimator ``name`` cannot be built (rloo at 1)."""
     from pyro_vi.errors import ConfigError
@@ -119,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         )
         label, model, guide, model_args = args.model, problem.model, problem.guide, problem.args
         reference = problem.reference() if problem.reference is not None else None
+    _check_sizes(args)
     for name in names:  # every estimator must apply before anything is written
         estimators.get_estimator(name, num_particles=max(args.particles)).check(model, guide, *model_args)
     from pyro_vi import io

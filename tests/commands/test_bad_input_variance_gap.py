@@ -26,6 +26,9 @@ VARIANCE_CASES = [
     pytest.param(["--estimators", "rloo", "--particles", "1"], "rloo needs at least 2 particles", id="variance-rloo-one-particle"),
     pytest.param(["--seed", "-1"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="variance-seed-negative"),
     pytest.param(["--seed", "99999999999"], "argument --seed: must be an integer from 0 to 2**32 - 1", id="variance-seed-above-2-32"),
+    # Sizes bounded against memory before any work (they used to run until killed).
+    pytest.param(["--replicates", "2000000000"], "--replicates 2000000000 with --particles 2 needs", id="variance-replicates-2e9"),
+    pytest.param(["--particles", str(10**30)], f"with --particles {10**30} needs", id="variance-particles-1e30"),
 ]
 
 

@@ -224,6 +224,10 @@ BROKEN = {
     "syntax.py": "def model(data)\n    pass\n",
     "imports.py": "import numpy\nraise ValueError('no config found')\n",
     "raises.py": "def model(data):\n    return 1 / 0\n\n\ndef guide(data):\n    pass\n",
+    "exits.py": "import sys\nsys.exit(0)\n",
+    # sys.exit at the model's 3rd call: after the preflight's call, during training.
+    "exits_later.py": STOPPING_COIN.replace('raise RuntimeError("simulated crash")', "raise SystemExit(0)")
+                      .replace('int(os.environ.get("STOP_AT_CALL", "0"))', "3").replace('os.environ["STOP_HOW"]', '"raise"'),
 }
 
 
@@ -239,8 +243,11 @@ BROKEN = {
     ("EXAMPLE:model", "EXAMPLE:guide", "coin.txt", "has suffix '.txt'"),
     ("EXAMPLE:model", "EXAMPLE:guide", "nan.npy", "holds NaN or inf"),
     ("EXAMPLE:model", "EXAMPLE:guide", "wrong_name.npz", "unexpected keyword argument 'flips'"),
+    ("exits.py:model", "auto-normal", "coin.npz", "does not import: SystemExit: sys.exit(0)"),
+    ("exits_later.py:model", "exits_later.py:guide", "coin.npz", "training failed at step 2: "),
 ], ids=["missing-file", "syntax-error", "import-error", "missing-function", "model-raises", "no-colon",
-        "unknown-auto-guide", "bad-npz", "bad-suffix", "nan-data", "wrong-argument-name"])
+        "unknown-auto-guide", "bad-npz", "bad-suffix", "nan-data", "wrong-argument-name", "sys-exit-at-import",
+        "sys-exit-in-training"])
 def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, model, guide, data, message):
     for name, text in BROKEN.items():
         (tmp_path / name).write_text(text)
@@ -259,6 +266,27 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, model, g
     error = capsys.readouterr().err.strip()
     assert status == 2
     assert len(error.splitlines()) == 1 and error.startswith("pyro-vi fit: error:") and message in error, error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("fit", ["--loss", "renyi", "--renyi-alpha", "nan"], "--renyi-alpha must be a finite number"),
+    ("fit", ["--loss", "renyi", "--renyi-alpha", "inf"], "--renyi-alpha must be a finite number"),
+    ("fit", ["--elbo-samples", str(10**30)], f"--elbo-samples {10**30} needs"),
+    ("compare", ["--elbo-samples", str(10**30)], f"--elbo-samples {10**30} needs"),
+    ("compare", ["--particles", str(10**30)], f"--particles {10**30} needs"),
+    ("compare", ["--replicates", str(10**30)], f"--replicates {10**30} with --particles 2 needs"),
+], ids=["renyi-alpha-nan", "renyi-alpha-inf", "fit-elbo-samples-1e30", "compare-elbo-samples-1e30",
+        "compare-particles-1e30", "compare-replicates-1e30"])
+def test_bad_options_are_one_line_exit_2_before_any_work(tmp_path, capsys, command, extra, message):
+    """Each used to train and then hang (sizes), or fail at step 1 as "lower the learning rate" (alpha)."""
+    np.savez(tmp_path / "coin.npz", data=np.ones(10))
+    out = tmp_path / "out"
+    status = cli.main([command, f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(tmp_path / "coin.npz"),
+                       "--num-steps", "2", "--no-progress", *extra, "--out", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(error.splitlines()) == 1 and error.startswith(f"pyro-vi {command}: error:") and message in error, error
     assert not out.exists()
 
 
@@ -306,3 +334,11 @@ def test_compile_flags(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "drop one of them" in error
     assert not (tmp_path / "both").exists()
+
+
+def test_compare_variance_points_beyond_the_steps_measure_every_step_at_once():
+    """``--variance-points 10**30`` used to build a set of 10**30 steps (a hang)."""
+    from pyro_vi.commands.compare import variance_steps
+
+    assert variance_steps(2, 10**30) == [0, 1, 2]
+    assert variance_steps(10, 3) == [0, 5, 10]

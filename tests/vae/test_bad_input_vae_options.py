@@ -41,6 +41,8 @@ OPTION_CASES = [
     pytest.param(["--hidden-dims", "8,-1"], "hidden sizes must be positive", id="hidden-negative"),
     pytest.param(["--hidden-dims", "8,x"], "comma-separated integers", id="hidden-not-integer"),
     pytest.param(["--x-scale", "-1", "--likelihood", "gaussian"], "x_scale must be positive", id="x-scale-negative"),
+    pytest.param(["--x-scale", "1e30", "--likelihood", "gaussian"], "--x-scale must be from 1e-06 to 1e+06", id="x-scale-1e30"),
+    pytest.param(["--iwae-k", str(10**30)], f"--iwae-k {10**30} on 300 test images needs", id="iwae-k-1e30"),
     pytest.param(["--kl-warmup-epochs", "-1"], "warm-up must be >= 0", id="kl-warmup-negative"),
     pytest.param(["--kl-warmup-epochs", "inf"], "warm-up must be >= 0 epochs and finite, got inf", id="kl-warmup-inf"),
     pytest.param(["--kl-warmup-epochs", "nan"], "warm-up must be >= 0 epochs and finite, got nan", id="kl-warmup-nan"),
