@@ -22,8 +22,10 @@ import importlib.util
 import itertools
 import math
 import os
+import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -162,15 +164,20 @@ def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu"
         return Data(None, (), {})
     path = Path(path)
     suffix = path.suffix.lower()
+    _check_regular_file(path)
     if suffix not in DATA_SUFFIXES:
         raise DataError(f"data file {str(path)!r} has suffix {path.suffix or '(none)'!r}; give a {', '.join(DATA_SUFFIXES)} file")
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist; check the path")
     try:
-        arrays = _read(path, suffix)
+        with warnings.catch_warnings():  # the reader's warnings on a bad file: the one line below says it all
+            warnings.simplefilter("ignore")
+            arrays = _read(path, suffix)
     except PyroVIError:
         raise
     except Exception as error:  # noqa: BLE001 - any reader error is a bad file, in one line
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if unsafe:
+            raise DataError(f"data file {str(path)!r} holds Python objects ({unsafe.group(1)}), not only tensors and numbers; "
+                            "it was not loaded because reading it could run code: save tensors (torch.save(tensor, ...))") from None
         message = " ".join(str(error).split())
         raise DataError(f"data file {str(path)!r} cannot be read as {suffix} ({type(error).__name__}: {message})") from None
     args, kwargs = (arrays, {}) if isinstance(arrays, tuple) else ((), arrays)
@@ -179,6 +186,23 @@ def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu"
     if not args and not kwargs:
         raise DataError(f"data file {str(path)!r} holds no arrays")
     return Data(str(path), args, kwargs)
+
+
+def _check_regular_file(path: Path) -> None:
+    """A data path must name a regular file (after symlinks): say what it is otherwise."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"data file {str(path)!r} does not exist; check the path") from None
+    except OSError as error:
+        raise DataError(f"data file {str(path)!r} cannot be opened ({error.strerror or error}); check the path and permissions") from None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    for test, kind in kinds:
+        if test(mode):
+            raise DataError(f"data path {str(path)!r} is {kind}, not a regular file; give a {', '.join(DATA_SUFFIXES)} file")
 
 
 def _read(path: Path, suffix: str):
@@ -191,12 +215,7 @@ def _read(path: Path, suffix: str):
     if suffix == ".npy":
         return (np.load(path, allow_pickle=False),)
     if suffix == ".csv":
-        try:
-            table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=float)
-        except ValueError:  # a header row
-            table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=float, skiprows=1)
-        if table.size == 0:
-            raise DataError(f"data file {str(path)!r} has no numbers")
+        table = _read_csv(path)
         return (table[:, 0] if table.shape[1] == 1 else table,)
     value = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
@@ -206,14 +225,63 @@ def _read(path: Path, suffix: str):
     return (value,)
 
 
+def _read_csv(path: Path):
+    """A table of numbers, one row a line: a first row with no number at all is a header; any other
+    field that is not a number is an error naming its line and column (1-based). UTF-8, with or
+    without a byte-order mark; blank lines are skipped."""
+    import csv
+
+    import numpy as np
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = [(number, row) for number, row in enumerate(csv.reader(file), start=1)
+                    if any(field.strip() for field in row)]
+    except UnicodeDecodeError as error:
+        raise DataError(f"data file {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                        "save it as UTF-8 CSV") from None
+    if rows and not any(_is_number(field) for field in rows[0][1]):
+        rows = rows[1:]  # a header: no field of the row is a number
+    if not rows:
+        raise DataError(f"data file {str(path)!r} has no numbers")
+    width = len(rows[0][1])
+    values = []
+    for number, row in rows:
+        if len(row) != width:
+            raise DataError(f"data file {str(path)!r} line {number} has {len(row)} columns, line {rows[0][0]} has {width}; "
+                            "give every row the same number of values")
+        try:
+            values.append([float(field) for field in row])
+        except ValueError:
+            column = next(i for i, field in enumerate(row, start=1) if not _is_number(field))
+            raise DataError(f"data file {str(path)!r} line {number}, column {column}: {row[column - 1].strip()[:40]!r} is not "
+                            "a number; fix it (a header is a first row with no number at all)") from None
+    return np.asarray(values, dtype=float).reshape(len(values), width)
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
 def _tensor(value, where: str, device) -> Tensor:
+    if torch.is_tensor(value) and value.layout != torch.strided:
+        raise DataError(f"{where} is a {value.layout} tensor; Pyro's distributions need dense tensors: save value.to_dense()")
     try:
         tensor = torch.as_tensor(value)
     except Exception:  # noqa: BLE001
         raise DataError(f"{where} is a {type(value).__name__}, not an array of numbers") from None
     if tensor.is_floating_point():
+        finite_before = bool(torch.isfinite(tensor).all())
         tensor = tensor.to(torch.get_default_dtype())
-        if not bool(torch.isfinite(tensor).all()):
+        if finite_before and not bool(torch.isfinite(tensor).all()):
+            largest = torch.finfo(tensor.dtype).max
+            raise DataError(f"{where} holds values beyond {largest:.3g}, which overflow {tensor.dtype} (the default dtype); "
+                            "rescale the data")
+        if not finite_before:
             raise DataError(f"{where} holds NaN or inf; remove or impute them (or mask them in the model)")
     elif tensor.dtype not in (torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise DataError(f"{where} has dtype {tensor.dtype}; give real, integer or boolean numbers")

@@ -342,3 +342,64 @@ def test_compare_variance_points_beyond_the_steps_measure_every_step_at_once():
 
     assert variance_steps(2, 10**30) == [0, 1, 2]
     assert variance_steps(10, 3) == [0, 5, 10]
+
+
+def _data_file(tmp_path: Path, kind: str) -> Path:
+    """A hostile data file (or path) of each kind."""
+    import collections
+    import datetime
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.npy")
+        return tmp_path / "pipe.npy"
+    if kind == "directory":
+        (tmp_path / "folder.npy").mkdir()
+        return tmp_path / "folder.npy"
+    if kind == "dev-zero":
+        (tmp_path / "zero.npy").symlink_to("/dev/zero")
+        return tmp_path / "zero.npy"
+    if kind == "overflow":
+        np.save(tmp_path / "big.npy", np.array([1e300, 1.0]))
+        return tmp_path / "big.npy"
+    if kind == "sparse":
+        torch.save(torch.eye(3).to_sparse(), tmp_path / "sparse.pt")
+        return tmp_path / "sparse.pt"
+    if kind == "objects":
+        torch.save(collections.OrderedDict(x=datetime.date(2020, 1, 1)), tmp_path / "objects.pt")
+        return tmp_path / "objects.pt"
+    texts = {"csv-typo-first-row": "1.O,2\n3,4\n", "csv-bad-value": "a,b\n1,2\n3,x\n", "csv-ragged": "1,2\n3\n"}
+    (tmp_path / f"{kind}.csv").write_text(texts[kind])
+    return tmp_path / f"{kind}.csv"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("fifo", "is a FIFO (named pipe), not a regular file"),
+    ("directory", "is a directory, not a regular file"),
+    ("dev-zero", "is a character device, not a regular file"),
+    ("overflow", "holds values beyond 3.4e+38, which overflow torch.float32"),
+    ("sparse", "is a torch.sparse_coo tensor; Pyro's distributions need dense tensors"),
+    ("objects", "holds Python objects (datetime.date), not only tensors and numbers"),
+    ("csv-typo-first-row", "line 1, column 1: '1.O' is not a number"),
+    ("csv-bad-value", "line 3, column 2: 'x' is not a number"),
+    ("csv-ragged", "line 2 has 1 columns, line 1 has 2"),
+])
+def test_a_bad_data_file_is_said_for_what_it_is(tmp_path, kind, message):
+    """Each used to be untrue ("does not exist", "holds NaN or inf", "row 0"), a silently dropped
+    first row (any row-1 error was taken for a header), or an "unexpected ... bug" line."""
+    from pyro_vi.commands import user_model
+    from pyro_vi.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        user_model.load_data(_data_file(tmp_path, kind))
+    assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize("text", ["\ufeff1.5,2\n3,4\n", "x,y\n1.5,2\n\n3,4\n", "\ufeffx,y\r\n1.5,2\r\n3,4\r\n"],
+                         ids=["bom", "header-and-blank-line", "bom-header-crlf"])
+def test_a_csv_header_only_when_no_field_is_a_number(tmp_path, text):
+    from pyro_vi.commands import user_model
+
+    (tmp_path / "table.csv").write_text(text, encoding="utf-8")
+    data = user_model.load_data(tmp_path / "table.csv")
+    assert torch.equal(data.args[0], torch.tensor([[1.5, 2.0], [3.0, 4.0]]))
