@@ -106,8 +106,13 @@ def _check_optim(optim):
     elif isinstance(optim, type) and issubclass(optim, pyro.optim.PyroOptim):
         raise ConfigError(f"optim is the class {optim.__name__}, not an instance; pass e.g. pyro.optim.Adam({{'lr': 0.01}})")
     if not isinstance(optim, pyro.optim.PyroOptim):
-        raise ConfigError(f"optim must be a Pyro optimizer (pyro.optim.PyroOptim), got a {type(optim).__name__}; "
-                          "pass e.g. pyro.optim.Adam({'lr': 0.01})")
+        # Pyro's SVI calls any optimizer as optim(params) (a MultiOptimizer, a user's own class).
+        # pyro.optim.Adam itself (a function making a PyroOptim) is the usual slip.
+        wrapper = getattr(optim, "__module__", None) == "pyro.optim.pytorch_optimizers"
+        if wrapper or not callable(optim):
+            raise ConfigError(f"optim must be a Pyro optimizer (pyro.optim.PyroOptim), got a {type(optim).__name__}; "
+                              "pass e.g. pyro.optim.Adam({'lr': 0.01})")
+        return optim
     options = optim.pt_optim_args
     if isinstance(options, dict):
         _check_learning_rate(options.get("lr", 1e-3), "optim's lr")

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -187,13 +188,33 @@ def test_nan_loss_skipped_with_on_nan_skip():
     assert all(torch.isfinite(value).all() for _, value in pyro.get_param_store().items())
 
 
+NAN_MODEL = """
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("obs", dist.Normal(z, 1e-30), obs=data)  # 1e-30 squared underflows: log-density -inf
+
+
+def guide(data):
+    loc = pyro.param("loc", lambda: data.new_zeros(()))
+    pyro.sample("z", dist.Normal(loc, 1.0))
+"""
+
+
 def test_cli_nan_loss_is_one_line_and_writes_nothing(tmp_path, capsys):
     """A Gaussian likelihood with scale 1e-30 overflows to inf at the first step."""
+    (tmp_path / "nan_model.py").write_text(NAN_MODEL)
+    np.save(tmp_path / "data.npy", np.ones(10, dtype=np.float32))
     out = tmp_path / "run"
-    status = cli.main([*RUN, "--likelihood", "gaussian", "--x-scale", "1e-30", "--out", str(out)])
+    status = cli.main(["fit", f"{tmp_path / 'nan_model.py'}:model", f"{tmp_path / 'nan_model.py'}:guide",
+                       "--data", str(tmp_path / "data.npy"), "--no-progress", "--out", str(out)])
     stderr = capsys.readouterr().err
     assert status == 2
-    assert stderr.count("\n") == 1 and "became NaN/inf at epoch 1, step 1" in stderr
+    assert stderr.count("\n") == 1 and "became NaN/inf at step 1" in stderr
     assert "checkpoint" not in stderr  # there is none yet, and it says so by not claiming one
     assert not out.exists() or list(out.iterdir()) == []  # the OUT this failed run created is removed again
 
