@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 
-__all__ = ["HELP", "add_arguments", "variance_steps", "run"]
+__all__ = ["HELP", "add_arguments", "default_replicates", "variance_steps", "run"]
 
 HELP = "train your own model once per gradient estimator from the same start; ELBO, time and gradient variance side by side"
 
@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated pyro_vi estimators (default reparam,score-baseline,rloo)")
     parser.add_argument("--particles", type=int, default=2,
                         help="particles per step for every estimator (default 2: rloo needs two)")
-    parser.add_argument("--replicates", type=int, default=200, help="gradient draws per variance measurement (default 200)")
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="gradient draws per variance measurement (default: sized so that the measurements cost at most "
+                             "about a quarter of the training: min(200, max(20, num_steps / (4 x variance points))) draws, "
+                             "each at most one step's gradient; the run prints the share they took)")
     parser.add_argument("--variance-points", type=int, default=5,
                         help="steps at which the variance is measured, evenly spaced from 0 to --num-steps (default 5)")
 
@@ -48,11 +51,20 @@ def _validate(args: argparse.Namespace) -> list[str]:
 
     fit.validate_common(args)
     names = _args.estimator_names(args.estimators)
+    if args.variance_points >= 1 and args.replicates is None:
+        args.replicates = default_replicates(args.num_steps, args.variance_points)
     if args.replicates < 2:
         raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
     if args.variance_points < 1:
         raise ConfigError(f"--variance-points must be at least 1, got {args.variance_points}")
     return names
+
+
+def default_replicates(num_steps: int, num_points: int) -> int:
+    """Draws per variance measurement when ``--replicates`` is not given: ``num_points`` measurements
+    of R draws cost at most R gradient evaluations each (the loop; fewer when vectorized), so
+    R = num_steps / (4 num_points) keeps them under about a quarter of the training, within [20, 200]."""
+    return min(200, max(20, num_steps // (4 * num_points)))
 
 
 def variance_steps(num_steps: int, num_points: int) -> list[int]:
@@ -103,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
     plt.close(figure)
     print(_table(rows, steps))
+    print(_variance_share(rows, args.replicates))
+    for line in _interpret(rows):
+        print(line)
     print(f"wrote {out}/compare.json and compare.png")
     return 0
 
@@ -200,6 +215,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) 
     try:
         if 0 in due:
             measure(0)
+        initial_measure_seconds = [measure_seconds[0]]
         measure_seconds[0] = 0.0  # only measurements made during training are taken off its clock
         start = time.perf_counter()
 
@@ -222,10 +238,28 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) 
         "final_elbo": elbo, "final_elbo_standard_error": elbo_error,
         "seconds": seconds, "steps_per_second": len(times) / seconds if seconds > 0 else None,
         "variance_seconds": sum(m["seconds"] for m in measured),
+        "measure_seconds": measure_seconds[0] + initial_measure_seconds[0],  # wall clock of every measurement
         "variance": measured,
         "mean_total_variance": sum(m["total_variance"] for m in measured) / len(measured) if measured else None,
         "losses": result.losses, "times": times,
     }
+
+
+def _variance_share(rows: list[dict], replicates: int) -> str:
+    """One line: the time the variance measurements took, against the training time."""
+    measuring = sum(row["measure_seconds"] for row in rows)
+    training = sum(row["seconds"] for row in rows)
+    share = f", {100 * measuring / training:.0f}% of the training time" if training > 0 else ""
+    return f"variance measurements ({replicates} draws each): {measuring:.1f} s{share}"
+
+
+def _interpret(rows: list[dict]) -> list[str]:
+    """``pyro-vi variance``'s reading of a backwards-looking ranking, at the last measured step."""
+    from pyro_vi.commands import variance
+
+    last = [{"estimator": row["estimator"], "num_particles": row["num_particles"],
+             "total_variance": row["variance"][-1]["total_variance"]} for row in rows if row["variance"]]
+    return [line.replace(" at k=", f" at step {rows[0]['variance'][-1]['step']}, k=", 1) for line in variance.interpret(last)]
 
 
 def _table(rows: list[dict], steps: list[int]) -> str:
@@ -247,6 +281,8 @@ def _figure(rows: list[dict], args):
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from pyro_vi.plots.variance import estimator_color
+
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for row in rows:
         elbo = -np.asarray(row["losses"], dtype=float)
@@ -254,14 +290,17 @@ def _figure(rows: list[dict], args):
         smooth = np.convolve(elbo, np.ones(window) / window, mode="valid")
         steps = np.arange(window, len(elbo) + 1)
         seconds = np.asarray(row["times"], dtype=float)[window - 1:]
-        axes[0].plot(steps, smooth, label=row["estimator"])
-        axes[1].plot(seconds, smooth, label=row["estimator"])
+        color = estimator_color(row["estimator"])
+        axes[0].plot(steps, smooth, label=row["estimator"], color=color)
+        axes[1].plot(seconds, smooth, label=row["estimator"], color=color)
         points = row["variance"]
-        axes[2].plot([m["step"] for m in points], [m["total_variance"] for m in points], marker="o", label=row["estimator"])
+        axes[2].plot([m["step"] for m in points], [m["total_variance"] for m in points], marker="o", label=row["estimator"],
+                     color=color)
     axes[0].set(xlabel="step", ylabel="training objective (-loss, running mean)", title="ELBO against steps")
     axes[1].set(xlabel="seconds (training only)", ylabel="training objective (-loss, running mean)", title="ELBO against time")
     axes[2].set(xlabel="step", ylabel="total gradient variance", yscale="log",
-                title=f"gradient variance ({args.replicates} draws, k={args.particles})")
+                title=f"gradient variance ({args.replicates} draws, k={args.particles})\n"
+                      "measured along each run, from the same initial params")
     for axis in axes:
         axis.legend()
     figure.tight_layout()

@@ -11,7 +11,7 @@ import io as _io
 import math
 import warnings
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "measured_at", "interpret", "run"]
 
 HELP = "measure gradient variance / SNR / bias of estimators on a built-in model or your own (FILE.py:MODEL GUIDE)"
 
@@ -164,7 +164,9 @@ def _measure(args, names, label, model, guide, model_args, reference, out) -> in
             summary.append(
                 {
                     "model": label, "estimator": name, "num_particles": num_particles,
-                    "total_variance": result.total_variance, "snr": _finite(result.snr),
+                    "total_variance": result.total_variance,
+                    "total_variance_standard_error": _finite(result.total_variance_standard_error),
+                    "snr": _finite(result.snr),
                     "seconds": result.seconds, "vectorized": result.vectorized,
                 }
             )
@@ -182,16 +184,67 @@ def _measure(args, names, label, model, guide, model_args, reference, out) -> in
                     }
                 )
             print(f"{label} {name} k={num_particles}: total variance {result.total_variance:.4g}, SNR {result.snr:.3g} ({result.seconds:.2f} s)")
+    where = measured_at(args)
     io.write_json(
         out / "variance.json",
-        {"model": label, "guide": args.user_guide, "data": args.data, "checkpoint": args.checkpoint, "replicates": args.replicates, "seed": args.seed, "summary": summary, "skipped": skipped, "params": rows},
+        {"model": label, "guide": args.user_guide, "data": args.data, "checkpoint": args.checkpoint, "measured_at": where,
+         "replicates": args.replicates, "seed": args.seed, "summary": summary, "skipped": skipped, "params": rows},
     )
     io.atomic_write(out / "variance.csv", lambda f: f.write(_csv(rows)), mode="w")
-    plots_variance.total_variance_by_estimator(summary, out / "total_variance.png")
-    plots_variance.variance_vs_particles(summary, out / "variance_vs_particles.png")
-    plots_variance.variance_vs_particles(summary, out / "snr.png", key="snr", ylabel="SNR (mean |mean| / sd)")
-    print(f"wrote {out}/variance.json, variance.csv and figures")
+    plots_variance.total_variance_by_estimator(summary, out / "total_variance.png", where=where)
+    plots_variance.variance_vs_particles(summary, out / "variance_vs_particles.png", where=where)
+    plots_variance.variance_vs_particles(summary, out / "snr.png", key="snr", ylabel="SNR (mean |mean| / sd)", where=where)
+    for line in interpret(summary):
+        print(line)
+    print(f"wrote {out}/variance.json, variance.csv and figures (measured at {where})")
     return 0
+
+
+def measured_at(args) -> str:
+    """Where the gradients were measured, for titles and the JSON: "initial params", "the exact
+    posterior" (``--at-posterior``) or "checkpoint PATH at step k"."""
+    if args.checkpoint is not None:
+        from pyro_vi.engine import checkpoint
+
+        step = checkpoint.load(args.checkpoint, broadcast=False).get("run", {}).get("step")
+        return f"checkpoint {args.checkpoint}" + ("" if step is None else f" at step {step}")
+    if getattr(args, "at_posterior", False):
+        return "the exact posterior"
+    return "initial params"
+
+
+# Score-function estimators whose baseline (a running average, a network, the other particles)
+# removes the learning signal's mean: their variance vanishes where that signal is constant in z.
+_BASELINED = ("score-baseline", "score-nn-baseline", "rloo")
+
+
+def interpret(summary: list[dict]) -> list[str]:
+    """At most one line reading a ranking that looks like a bug but is not: a baselined score
+    estimator with less variance than a pathwise one at the same particle count (the largest such
+    ratio). Near the optimum the learning signal log p(x, z) - log q(z) is nearly constant in z
+    (exactly log p(x) at q = posterior), so a baselined score estimator's variance goes to zero
+    while reparam's does not (stl's does). Empty when nothing reads backwards."""
+    from pyro_vi.estimators import get_estimator
+
+    def pathwise(row: dict) -> bool:  # every summary row's estimator was built at its particle count
+        return bool(get_estimator(row["estimator"], num_particles=row["num_particles"]).pathwise)
+
+    cases = []
+    for low in summary:
+        for high in summary:
+            if (low["estimator"] in _BASELINED and high["estimator"] != "stl" and pathwise(high)
+                    and low["num_particles"] == high["num_particles"] and 0 <= low["total_variance"] < high["total_variance"]):
+                ratio = high["total_variance"] / low["total_variance"] if low["total_variance"] > 0 else float("inf")
+                cases.append((ratio, low, high))
+    if not cases:
+        return []
+    ratio, low, high = max(cases, key=lambda case: case[0])
+    times = "far" if ratio == float("inf") else f"{ratio:.3g}x"
+    return [
+        f"note: {high['estimator']} has {times} the variance of {low['estimator']} at k={low['num_particles']}: not a bug; "
+        f"at q ~ posterior a baselined score estimator's variance goes to zero (log p(x, z) - log q(z) is nearly "
+        f"constant in z, and the baseline removes that constant), {high['estimator']}'s does not"
+    ]
 
 
 def _finite(value: float) -> float | None:

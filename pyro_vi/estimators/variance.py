@@ -52,6 +52,9 @@ class GradientVariance(NamedTuple):
     seconds: float
     vectorized: bool
     baseline_warmup: int = 0  # score-baseline: evaluations that warmed up its running average
+    # Standard error of total_variance: sd over replicates of ||g_r - mean||^2, / sqrt(R), times R / (R - 1)
+    # (the fourth moment it needs comes from the draws themselves: no Gaussian assumption).
+    total_variance_standard_error: float = float("nan")
 
 
 # score-baseline: evaluations that warm up its running average when the store has none.
@@ -126,9 +129,9 @@ def gradient_variance(
         if snapshot is not None:
             params.restore(snapshot)
         rng.set_state(rng_state)
-    mean, variance = statistics
+    mean, variance, total_variance_standard_error = statistics
     return _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized)._replace(
-        baseline_warmup=num_warmup
+        baseline_warmup=num_warmup, total_variance_standard_error=total_variance_standard_error
     )
 
 
@@ -163,7 +166,8 @@ def _data_errors():
 
 
 def _replicates(estimator, model, guide, args, kwargs, names, tensors, modules, num_replicates, chunk_size, vectorize):
-    """(mean and variance per param, vectorized?, seconds): one batched pass, else the loop."""
+    """((mean and variance per param, standard error of their total), vectorized?, seconds): one
+    batched pass, else the loop."""
     replicate_rng = rng.get_state()
     start = time.perf_counter()
     if vectorize is not False:
@@ -257,7 +261,8 @@ def _looped(estimator, model, guide, args, kwargs, tensors, num_replicates) -> l
 
 
 def _combine(chunks):
-    """Mean and unbiased variance per param from chunks of replicates (Chan et al.'s merge)."""
+    """Mean and unbiased variance per param from chunks of replicates (Chan et al.'s merge), and the
+    standard error of the total variance (a second pass over the chunks, which are kept anyway)."""
     count, mean, m2 = 0, None, None
     for chunk in chunks:
         n = chunk[0].shape[0]
@@ -271,7 +276,13 @@ def _combine(chunks):
         mean = [m + d * n / total for m, d in zip(mean, delta)]
         m2 = [a + b + d**2 * count * n / total for a, b, d in zip(m2, chunk_m2, delta)]
         count = total
-    return mean, [m / (count - 1) for m in m2]
+    # Total variance = sum_r d_r / (R - 1) with d_r = ||g_r - mean||^2 over all params: its standard
+    # error is that of a mean of the d_r, scaled by R / (R - 1).
+    squared_deviations = torch.cat(
+        [sum(((g - mu) ** 2).reshape(g.shape[0], -1).sum(1) for g, mu in zip(chunk, mean)) for chunk in chunks]
+    )
+    standard_error = float(squared_deviations.std() / count**0.5 * count / (count - 1))
+    return mean, [m / (count - 1) for m in m2], standard_error
 
 
 def _summarize(estimator, names, num_replicates, mean, variance, reference, seconds, vectorized) -> GradientVariance:
