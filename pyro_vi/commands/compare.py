@@ -51,12 +51,12 @@ def _validate(args: argparse.Namespace) -> list[str]:
 
     fit.validate_common(args)
     names = _args.estimator_names(args.estimators)
-    if args.variance_points >= 1 and args.replicates is None:
+    if args.variance_points < 1:
+        raise ConfigError(f"--variance-points must be at least 1, got {args.variance_points}")
+    if args.replicates is None:
         args.replicates = default_replicates(args.num_steps, args.variance_points)
     if args.replicates < 2:
         raise ConfigError(f"--replicates must be at least 2 (a variance needs two draws), got {args.replicates}")
-    if args.variance_points < 1:
-        raise ConfigError(f"--variance-points must be at least 1, got {args.variance_points}")
     return names
 
 
@@ -300,7 +300,8 @@ def _figure(rows: list[dict], args):
     axes[1].set(xlabel="seconds (training only)", ylabel="training objective (-loss, running mean)", title="ELBO against time")
     axes[2].set(xlabel="step", ylabel="total gradient variance", yscale="log",
                 title=f"gradient variance ({args.replicates} draws, k={args.particles})\n"
-                      "measured along each run, from the same initial params")
+                      "measured during training; step 0: initial params")
+    axes[2].title.set_fontsize(10)
     for axis in axes:
         axis.legend()
     figure.tight_layout()

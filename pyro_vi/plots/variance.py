@@ -10,6 +10,7 @@ of a column of dots.
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def total_variance_by_estimator(rows: list[dict], path: Path | None = None, wher
 def _two_se(row: dict, key: str = "total_variance") -> float | None:
     """Twice the row's standard error of ``key`` (None when it has none or it is not finite)."""
     error = row.get(f"{key}_standard_error")
-    return 2 * error if isinstance(error, (int, float)) and error == error and error != float("inf") else None
+    return 2 * error if isinstance(error, (int, float)) and math.isfinite(error) else None
 
 
 def variance_vs_particles(rows: list[dict], path: Path | None = None, key: str = "total_variance",

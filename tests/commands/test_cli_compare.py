@@ -20,7 +20,7 @@ def test_one_row_per_estimator_and_a_refused_one_skipped(tmp_path, capsys):
     one line and the three others are trained and measured (variance at steps 0 and 20)."""
     out = tmp_path / "compare"
     assert cli.main(["compare", *COIN, "--estimators", "reparam,score-baseline,enum,rloo", "--num-steps", "20",
-                     "--replicates", "20", "--variance-points", "2", "--elbo-samples", "10", "--learning-rate", "0.05",
+                     "--variance-points", "2", "--elbo-samples", "10", "--learning-rate", "0.05",
                      "--no-progress", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     skipped_lines = [line for line in captured.err.splitlines() if "skipping" in line]
@@ -38,6 +38,27 @@ def test_one_row_per_estimator_and_a_refused_one_skipped(tmp_path, capsys):
     assert (out / "compare.png").stat().st_size > 0
     table = captured.out
     assert all(name in table for name in ("reparam", "score-baseline", "rloo")) and "final ELBO" in table
+    # --replicates not given: sized from the steps (here the floor, 20), and the share of time said
+    assert report["replicates"] == 20
+    assert "variance measurements (20 draws each)" in table and "% of the training time" in table
+
+
+def test_default_replicates_are_a_quarter_of_the_steps_within_bounds(capsys):
+    """points x draws <= steps / 4 between the floor (20) and the old default (200)."""
+    from pyro_vi.commands import compare
+
+    assert compare.default_replicates(1000, 5) == 50
+    assert compare.default_replicates(100_000, 5) == 200 and compare.default_replicates(10, 5) == 20
+    assert "a quarter of the training" in " ".join(compare_help(capsys).split())
+    # --variance-points 0 is refused in one line before the default is computed
+    assert cli.main(["compare", *COIN, "--variance-points", "0", "--no-progress"]) == 2
+    assert "--variance-points must be at least 1" in capsys.readouterr().err
+
+
+def compare_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("estimators, position", [("score,reparam", 1), ("reparam,score", 0)],

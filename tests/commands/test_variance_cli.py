@@ -108,6 +108,7 @@ def test_user_model_at_the_initial_params_and_at_a_fit_checkpoint(tmp_path):
                      "--out", str(tmp_path / "init")]) == 0
     at_init = json.loads((tmp_path / "init" / "variance.json").read_text())
     assert at_init["model"] == COIN[0] and at_init["guide"] == COIN[1] and at_init["checkpoint"] is None
+    assert at_init["measured_at"] == "initial params"
     assert {row["param"] for row in at_init["params"]} == {"alpha_q", "beta_q"}
 
     fitted = tmp_path / "fit"
@@ -115,7 +116,9 @@ def test_user_model_at_the_initial_params_and_at_a_fit_checkpoint(tmp_path):
                      "--posterior-samples", "10", "--out", str(fitted)]) == 0
     assert cli.main(["variance", *COIN, "--estimators", "reparam", "--replicates", "20", "--checkpoint",
                      str(fitted / "checkpoint.pt"), "--out", str(tmp_path / "trained")]) == 0
-    trained = json.loads((tmp_path / "trained" / "variance.json").read_text())["summary"][0]
+    trained_report = json.loads((tmp_path / "trained" / "variance.json").read_text())
+    assert trained_report["measured_at"] == f"checkpoint {fitted / 'checkpoint.pt'} at step 30"
+    trained = trained_report["summary"][0]
 
     pair = user_model.build(*COIN[:2], user_model.load_data(COIN[3]), seed=0)
     store = pyro.get_param_store()

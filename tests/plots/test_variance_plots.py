@@ -6,8 +6,8 @@ import matplotlib.colors
 import pytest
 
 from pyro_vi.commands import variance as variance_command
-from pyro_vi.plots import variance as plots_variance
 from pyro_vi.estimators import ESTIMATORS
+from pyro_vi.plots import variance as plots_variance
 
 ROWS = [{"estimator": e, "num_particles": k, "total_variance": v / k, "total_variance_standard_error": 0.1 * v / k, "snr": 1.0}
         for e, v in (("score", 50.0), ("reparam", 1.0)) for k in (2, 4, 16)] + [
