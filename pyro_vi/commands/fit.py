@@ -4,13 +4,19 @@ GUIDE may be an auto guide built on the model (``auto-normal``, ``auto-diagonal-
 ``auto-lowrank-mvn``, ``auto-delta``). Training is ``pyro_vi.fit`` (checkpoints, exact ``--resume``,
 NaN check, Ctrl-C exits 130 after the checkpoint). Writes into OUT, which is locked while it runs:
 
-    metrics.json    loss per step, final ELBO (and its Monte Carlo SE), steps per second, seconds, ...
+    metrics.json    loss per step, final ELBO (and its Monte Carlo SE), steps per second, seconds, the
+                    convergence note (does the smoothed ELBO still move over the last tenth?), ...
+    metrics.jsonl   one line every --metrics-every steps WHILE the run goes (tail -f it): step, loss,
+                    smoothed ELBO, steps per second; --tensorboard: the same in OUT/tensorboard
     params.pt       the fitted params, constrained ({name: tensor}; torch.load(weights_only=True))
     loss.png        the loss per step
-    posterior.csv   site,index,mean,sd,q5,q50,q95 of every latent site (Predictive with the guide)
+    traces.png      the smoothed ELBO and every param (an auto guide: each site's loc and scale) per step
+    posterior.csv   site,index,mean,sd,q5,q50,q95 of every latent site, drawn from the guide
+                    (pyro_vi.engine.posterior.draws: any model's plates; a site that cannot be drawn is
+                    listed in metrics.json, not fatal)
     checkpoint.pt   written by the engine (every --checkpoint-every steps, at the end, on Ctrl-C)
 
-Everything but the checkpoint is written after training, each file atomically.
+Everything but the checkpoint and metrics.jsonl is written after training, each file atomically.
 """
 
 from __future__ import annotations
@@ -94,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every this many steps (default 0: at the end)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, exactly")
     parser.add_argument("--posterior-samples", type=int, default=1000, help="draws for posterior.csv (default 1000)")
+    parser.add_argument("--metrics-every", type=int, default=None,
+                        help="append a line to OUT/metrics.jsonl every this many steps while training (default: a "
+                        "hundredth of --num-steps, at least 1)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the metrics as TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)")
     add_compile(parser)
 
 
@@ -181,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vi import io, preflight
     from pyro_vi.commands import user_model
     from pyro_vi.commands._args import check_compile, compile_mode
+    from pyro_vi.commands._monitor import check_tensorboard, default_every
+    from pyro_vi.engine import posterior
+    from pyro_vi.plots import fit as fit_plots
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import CheckpointError, ConfigError, OutputError
 
@@ -190,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-every must be >= 0 (0: only at the end), got {args.checkpoint_every}")
     if args.posterior_samples < 2:
         raise ConfigError(f"--posterior-samples must be at least 2 (an sd needs two draws), got {args.posterior_samples}")
+    if args.metrics_every is not None and args.metrics_every < 1:
+        raise ConfigError(f"--metrics-every must be at least 1, got {args.metrics_every}")
+    if args.tensorboard:
+        check_tensorboard()
     checkpoint = io.check_output_path(args.out) / "checkpoint.pt"
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues OUT's run and --overwrite starts it over; pass one of them")
@@ -218,16 +236,24 @@ def run(args: argparse.Namespace) -> int:
             "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,
                       "learning_rate": args.learning_rate, "seed": args.seed},
         }
-        result = _train(args, pair, loss, optim, checkpoint, config)
+        monitor = _Monitor(out, pair.guide, args.num_steps, args.metrics_every or default_every(args.num_steps), {},
+                           args.resume, args.tensorboard)
+        try:
+            result = _train(args, pair, loss, optim, checkpoint, config, monitor)
+        except BaseException:
+            monitor.close() if checkpoint.is_file() else monitor.discard()  # no checkpoint: nothing to resume
+            raise
+        monitor.close()
 
         # 2. What the fit found, computed before anything is written.
         elbo, elbo_error = _final_elbo(loss, loss_name, pair, args.elbo_samples)
-        # A model that Predictive cannot run (e.g. shape asserts that break under its vectorized
-        # draws) still gets its fit written; the summary's failure is reported in one line.
+        # Draws from the guide, one guide call per draw (any model's plates); a site that cannot be
+        # drawn is listed, and an error drawing the rest is one line: the fit is written either way.
         try:
-            summary, summary_error = _posterior(pair, sites, args.posterior_samples), None
+            summary, undrawn, summary_error = *_posterior(pair, args.posterior_samples), None
         except user_model.ModelError as error:
-            summary, summary_error = [], str(error)
+            summary, undrawn, summary_error = [], {}, str(error)
+        converged = posterior.convergence(result.losses)
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"]
         metrics = {
             "model": args.model, "guide": args.guide, "data": args.data, "data_shapes": data.describe(),
@@ -243,6 +269,9 @@ def run(args: argparse.Namespace) -> int:
             "sites_not_in_guide": [name for name in sites if name not in guide_sites],
             "posterior_samples": args.posterior_samples,
             "posterior_summary_error": summary_error,
+            "posterior_sites_not_drawn": undrawn,
+            "convergence": converged,
+            "metrics_every": monitor.every,
             "params": {name: list(value.shape) for name, value in result.params.items()},
             "losses": result.losses,
         }
@@ -250,15 +279,18 @@ def run(args: argparse.Namespace) -> int:
         buffer = _io.BytesIO()
         torch.save(params, buffer)
         figure = _loss_figure(result.losses, loss_name)
+        trace_figure = fit_plots.traces(monitor.trace, result.losses, converged)
 
         # 3. Write: every file atomically, metrics.json last.
         io.atomic_write(out / "params.pt", lambda file: file.write(buffer.getbuffer()))
         if summary_error is None:
             io.atomic_write(out / "posterior.csv", lambda file: file.write(_csv(summary)), mode="w")
         io.save_figure(figure, out / "loss.png", dpi=100)
+        io.save_figure(trace_figure, out / "traces.png", dpi=100)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+        plt.close(trace_figure)
         io.write_json(out / "metrics.json", metrics)
     print(f"{args.model} with {args.guide}: {result.steps} steps ({result.steps_this_call} now, "
           f"{result.steps_per_second:.0f} steps/s, {result.seconds:.1f} s); final ELBO {elbo:.4g} +- {elbo_error:.2g}")
@@ -267,9 +299,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {row.site}{index}: mean {row.mean:.4g}, sd {row.sd:.3g}, 90% interval [{row.q5:.4g}, {row.q95:.4g}]")
     if len(summary) > 12:
         print(f"  ... {len(summary) - 12} more rows in posterior.csv")
+    for name, why in undrawn.items():
+        print(f"pyro-vi fit: note: {name} is not in posterior.csv: {why}", file=sys.stderr)
     if summary_error is not None:
         print(f"pyro-vi fit: note: no posterior.csv: {summary_error}", file=sys.stderr)
-    print(f"wrote {out}/metrics.json, params.pt, loss.png{'' if summary_error else ', posterior.csv'}, checkpoint.pt")
+    print(converged["note"])
+    print(f"wrote {out}/metrics.json, metrics.jsonl, params.pt, loss.png, traces.png"
+          f"{'' if summary_error else ', posterior.csv'}, checkpoint.pt")
     return 0
 
 
@@ -279,25 +315,27 @@ def _spec_name(spec: str) -> str:
     return f"{Path(path).name}:{name}" if separator else spec
 
 
-def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
-    """``pyro_vi.fit`` with the checkpoint in OUT; a model raising mid-run is one line naming the step."""
+def _Monitor(*options):
+    from pyro_vi.commands._monitor import Monitor
+    from pyro_vi.engine.autocompile import reads_only
+
+    return reads_only(Monitor(*options))  # it reads params and losses: fit's default compile still applies
+
+
+def _train(args, pair, loss, optim, checkpoint: Path, config: dict, monitor):
+    """``pyro_vi.fit`` with the checkpoint in OUT and ``monitor`` as the callback; a model raising
+    mid-run is one line naming the step."""
     from pyro_vi import engine
     from pyro_vi.commands import user_model
     from pyro_vi.commands._args import compile_mode
-    from pyro_vi.engine.autocompile import reads_only
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
-
-    completed = [0]
-
-    @reads_only  # it counts steps: fit's default compile still applies
-    def count(step: int, _loss) -> None:
-        completed[0] = step
 
     try:
         return engine.fit(
             pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
-            callback=count, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
+            callback=monitor, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
             resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, compile=compile_mode(args),
+            state=monitor.state,
         )
     except TrainingInterrupted as interrupted:
         raise TrainingInterrupted(f"interrupted at step {interrupted.step} of {args.num_steps}; checkpoint saved to "
@@ -310,7 +348,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict):
         saved = ""
         if checkpoint.is_file():
             saved = f"; {str(checkpoint)!r} holds the last checkpoint: fix the model and rerun with --resume"
-        raise user_model.ModelError(f"training failed at step {completed[0] + 1}: {pair.model_spec} or {pair.guide_spec} "
+        raise user_model.ModelError(f"training failed at step {monitor.completed + 1}: {pair.model_spec} or {pair.guide_spec} "
                                     f"raised {user_model.describe_failure(error, pair.files)}{saved}") from None
 
 
@@ -324,14 +362,16 @@ def _final_elbo(loss, loss_name: str, pair, num_samples: int) -> tuple[float, fl
         raise user_model.ModelError(f"estimating the final ELBO failed: {user_model.describe_failure(error, pair.files)}") from None
 
 
-def _posterior(pair, sites: list[str], num_samples: int):
+def _posterior(pair, num_samples: int):
+    """(posterior.csv's rows, the latent sites not drawn -> why), from ``num_samples`` guide draws."""
     from pyro_vi.commands import user_model
+    from pyro_vi.engine import posterior
 
     try:
-        return user_model.posterior_summary(pair, sites, num_samples)
-    except user_model.USER_FAILURES as error:  # noqa: BLE001
-        raise user_model.ModelError(f"summarizing the posterior (Predictive with the guide) failed: "
-                                    f"{user_model.describe_failure(error, pair.files)}") from None
+        draws = posterior.draws(pair.model, pair.guide, *pair.args, num_samples=num_samples)
+    except user_model.USER_FAILURES as error:  # noqa: BLE001 - the guide itself raised
+        raise user_model.ModelError(f"drawing from the guide failed: {user_model.describe_failure(error, pair.files)}") from None
+    return user_model.summary_rows(posterior.summary(draws)), draws.undrawn
 
 
 def _csv(rows) -> str:

@@ -39,7 +39,7 @@ from pyro_vi.engine import params
 from pyro_vi.errors import CheckpointError, DataError, PyroVIError
 
 __all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "USER_FAILURES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
-           "make_guide", "build", "probe", "latent_sites", "posterior_summary", "estimate_elbo", "restore_params",
+           "make_guide", "build", "probe", "latent_sites", "summary_rows", "estimate_elbo", "restore_params",
            "describe_failure"]
 
 
@@ -394,27 +394,15 @@ class SiteSummary(NamedTuple):
     q95: float
 
 
-def posterior_summary(pair: Pair, sites: dict[str, tuple], num_samples: int) -> list[SiteSummary]:
-    """Mean, sd and 5/50/95% quantiles of every element of ``sites`` (name -> shape of one draw)
-    under the fitted guide (``pyro.infer.Predictive(model, guide=guide)``, one draw at a time, so
-    any model works)."""
-    from pyro.infer import Predictive
-
-    if not sites:
-        return []
-    with torch.no_grad(), pyro.validation_enabled(False):
-        samples = Predictive(pair.model, guide=pair.guide, num_samples=num_samples, return_sites=list(sites),
-                             parallel=False)(*pair.args)
+def summary_rows(table: dict) -> list[SiteSummary]:
+    """posterior.csv's rows, one per element of each site, from ``pyro_vi.engine.posterior.summary``."""
     rows = []
-    for site in sites:
-        values = samples[site].detach().to("cpu", torch.float64).reshape(num_samples, -1)  # (num_samples, elements)
-        shape = tuple(sites[site]) if math.prod(sites[site]) == values.shape[1] else tuple(samples[site].shape[1:])
-        quantiles = torch.quantile(values, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64), dim=0)
-        sd = values.std(0) if num_samples > 1 else torch.zeros(values.shape[1], dtype=torch.float64)
-        for element in range(values.shape[1]):
+    for site, stats in table.items():
+        shape = tuple(stats["mean"].shape)
+        flat = {key: value.reshape(-1) for key, value in stats.items()}
+        for element in range(flat["mean"].numel()):
             index = ",".join(map(str, _unravel(element, shape)))
-            rows.append(SiteSummary(site, index, float(values[:, element].mean()), float(sd[element]),
-                                    float(quantiles[0, element]), float(quantiles[1, element]), float(quantiles[2, element])))
+            rows.append(SiteSummary(site, index, *(float(flat[key][element]) for key in ("mean", "sd", "q5", "q50", "q95"))))
     return rows
 
 

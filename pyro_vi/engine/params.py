@@ -20,6 +20,8 @@ else. Everything outside ``pyro_vi.engine.params`` uses only the functions below
   per-particle loss and surrogate (pyro_vi's score-graph family reuses Pyro's own code)
 * :func:`standard_normal_replaced`                 torch's and Pyro's ``_standard_normal`` (the noise
   of every Gaussian rsample) replaced for a block
+* :func:`auto_continuous_loc_scale`, :func:`module_name`   an ``AutoContinuous`` guide's loc and scale per
+  site, a ``PyroModule``'s param prefix (what ``pyro_vi.engine.posterior`` traces)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 from typing import Callable, Iterator, Mapping
 
 import pyro
+import torch
 from pyro import poutine
 from pyro.infer.trace_elbo import _compute_log_r
 from torch import Tensor, nn
@@ -53,6 +56,8 @@ __all__ = [
     "tracegraph_particles",
     "tracegraph_particle_loss",
     "standard_normal_replaced",
+    "auto_continuous_loc_scale",
+    "module_name",
 ]
 
 # Trace_ELBO's per-plate detached log-ratio (score-function estimators' cost): Pyro's own function,
@@ -253,3 +258,27 @@ def is_hidden(site) -> bool:
     """Whether Pyro marked a sample site to stay out of traces (its private ``_do_not_trace`` flag,
     set on sites a handler adds for itself)."""
     return bool(site["infer"].get("_do_not_trace"))
+
+
+def auto_continuous_loc_scale(guide) -> dict[str, tuple[Tensor, Tensor]] | None:
+    """An ``AutoContinuous`` guide's (``AutoDiagonalNormal``, ``AutoMultivariateNormal``, ...) loc and
+    marginal scale split per latent site, unconstrained (its private ``_loc_scale`` and
+    ``_unpack_latent``): site -> (loc, scale), detached. ``None`` for any other guide, one that has not
+    run yet, or one without a loc and scale (a normalizing flow)."""
+    from pyro.infer.autoguide import AutoContinuous
+
+    if not isinstance(guide, AutoContinuous) or guide.prototype_trace is None:
+        return None
+    try:
+        loc, scale = guide._loc_scale()
+    except NotImplementedError:
+        return None
+    with torch.no_grad():
+        locs = {site["name"]: value.detach() for site, value in guide._unpack_latent(loc)}
+        scales = {site["name"]: value.detach() for site, value in guide._unpack_latent(scale)}
+    return {name: (locs[name], scales[name]) for name in locs}
+
+
+def module_name(module) -> str | None:
+    """The name prefix of a ``PyroModule``'s params in the store (its ``_pyro_name``), else ``None``."""
+    return getattr(module, "_pyro_name", None)
