@@ -2,7 +2,8 @@
 
 Every module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; the
 argument helpers they share are in :mod:`pyro_vi.commands._args`, the user's own model and data
-files in :mod:`pyro_vi.commands.user_model`. Modules are imported by ``pyro_vi.cli`` on demand.
+files in :mod:`pyro_vi.commands.user_model`, what ``fit`` writes while it runs in
+:mod:`pyro_vi.commands._monitor`. Modules are imported by ``pyro_vi.cli`` on demand.
 """
 
 __all__ = ["bench", "compare", "fit", "gap", "gmm", "user_model", "vae", "variance"]

@@ -1,6 +1,8 @@
 """The engine: one SVI loop for any Pyro model and guide, and what it stands on.
 
 * :mod:`~pyro_vi.engine.loop`         ``fit`` and ``FitResult``: the SVI loop
+* :mod:`~pyro_vi.engine.posterior`    draws and a summary from a fitted guide (any model's plates), the
+  convergence test of a run, the param trace
 * :mod:`~pyro_vi.engine.arguments`    checks of ``fit``'s arguments, before any work
 * :mod:`~pyro_vi.engine.subsample`    ``PerStep``, ``EpochSubsample``: per-step arguments, minibatches
 * :mod:`~pyro_vi.engine.resume`       a resumed run: params restored as created, the warm-up
@@ -19,8 +21,8 @@
 """
 
 from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
-    arguments, autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, programs, resume, rng,
-    samplers, subsample, surrogate,
+    arguments, autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, posterior, programs,
+    resume, rng, samplers, subsample, surrogate,
 )
 from pyro_vi.engine.loop import FitResult, fit
 from pyro_vi.engine.subsample import EpochSubsample, PerStep

@@ -19,6 +19,7 @@ site's own shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Mapping
 
@@ -208,9 +209,10 @@ def convergence(losses, fraction: float = 0.1, min_steps: int = 20) -> dict:
         min_steps: the smallest window; shorter runs get ``converged: None``.
 
     Returns:
-        ``{"converged": bool | None, "window": steps tested, "elbo_change": change of the fitted ELBO
-        across the window, "noise": its standard error, "threshold": the change counted as moving,
-        "smoothed_elbo": mean ELBO of the last batch, "note": one line saying so}``.
+        A dict: ``converged`` (bool, or None when the run is too short to tell), ``window`` (steps
+        tested), ``elbo_change`` (change of the fitted ELBO across the window), ``noise`` (its
+        standard error), ``threshold`` (the change counted as moving), ``smoothed_elbo`` (mean ELBO of
+        the last batch) and ``note`` (one line saying so).
     """
     values = torch.tensor([float(x) for x in losses if math.isfinite(float(x))], dtype=torch.float64)
     window = max(min_steps, math.ceil(fraction * len(values)))
@@ -257,6 +259,8 @@ class ParamTrace:
     """
 
     def __init__(self, guide: Callable | None = None, max_elements: int = 8):
+        while isinstance(guide, functools.partial):  # data bound by name: the auto guide is inside
+            guide = guide.func
         self.guide = guide
         self.max_elements = max_elements
         self.steps: list[int] = []

@@ -64,6 +64,24 @@ def guide(data):
 """
 
 
+# The issue's hierarchical logistic regression: group intercepts in a plate, then x @ beta with beta an
+# event of 3 outside every plate (Predictive with AutoNormal failed here: "320x3 and 1x3").
+HIERARCHICAL = """
+import pyro
+import pyro.distributions as dist
+
+
+def model(x, group, y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("groups", 4):
+        alpha = pyro.sample("alpha", dist.Normal(mu, sigma))
+    beta = pyro.sample("beta", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Bernoulli(logits=alpha[group] + x @ beta), obs=y)
+"""
+
+
 def _posterior(out: Path) -> dict:
     with open(out / "posterior.csv") as file:
         return {(row["site"], row["index"]): {key: float(row[key]) for key in ("mean", "sd", "q5", "q50", "q95")}
@@ -120,6 +138,59 @@ def test_auto_guides_and_npz_keywords(tmp_path, guide):
         assert all(row["sd"] == 0 for row in rows.values())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data_shapes"] == {"x": [20], "y": [20]} and metrics["guide"] == guide
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("guide", ["auto-normal", "auto-diagonal-normal"])
+def test_hierarchical_logistic_regression_gets_posterior_traces_and_metrics_lines(tmp_path, capsys, guide):
+    """posterior.csv from guide draws (every site at its own shape), metrics.jsonl every 10 steps,
+    traces.png (AutoNormal's params; AutoDiagonalNormal's loc and scale per site, in the checkpoint's
+    state) and the convergence note."""
+    (tmp_path / "logistic.py").write_text(HIERARCHICAL)
+    generator = np.random.default_rng(0)
+    x = generator.normal(size=(320, 3))
+    np.savez(tmp_path / "data.npz", x=x, group=generator.integers(0, 4, 320), y=(x @ [1.0, -1.0, 0.5] > 0).astype(float))
+    out = tmp_path / "out"
+    assert cli.main(["fit", f"{tmp_path / 'logistic.py'}:model", guide, "--data", str(tmp_path / "data.npz"),
+                     "--num-steps", "30", "--metrics-every", "10", *QUIET, "--out", str(out)]) == 0
+    assert set(_posterior(out)) == {("mu", ""), ("sigma", "")} | {("alpha", str(i)) for i in range(4)} | {
+        ("beta", str(i)) for i in range(3)}
+    lines = _jsonl(out / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [10, 20, 30]
+    assert all(line["skipped_steps"] == 0 and line["steps_per_second"] > 0 for line in lines)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert lines[-1]["elbo_smoothed"] == pytest.approx(-np.mean(metrics["losses"][20:]))
+    assert (out / "traces.png").stat().st_size > 0
+    convergence = metrics["convergence"]
+    assert convergence["window"] == 20 and convergence["converged"] in (True, False)
+    output = capsys.readouterr()
+    assert convergence["note"] in output.out and output.err == ""
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["run"]["state"]["param_trace"]
+    assert state["steps"][-1] == 30
+    if guide == "auto-diagonal-normal":
+        assert {"beta loc", "beta scale", "alpha loc", "sigma scale"} <= set(state["values"])
+        assert len(state["values"]["beta loc"][-1]) == 3
+    else:
+        assert "AutoNormal.locs.beta" in state["values"]
+
+
+def test_tensorboard_option(tmp_path, capsys):
+    """--tensorboard writes event files when the package is present, else is one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    argv = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "4", *QUIET,
+            "--tensorboard", "--out", str(out)]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert cli.main(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "pip install tensorboard" in error and not out.exists()
+    else:
+        assert cli.main(argv) == 0
+        assert any(path.name.startswith("events.") for path in (out / "tensorboard").iterdir())
 
 
 def test_positional_csv_data(tmp_path):
@@ -181,6 +252,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch,
     whole_losses = json.loads((tmp_path / "whole" / "metrics.json").read_text())["losses"]
     resumed_metrics = json.loads((stopped / "metrics.json").read_text())
     assert resumed_metrics["losses"] == whole_losses and resumed_metrics["steps_this_call"] == 40 - (20 if how == "raise" else 25)
+    # metrics.jsonl: the stopped run's lines past its checkpoint were dropped before the resumed run wrote its own
+    assert [line["step"] for line in _jsonl(stopped / "metrics.jsonl")] == list(range(1, 41))
+    assert [line["loss"] for line in _jsonl(stopped / "metrics.jsonl")] == whole_losses
 
 
 def test_a_crash_before_any_checkpoint_leaves_no_output_directory(tmp_path, monkeypatch, capsys):
