@@ -11,7 +11,7 @@ import argparse
 __all__ = [
     "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "add_output", "add_compile", "check_compile", "compile_mode",
     "add_no_progress",
-    "estimator_names",
+    "estimator_names", "hidden_dims", "x_scale", "X_SCALES",
 ]
 
 
@@ -140,3 +140,34 @@ def estimator_names(text: str) -> list[str]:
     if not names or unknown:
         raise ConfigError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(ESTIMATORS)}")
     return names
+
+
+# Argument types of the VAE commands (vae, gap).
+
+
+def hidden_dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be comma-separated integers, got {text!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
+    return dims
+
+
+def x_scale(text: str) -> float | None:
+    if text == "learned":
+        return None
+    try:
+        scale = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--x-scale takes a positive number or 'learned', got {text!r}") from None
+    # Pixels lie in [0, 1]: a scale far outside [1e-6, 1e6] makes the likelihood flat or its float32
+    # arithmetic (scale squared) overflow.
+    if scale > 0 and not X_SCALES[0] <= scale <= X_SCALES[1]:  # zero, negative, NaN: VAE says why
+        raise argparse.ArgumentTypeError(f"--x-scale must be from {X_SCALES[0]:g} to {X_SCALES[1]:g} (pixels lie in [0, 1]) "
+                                         f"or 'learned', got {text!r}")
+    return scale
+
+
+X_SCALES = (1e-6, 1e6)

@@ -33,7 +33,7 @@ def _steps(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi gap``'s options to ``parser``."""
     from pyro_vi.commands._args import add_device, add_no_progress, add_output, add_seed
-    from pyro_vi.commands.vae import _hidden_dims
+    from pyro_vi.commands._args import hidden_dims as _hidden_dims
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
 
     source = parser.add_argument_group("model (a checkpoint, or train one from scratch)")

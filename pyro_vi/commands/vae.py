@@ -24,33 +24,6 @@ __all__ = ["HELP", "ELBOS", "DATASET_DEFAULTS", "fill_dataset_defaults", "add_ar
 HELP = "train an amortized VAE with SVI (default: scikit-learn digits, offline)"
 
 
-def _hidden_dims(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be comma-separated integers, got {text!r}") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return dims
-
-
-def _x_scale(text: str) -> float | None:
-    if text == "learned":
-        return None
-    try:
-        scale = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--x-scale takes a positive number or 'learned', got {text!r}") from None
-    # Pixels lie in [0, 1]: a scale far outside [1e-6, 1e6] makes the likelihood flat or its float32
-    # arithmetic (scale squared) overflow.
-    if scale > 0 and not _X_SCALES[0] <= scale <= _X_SCALES[1]:  # zero, negative, NaN: VAE says why
-        raise argparse.ArgumentTypeError(f"--x-scale must be from {_X_SCALES[0]:g} to {_X_SCALES[1]:g} (pixels lie in [0, 1]) "
-                                         f"or 'learned', got {text!r}")
-    return scale
-
-
-_X_SCALES = (1e-6, 1e6)
-
 
 ELBOS = ("trace", "analytic-kl", "iwae")
 _RENAMED_ELBOS = {"meanfield": "analytic-kl"}  # the old spelling, still accepted
@@ -87,7 +60,7 @@ def _default_help(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi vae``'s options to ``parser``."""
-    from pyro_vi.commands._args import add_compile, add_device, add_no_progress, add_output, add_seed
+    from pyro_vi.commands._args import add_compile, add_device, add_no_progress, add_output, add_seed, hidden_dims, x_scale
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.vae.model import LIKELIHOODS
     from pyro_vi.vae.train import LR_SCHEDULES
@@ -98,9 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--binarization", default=None, choices=BINARIZATIONS, help=_default_help("binarization"))
     model = parser.add_argument_group("model")
     model.add_argument("--z-dim", type=int, default=10)
-    model.add_argument("--hidden-dims", type=_hidden_dims, default=(256,), help="comma-separated, e.g. 400 or 500,500")
+    model.add_argument("--hidden-dims", type=hidden_dims, default=(256,), help="comma-separated, e.g. 400 or 500,500")
     model.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
-    model.add_argument("--x-scale", type=_x_scale, default=0.1, help="gaussian likelihood scale, or 'learned'")
+    model.add_argument("--x-scale", type=x_scale, default=0.1, help="gaussian likelihood scale, or 'learned'")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=None, help=_default_help("epochs"))
     train.add_argument("--batch-size", type=int, default=None, help=_default_help("batch_size"))
