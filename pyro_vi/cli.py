@@ -17,7 +17,7 @@ from pyro_vi import _interrupt
 from pyro_vi.commands._args import ArgumentParser, parse_seed  # noqa: F401 - parse_seed: its old home
 from pyro_vi.errors import PyroVIError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "version"]
 
 # subcommand name -> module; add a line here when adding a command.
 COMMANDS = {
@@ -34,6 +34,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro-vi`` parser: one subparser per entry of ``COMMANDS`` (each module imported here)."""
     parser = ArgumentParser(prog="pyro-vi", description="Variational inference on Pyro.")
+    parser.add_argument("--version", action="version", version=version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     subparsers.required = True
     for name, module_name in COMMANDS.items():
@@ -42,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(subparser)
         subparser.set_defaults(_run=module.run)
     return parser
+
+
+def version() -> str:
+    """``pyro-vi --version``'s line: pyro_vi's version and those of what it runs on."""
+    import platform
+
+    import pyro
+    import torch
+
+    from pyro_vi import __version__
+
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+    return f"pyro-vi {__version__} (torch {torch.__version__}, {cuda}; pyro {pyro.__version__}; Python {platform.python_version()})"
 
 
 def main(argv: list[str] | None = None) -> int:

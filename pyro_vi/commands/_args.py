@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 __all__ = [
-    "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "add_output", "add_compile", "check_compile", "compile_mode",
+    "ArgumentParser", "parse_seed", "parse_int_list", "add_seed", "add_device", "parse_device", "add_deprecated_alias", "add_output", "add_compile", "check_compile", "compile_mode",
     "add_no_progress",
     "estimator_names", "hidden_dims", "x_scale", "X_SCALES",
 ]
@@ -59,11 +59,48 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=parse_seed, default=0, help="default 0")
 
 
-def add_device(parser: argparse.ArgumentParser, default: str = "auto", what: str = "where the data go") -> None:
-    """``--device`` with the choices of ``pyro_vi.device.DEVICES``."""
-    from pyro_vi.device import DEVICES
+def parse_device(text: str) -> str:
+    """The ``type`` of every ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (``pyro_vi.device.check_device_name``); whether it is present is checked when the command runs.
 
-    parser.add_argument("--device", choices=DEVICES, default=default, help=f"{what} (default {default})")
+    Raises:
+        argparse.ArgumentTypeError: any other name.
+    """
+    from pyro_vi.device import check_device_name
+    from pyro_vi.errors import ConfigError
+
+    try:
+        return check_device_name(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"choose auto, cpu, cuda or cuda:N (N: the GPU's index), got {text!r}") from None
+
+
+def add_device(parser: argparse.ArgumentParser, what: str = "where the data go") -> None:
+    """``--device``, the same everywhere: ``auto`` (CUDA when present, else CPU; the default),
+    ``cpu``, ``cuda`` or ``cuda:N``."""
+    parser.add_argument("--device", type=parse_device, default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                        help=f"{what} (default auto: CUDA when present, else CPU)")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new one's ``dest`` and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser, old: str, new: str, dest: str, type=str) -> None:
+    """Accept ``old`` as a deprecated spelling of the option ``new`` (its value goes to ``dest``;
+    hidden from ``--help``; using it prints one note on stderr)."""
+    parser.add_argument(old, dest=dest, type=type, action=_DeprecatedAlias, new=new, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 def add_output(parser: argparse.ArgumentParser, default: str, overwrite: str | None = None) -> None:

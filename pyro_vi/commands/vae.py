@@ -60,7 +60,7 @@ def _default_help(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyro-vi vae``'s options to ``parser``."""
-    from pyro_vi.commands._args import add_compile, add_device, add_no_progress, add_output, add_seed, hidden_dims, x_scale
+    from pyro_vi.commands._args import add_compile, add_deprecated_alias, add_device, add_no_progress, add_output, add_seed, hidden_dims, x_scale
     from pyro_vi.vae.data import BINARIZATIONS, DATASETS
     from pyro_vi.vae.model import LIKELIHOODS
     from pyro_vi.vae.train import LR_SCHEDULES
@@ -96,7 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--kl-warmup-epochs", type=float, default=None,
                        help="linear KL annealing from 0 to 1 (" + _default_help("kl_warmup_epochs") + ")")
-    train.add_argument("--checkpoint-every-steps", type=int, default=0)
+    train.add_argument("--checkpoint-every", dest="checkpoint_every_steps", type=int, default=0,
+                       help="also checkpoint every this many steps (default 0: at the end of each epoch)")
+    add_deprecated_alias(train, "--checkpoint-every-steps", "--checkpoint-every", "checkpoint_every_steps", int)
     train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
     add_compile(train)
     train.add_argument("--iwae-k", type=int, default=0, help="after training, test NLL by IWAE with k samples (0: off)")

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("user_guide", nargs="?", metavar="GUIDE",
                         help=f"your guide, FILE.py:NAME or one of {', '.join(AUTO_GUIDES)}")
     parser.add_argument("--data", default=None, help="your model: .npz (keyword arguments) or .npy/.csv/.pt (one tensor)")
-    _args.add_device(parser, default="cpu", what="your model: where the data go")
+    _args.add_device(parser, what="your model: where the data go")
     parser.add_argument("--model", default=None, choices=MODELS, help="a built-in model (default gaussian)")
     parser.add_argument("--estimators", default="reparam,score", help="comma-separated names, e.g. reparam,score,rloo,stl")
     parser.add_argument("--replicates", type=int, default=1000, help="independent gradient estimates per estimator")

@@ -483,7 +483,7 @@ def test_cli_vae_diverging_run_leaves_no_non_finite_checkpoint(tmp_path, capsys)
     whatever checkpoint is on disk loads (so holds only finite values)."""
     out = tmp_path / "run"
     argv = ["vae", "--epochs", "1", "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
-            "--learning-rate", "1e308", "--checkpoint-every-steps", "1", "--out", str(out)]
+            "--learning-rate", "1e308", "--checkpoint-every", "1", "--out", str(out)]
     status, stderr = _run_cli(argv, capsys)
     assert status == 2
     _assert_one_line(stderr, "NaN/inf")

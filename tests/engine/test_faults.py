@@ -30,7 +30,7 @@ from pyro_vi.vae.train import TrainConfig, fit
 # 1,497 digits in batches of 100: 14 steps per epoch, 2 epochs, a checkpoint after every step.
 EPOCHS, STEPS_PER_EPOCH = 2, 1497 // 100
 RUN = ["vae", "--epochs", "2", "--z-dim", "2", "--hidden-dims", "16", "--batch-size", "100", "--no-progress", "--device", "cpu"]
-EVERY_STEP = ["--checkpoint-every-steps", "1"]
+EVERY_STEP = ["--checkpoint-every", "1"]
 
 
 def _saved(out: Path) -> dict:
