@@ -9,6 +9,7 @@ gradient estimator is. The subpackages, one per job (see ARCHITECTURE.md):
 * :mod:`pyro_vi.vae`         the amortized VAE, its data and metrics
 * :mod:`pyro_vi.local`       per-datapoint q_n and semi-amortized refinement
 * :mod:`pyro_vi.diagnostics` did VI work? PSIS k-hat, ELBO and IW bound, q against reference draws
+* :mod:`pyro_vi.posteriordb` posteriordb's reference posteriors: its files, Pyro ports of thirteen
 * :mod:`pyro_vi.plots`       figures
 * :mod:`pyro_vi.commands`    the ``pyro-vi`` command's subcommands
 """
@@ -17,7 +18,7 @@ from pyro_vi import _interrupt
 
 _interrupt.exit_quietly_during_import()  # the pyro-vi command: Ctrl-C while torch loads exits 130, quietly
 
-from pyro_vi import conjugate, device, diagnostics, engine, errors, estimators, io, local, mixture, plots, vae
+from pyro_vi import conjugate, device, diagnostics, engine, errors, estimators, io, local, mixture, plots, posteriordb, vae
 
 # Fitting any model and guide.
 from pyro_vi.engine import EpochSubsample, FitResult, PerStep, fit
@@ -57,7 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # subpackages and shared modules
-    "engine", "estimators", "mixture", "vae", "local", "diagnostics", "plots", "conjugate", "device", "errors", "io",
+    "engine", "estimators", "mixture", "vae", "local", "diagnostics", "posteriordb", "plots", "conjugate", "device", "errors", "io",
     # fitting any model and guide
     "fit", "FitResult", "PerStep", "EpochSubsample",
     # gradient estimators and the variance lab

@@ -28,6 +28,7 @@ COMMANDS = {
     "gap": "pyro_vi.commands.gap",
     "fit": "pyro_vi.commands.fit",
     "compare": "pyro_vi.commands.compare",
+    "check": "pyro_vi.commands.check",
 }
 
 

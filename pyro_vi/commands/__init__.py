@@ -6,4 +6,4 @@ argument helpers they share are in :mod:`pyro_vi.commands._args`, the user's own
 :mod:`pyro_vi.commands._monitor`. Modules are imported by ``pyro_vi.cli`` on demand.
 """
 
-__all__ = ["bench", "compare", "fit", "gap", "gmm", "user_data", "user_model", "vae", "variance"]
+__all__ = ["bench", "check", "compare", "fit", "gap", "gmm", "user_data", "user_model", "vae", "variance"]

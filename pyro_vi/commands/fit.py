@@ -71,7 +71,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_out: str) -> No
     parser.add_argument("guide", metavar="GUIDE",
                         help=f"the guide function FILE.py:NAME, or an auto guide: {', '.join(AUTO_GUIDES)}")
     parser.add_argument("--data", default=None,
-                        help=".npz (arrays by name, passed as keyword arguments) or .npy/.csv/.pt (one tensor, passed positionally)")
+                        help=".npz or .json/.json.zip (posteriordb's format) by name, passed as keyword arguments; or .npy/.csv/.pt "
+                             "(one tensor, passed positionally)")
     parser.add_argument("--num-steps", type=int, default=1000, help="SVI steps (default 1000)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="default 0.01")
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam", help="default adam")

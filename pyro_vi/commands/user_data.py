@@ -23,7 +23,7 @@ from pyro_vi.errors import DataError, PyroVIError
 
 __all__ = ["DATA_SUFFIXES", "Data", "load_data"]
 
-DATA_SUFFIXES = (".npz", ".npy", ".csv", ".pt")
+DATA_SUFFIXES = (".npz", ".npy", ".csv", ".pt", ".json", ".json.zip")
 
 
 class Data(NamedTuple):
@@ -36,7 +36,7 @@ class Data(NamedTuple):
     def describe(self) -> dict:
         """Names (or positions) and shapes, for metrics and checkpoint configs."""
         shapes = {f"arg{i}": list(value.shape) for i, value in enumerate(self.args)}
-        shapes.update({name: list(value.shape) for name, value in self.kwargs.items()})
+        shapes.update({name: list(getattr(value, "shape", ())) for name, value in self.kwargs.items()})
         return shapes
 
 
@@ -44,7 +44,9 @@ class Data(NamedTuple):
 def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu") -> Data:
     """Read a data file into tensors on ``device``: ``.npz`` arrays by name (keyword arguments);
     ``.npy``, ``.csv`` (numbers, an optional header row) or ``.pt`` one tensor (positional; a ``.pt``
-    dict of tensors gives keyword arguments). Floats become ``torch.get_default_dtype()``.
+    dict of tensors gives keyword arguments). Floats become ``torch.get_default_dtype()``. ``.json`` or
+    ``.json.zip`` (posteriordb's data format): one object's entries by name, lists as float tensors,
+    numbers kept as Python numbers (``pyro_vi.posteriordb.files.read_data``).
 
     Raises:
         DataError: a missing, unreadable or empty file, an unknown suffix, non-numeric or NaN/inf data.
@@ -54,6 +56,10 @@ def load_data(path: str | os.PathLike | None, device: torch.device | str = "cpu"
     path = Path(path)
     suffix = path.suffix.lower()
     _check_regular_file(path)
+    if path.name.lower().endswith((".json", ".json.zip")):  # posteriordb's format: numbers stay Python numbers
+        from pyro_vi.posteriordb.files import read_data
+
+        return Data(str(path), (), read_data(path, device))
     if suffix not in DATA_SUFFIXES:
         raise DataError(f"data file {str(path)!r} has suffix {path.suffix or '(none)'!r}; give a {', '.join(DATA_SUFFIXES)} file")
     try:

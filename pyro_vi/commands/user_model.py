@@ -199,7 +199,7 @@ def _call_text(data: Data | None) -> str:
     if data is None or data.path is None:
         return "; it was called with no arguments (no --data)"
     given = [f"a tensor of shape {tuple(value.shape)}" for value in data.args]
-    given += [f"{name}= of shape {tuple(value.shape)}" for name, value in data.kwargs.items()]
+    given += [f"{name}= of shape {tuple(getattr(value, 'shape', ()))}" for name, value in data.kwargs.items()]
     return f"; it was called with {', '.join(given)} (from {Path(data.path).name})"
 
 
