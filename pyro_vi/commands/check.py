@@ -100,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint is None:
             loss, loss_name = fit_command.make_loss(args)
             optim = fit_command.make_optimizer(args.optimizer, args.learning_rate)
-            train_args = argparse.Namespace(**vars(args), checkpoint_every=0, resume=False)
-            config = {"model": {"model": pair.model_spec, "guide": pair.guide_spec}, "train": {"loss": loss_name, "seed": args.seed}}
-            fitted = fit_command._train(train_args, pair, loss, optim, out / "checkpoint.pt", config)
+            fitted = _fit(args, pair, loss, loss_name, optim, out / "checkpoint.pt")
         try:
             result = check(pair.model, pair.guide, *pair.args, num_samples=args.num_samples, reference=reference, seed=args.seed)
         except user_model.USER_FAILURES as error:  # ConfigError (a reference name, a support mismatch) included
@@ -170,3 +168,24 @@ def _check_reference_names(reference, model_trace) -> None:
         listed = ", ".join(produced[:12]) + (", ..." if len(produced) > 12 else "")
         raise ConfigError(f"reference parameter {missing[0]!r} is not produced by the model (its latent and deterministic "
                           f"sites give {listed}); rename it in the reference or leave it out")
+
+
+def _fit(args: argparse.Namespace, pair, loss, loss_name: str, optim, checkpoint):
+    """``pyro_vi.fit`` with the checkpoint in OUT; the model raising mid-run is one line."""
+    from pyro_vi import engine
+    from pyro_vi.commands import user_model
+    from pyro_vi.commands._args import compile_mode
+    from pyro_vi.errors import PyroVIError
+
+    config = {"model": {"model": pair.model_spec, "guide": pair.guide_spec}, "train": {"loss": loss_name, "seed": args.seed}}
+    try:
+        return engine.fit(pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
+                          checkpoint=checkpoint, checkpoint_config=config, overwrite=True, progress=not args.no_progress,
+                          compile=compile_mode(args))
+    except (PyroVIError, KeyboardInterrupt):
+        raise
+    except user_model.USER_FAILURES as error:
+        if os.environ.get("PYRO_VI_TRACEBACK"):
+            raise
+        raise user_model.ModelError(f"training failed: {pair.model_spec} or {pair.guide_spec} raised "
+                                    f"{user_model.describe_failure(error, pair.files)}") from None

@@ -17,10 +17,10 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from torch.distributions import biject_to
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_value
 from pyro.nn import PyroParam
+from torch.distributions import biject_to
 
 import pyro_vi
 from pyro_vi import posteriordb
