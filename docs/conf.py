@@ -8,13 +8,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("_ext"))  # cli_reference: the generated command-line reference
 
 project = "pyro_vi"
 author = "pyro_vi developers"
 copyright = "pyro_vi developers"
 release = "0.1.0"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode", "cli_reference"]
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--kl-warmup-epochs", type=float, default=None,
                        help="linear KL annealing from 0 to 1 (" + _default_help("kl_warmup_epochs") + ")")
-    train.add_argument("--checkpoint-every", dest="checkpoint_every_steps", type=int, default=0,
+    train.add_argument("--checkpoint-every", dest="checkpoint_every_steps", type=int, default=0, metavar="CHECKPOINT_EVERY",
                        help="also checkpoint every this many steps (default 0: at the end of each epoch)")
     add_deprecated_alias(train, "--checkpoint-every-steps", "--checkpoint-every", "checkpoint_every_steps", int)
     train.add_argument("--on-nan", default="raise", choices=("raise", "skip"))
