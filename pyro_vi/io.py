@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 from pyro_vi.errors import OutputError
 
 __all__ = [
-    "check_output_path", "prepare_output_dir", "check_writable", "lock_output", "OWNER_FILE", "claim_output",
+    "check_output_path", "prepare_output_dir", "check_writable", "lock_output", "OWNER_FILE", "FILES_FILE", "claim_output",
     "run_output", "atomic_write", "write_json", "save_figure",
 ]
 
@@ -155,39 +156,92 @@ def lock_output(directory: str | os.PathLike) -> Iterator[Path]:
 
 
 OWNER_FILE = ".pyro-vi-command"  # in OUT: the name of the command whose outputs it holds
+FILES_FILE = ".pyro-vi-files"  # in OUT: the files that command wrote, one name a line
 
 
-def claim_output(directory: str | os.PathLike, command: str, overwrite: bool = False) -> None:
-    """Refuse to write over another command's outputs: ``directory`` may hold files only of an
-    earlier run of ``command`` (recorded in ``directory/.pyro-vi-command``) unless ``overwrite``.
-    Then record ``command`` as the directory's owner.
+def claim_output(directory: str | os.PathLike, command: str, overwrite: bool = False, resume: bool = False) -> None:
+    """The one output policy of every command: ``directory`` may hold files only of an earlier run
+    of ``command`` (recorded in ``directory/.pyro-vi-command``); another command's outputs, or a
+    user's own files, are refused unless ``overwrite``. With ``overwrite``, what the previous owner
+    wrote (listed in ``directory/.pyro-vi-files``) is removed first; a user's own files are left
+    (the new outputs replace those of the same name). ``resume`` accepts an unowned directory (the
+    caller has checked the checkpoint in it is its own). Then ``command`` is recorded as the owner.
+    A refusal writes nothing.
 
     Raises:
-        OutputError: the directory holds outputs of another command (or of an unknown one).
+        OutputError: the directory holds outputs of another command, or files of a user.
     """
     directory = Path(directory)
-    owner_path = directory / OWNER_FILE
-    try:
-        owner = owner_path.read_text().strip() if owner_path.is_file() else None
-    except (OSError, UnicodeDecodeError):
-        owner = None
+    owner = _read_lines(directory / OWNER_FILE)[:1]
+    owner = owner[0] if owner else None
     others = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
-    if others and owner != command and not overwrite:
+    if others and owner != command and not overwrite and not (resume and owner is None):
         made_by = f"pyro-vi {owner}" if owner else "another run"
         raise OutputError(
             f"{_short(directory)!r} already holds outputs of {made_by} ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); choose another --out, or pass --overwrite to replace them"
         )
+    if overwrite and owner is not None:
+        for name in _read_lines(directory / FILES_FILE):
+            _remove(directory / name)
+        (directory / FILES_FILE).unlink(missing_ok=True)
     if owner != command:
-        atomic_write(owner_path, lambda file: file.write(command + "\n"), mode="w")
+        atomic_write(directory / OWNER_FILE, lambda file: file.write(command + "\n"), mode="w")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _remove(path: Path) -> None:
+    """Remove a file (or a folder) a previous run wrote; a name that escapes OUT is ignored."""
+    if path.name in ("", ".", "..") or "/" in path.name or path.name.startswith("."):
+        return
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot remove {_short(path)!r} of the previous run ({error.strerror or error}); remove it, or choose another --out") from None
+
+
+def _entries(directory: Path) -> dict[str, tuple[int, int]]:
+    """``{name: (inode, mtime)}`` of the visible entries: what a run wrote shows as new or changed."""
+    found = {}
+    for path in directory.iterdir():
+        if not path.name.startswith("."):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            found[path.name] = (info.st_ino, info.st_mtime_ns)
+    return found
+
+
+def _record_written(directory: Path, before: dict[str, tuple[int, int]]) -> None:
+    """Add the entries this run created or replaced to ``.pyro-vi-files``."""
+    after = _entries(directory)
+    written = {name for name, entry in after.items() if before.get(name) != entry}
+    listed = set(_read_lines(directory / FILES_FILE))
+    names = sorted((listed & set(after)) | written)
+    if names != sorted(listed):
+        try:
+            atomic_write(directory / FILES_FILE, lambda file: file.write("".join(f"{name}\n" for name in names)), mode="w")
+        except OSError:
+            pass  # a full disk: the list is a convenience for a later --overwrite
 
 
 @contextlib.contextmanager
-def run_output(path: str | os.PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
+def run_output(path: str | os.PathLike, command: str, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
     """The output directory of one run of ``command``: created if needed (``prepare_output_dir``),
-    locked for the run (``lock_output``), refused if it holds another command's outputs
-    (``claim_output``). If the run fails and the directory did not exist before, it is removed
-    again when it holds nothing but this module's hidden files.
+    locked for the run (``lock_output``), refused if it holds another command's outputs or a user's
+    files, cleared of the previous owner's with ``overwrite`` (``claim_output``). The files the run
+    writes are recorded (``.pyro-vi-files``) for a later ``--overwrite``. If the run fails and the
+    directory did not exist before, it is removed again when it holds nothing but hidden files.
 
     Raises:
         OutputError: see ``prepare_output_dir``, ``lock_output`` and ``claim_output``.
@@ -198,8 +252,12 @@ def run_output(path: str | os.PathLike, command: str, overwrite: bool = False) -
     try:
         with lock_output(out):
             locked = True
-            claim_output(out, command, overwrite)
-            yield out
+            claim_output(out, command, overwrite, resume)
+            before = _entries(out)
+            try:
+                yield out
+            finally:
+                _record_written(out, before)
     except BaseException:
         if locked and not existed:
             _remove_if_empty(out)
@@ -208,8 +266,9 @@ def run_output(path: str | os.PathLike, command: str, overwrite: bool = False) -
 
 def _remove_if_empty(directory: Path) -> None:
     try:
-        if all(p.name in (OWNER_FILE, ".lock") for p in directory.iterdir()):
+        if all(p.name in (OWNER_FILE, FILES_FILE, ".lock") for p in directory.iterdir()):
             (directory / OWNER_FILE).unlink(missing_ok=True)
+            (directory / FILES_FILE).unlink(missing_ok=True)
             directory.rmdir()
     except OSError:
         pass

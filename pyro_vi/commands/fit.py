@@ -197,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vi.engine import posterior
     from pyro_vi.plots import fit as fit_plots
     from pyro_vi.device import resolve_device
+    from pyro_vi.engine import checkpoint as checkpoints
+    from pyro_vi.engine.checkpoint_format import DATA_FINGERPRINT
     from pyro_vi.errors import CheckpointError, ConfigError, OutputError
 
     # 1. Check everything before OUT is touched: options, data, model and guide (called once).
@@ -230,17 +232,22 @@ def run(args: argparse.Namespace) -> int:
     num_latent = sum(math.prod(shape) for shape in sites.values())
     preflight.check_allocation(2.0 * args.posterior_samples * num_latent, f"--posterior-samples {args.posterior_samples}")
     preflight.check_counts(model_counts(args, num_latent), device)
+    config = {
+        "model": {"model": _spec_name(args.model), "guide": _spec_name(args.guide), "data": data.describe(),
+                  DATA_FINGERPRINT: data.fingerprint()},
+        "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,
+                  "learning_rate": args.learning_rate, "seed": args.seed},
+    }
+    saved = None
+    if args.resume:  # the checkpoint read and checked once, every entry, before OUT is touched
+        saved = checkpoints.load(checkpoint)
+        checkpoints.check_config(saved, config, checkpoint, data=repr(args.data) if args.data else "no data")
 
-    with io.run_output(args.out, "fit", args.overwrite) as out:  # locked; removed again if this run made it and fails early
-        config = {
-            "model": {"model": _spec_name(args.model), "guide": _spec_name(args.guide), "data": data.describe()},
-            "train": {"loss": loss_name, "particles": args.particles, "vectorize_particles": args.vectorize_particles, "optimizer": args.optimizer,
-                      "learning_rate": args.learning_rate, "seed": args.seed},
-        }
+    with io.run_output(args.out, "fit", args.overwrite, resume=args.resume) as out:  # locked; removed again if this run made it and fails early
         monitor = _Monitor(out, pair.guide, args.num_steps, args.metrics_every or default_every(args.num_steps), {},
                            args.resume, args.tensorboard)
         try:
-            result = _train(args, pair, loss, optim, checkpoint, config, monitor)
+            result = _train(args, pair, loss, optim, checkpoint, config, monitor, saved)
         except BaseException:
             monitor.close() if checkpoint.is_file() else monitor.discard()  # no checkpoint: nothing to resume
             raise
@@ -323,9 +330,9 @@ def _Monitor(*options):
     return reads_only(Monitor(*options))  # it reads params and losses: fit's default compile still applies
 
 
-def _train(args, pair, loss, optim, checkpoint: Path, config: dict, monitor):
-    """``pyro_vi.fit`` with the checkpoint in OUT and ``monitor`` as the callback; a model raising
-    mid-run is one line naming the step."""
+def _train(args, pair, loss, optim, checkpoint: Path, config: dict, monitor, saved: dict | None):
+    """``pyro_vi.fit`` with the checkpoint in OUT (``saved``: already read, on --resume) and
+    ``monitor`` as the callback; a model raising mid-run is one line naming the step."""
     from pyro_vi import engine
     from pyro_vi.commands import user_model
     from pyro_vi.commands._args import compile_mode
@@ -336,7 +343,7 @@ def _train(args, pair, loss, optim, checkpoint: Path, config: dict, monitor):
             pair.model, pair.guide, *pair.args, num_steps=args.num_steps, loss=loss, optim=optim, seed=args.seed,
             callback=monitor, checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, checkpoint_config=config,
             resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, compile=compile_mode(args),
-            state=monitor.state,
+            state=monitor.state, loaded_checkpoint=saved,
         )
     except TrainingInterrupted as interrupted:
         raise TrainingInterrupted(f"interrupted at step {interrupted.step} of {args.num_steps}; checkpoint saved to "

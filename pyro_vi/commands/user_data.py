@@ -21,7 +21,7 @@ from torch import Tensor
 
 from pyro_vi.errors import DataError, PyroVIError
 
-__all__ = ["DATA_SUFFIXES", "Data", "load_data"]
+__all__ = ["DATA_SUFFIXES", "Data", "load_data", "tensors_fingerprint"]
 
 DATA_SUFFIXES = (".npz", ".npy", ".csv", ".pt", ".json", ".json.zip")
 
@@ -38,6 +38,27 @@ class Data(NamedTuple):
         shapes = {f"arg{i}": list(value.shape) for i, value in enumerate(self.args)}
         shapes.update({name: list(getattr(value, "shape", ())) for name, value in self.kwargs.items()})
         return shapes
+
+    def fingerprint(self) -> str:
+        """A hash of the values' names, dtypes, shapes and contents (one pass over the bytes): a
+        checkpoint records it, so a resume on other data of the same shapes is refused."""
+        return tensors_fingerprint({**{f"arg{i}": value for i, value in enumerate(self.args)}, **self.kwargs})
+
+
+def tensors_fingerprint(values: dict) -> str:
+    """SHA-256 of ``{name: tensor or number}``: names, dtypes, shapes and the values' bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(values):
+        value = values[name]
+        if not torch.is_tensor(value):
+            digest.update(f"{name}:{type(value).__name__}:{value!r};".encode())
+            continue
+        value = value.detach()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 

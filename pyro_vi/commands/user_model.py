@@ -32,13 +32,13 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vi.commands.user_data import DATA_SUFFIXES, Data, load_data
+from pyro_vi.commands.user_data import DATA_SUFFIXES, Data, load_data, tensors_fingerprint
 from pyro_vi.engine import params
 from pyro_vi.errors import CheckpointError, PyroVIError
 
-__all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "USER_FAILURES", "ModelError", "Data", "Pair", "SiteSummary", "load_data", "load_function",
+__all__ = ["AUTO_GUIDES", "DATA_SUFFIXES", "USER_FAILURES", "ModelError", "Data", "tensors_fingerprint", "Pair", "SiteSummary", "load_data", "load_function",
            "make_guide", "build", "probe", "latent_sites", "summary_rows", "estimate_elbo", "restore_params",
-           "describe_failure"]  # Data, DATA_SUFFIXES, load_data: pyro_vi.commands.user_data
+           "describe_failure"]  # Data, DATA_SUFFIXES, load_data, tensors_fingerprint: pyro_vi.commands.user_data
 
 
 class ModelError(PyroVIError):
@@ -273,9 +273,11 @@ def estimate_elbo(loss, pair: Pair, num_samples: int) -> tuple[float, float]:
 # -- checkpoints ----------------------------------------------------------------------------------------
 
 
-def restore_params(path: str | os.PathLike) -> list[str]:
+def restore_params(path: str | os.PathLike, guide_trace=None) -> list[str]:
     """Copy the params of a ``pyro-vi fit`` checkpoint into the param store the model and guide
-    created (in place, so modules keep training on them); an estimator's saved baselines come too.
+    created (in place, so modules keep training on them); an estimator's saved baselines come too:
+    ``__baseline_avg_downstream_cost_SITE`` (Pyro's running average) of a sample site SITE of
+    ``guide_trace`` (a trace of the guide), of a shape that broadcasts to the site's batch shape.
 
     Returns:
         The restored param names.
@@ -294,10 +296,15 @@ def restore_params(path: str | os.PathLike) -> list[str]:
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} has no value for param {missing[0]!r} that the model and guide create; "
                               "give the checkpoint pyro-vi fit wrote for this model and guide")
-    extra = sorted(name for name in values if name not in store and not name.startswith("__baseline"))
+    baselines = _baseline_shapes(guide_trace)
+    extra = sorted(name for name in values if name not in store and name not in baselines)
     if extra:
         raise CheckpointError(f"checkpoint {str(path)!r} holds params the model and guide do not create "
                               f"({', '.join(extra[:5])}); give the checkpoint pyro-vi fit wrote for this model and guide")
+    for name, value in values.items():
+        if name not in store and not _broadcasts(tuple(value.shape), baselines[name]):
+            raise CheckpointError(f"checkpoint {str(path)!r}: baseline {name!r} has shape {tuple(value.shape)}, which does not fit "
+                                  f"the site's batch shape {baselines[name]}; give the checkpoint pyro-vi fit wrote for this model and data")
     for name, value in values.items():
         if name not in store:  # a score-baseline's running average, as training left it
             constraint = constraints.get(name, torch.distributions.constraints.real)
@@ -312,3 +319,21 @@ def restore_params(path: str | os.PathLike) -> list[str]:
         with torch.no_grad():
             target.copy_(value.to(dtype=target.dtype, device=target.device))
     return sorted(values)
+
+
+_BASELINE_PREFIX = "__baseline_avg_downstream_cost_"  # Pyro's param-store key of a site's running average
+
+
+def _baseline_shapes(guide_trace) -> dict[str, tuple[int, ...]]:
+    """``{baseline param name: the site's batch shape}`` for every sample site of ``guide_trace``."""
+    if guide_trace is None:
+        return {}
+    return {_BASELINE_PREFIX + name: tuple(site["fn"].batch_shape) for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and hasattr(site.get("fn"), "batch_shape")}
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return tuple(torch.broadcast_shapes(shape, target)) == tuple(target)
+    except RuntimeError:
+        return False

@@ -176,8 +176,10 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     """Check everything the user passed, writing nothing."""
     import pyro
 
+    from pyro_vi.commands import user_model
     from pyro_vi.commands._args import check_compile, compile_mode
     from pyro_vi.engine import checkpoint
+    from pyro_vi.engine.checkpoint_format import DATA_FINGERPRINT
     from pyro_vi.vae.data import load_dataset
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import OutputError
@@ -214,7 +216,9 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     check_compile(config.compile, loss)
     vae = VAE(dataset.pixels, args.z_dim, args.hidden_dims, args.likelihood, args.x_scale).to(device)
     vae.validate(dataset.train_images, name=f"{args.dataset} training images")
-    model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args)}
+    # The training images' content fingerprint: a --resume on other images (another --data-dir) is refused.
+    fingerprint = user_model.tensors_fingerprint({"train_images": dataset.train_images})
+    model_config = {**vae.config, "dataset": args.dataset, "loss": _loss_name(args), DATA_FINGERPRINT: fingerprint}
     out = Path(args.out)
     checkpoint_path = out / "checkpoint.pt"
     saved_checkpoint = None
@@ -222,7 +226,8 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
         if args.resume:
             saved_checkpoint = checkpoint.load(checkpoint_path, broadcast=False)
             _rename_old_loss(saved_checkpoint["config"])  # a run saved as --elbo meanfield resumes as analytic-kl
-            checkpoint.check_config(saved_checkpoint, {"model": model_config, "train": config.checkpoint_config()}, checkpoint_path)
+            checkpoint.check_config(saved_checkpoint, {"model": model_config, "train": config.checkpoint_config()}, checkpoint_path,
+                                    data=f"the {args.dataset} training images" + (f" in {args.data_dir!r}" if args.data_dir else ""))
         elif checkpoint_path.exists() and not args.overwrite:
             raise OutputError(
                 f"{str(checkpoint_path)!r} already holds a checkpoint; pass --resume to continue it "
@@ -234,40 +239,20 @@ def _check(args: argparse.Namespace, data_parallel) -> _Setup:
     return _Setup(device, config, dataset, loss, vae, model_config, out, checkpoint_path, saved_checkpoint)
 
 
-def _agreed(check, data_parallel) -> tuple[Any, bool]:
-    """``(check(), failed)``, with a user error shared by all ranks of a data-parallel run.
-
-    Each rank checks its own inputs (its data, its device); one rank's error stops every rank
-    instead of leaving the others waiting in a collective. Rank 0 raises it (the CLI prints it);
-    the other ranks return ``failed=True`` without a word, so the user reads it once."""
-    from pyro_vi.errors import PyroVIError
-
-    if data_parallel is None:
-        return check(), False
-    value, error = None, None
-    try:
-        value = check()
-    except PyroVIError as caught:
-        error = caught
-    error = data_parallel.first_error(error)
-    if error is not None and data_parallel.is_main:
-        raise error
-    return value, error is not None
-
-
 def _train(args: argparse.Namespace, data_parallel) -> int:
     from pyro_vi import io
+    from pyro_vi.engine import distributed
 
     # 1. Check everything before writing anything; then rank 0, which alone writes, creates OUT.
     is_main = data_parallel is None or data_parallel.is_main
-    setup, failed = _agreed(lambda: _check(args, data_parallel), data_parallel)
+    setup, failed = distributed.agreed(lambda: _check(args, data_parallel), data_parallel)
     if failed:
         return 2
     device, config, dataset, loss, vae, model_config, out, checkpoint_path, _ = setup
     # Rank 0 holds OUT for the whole run: created, locked (a second run into it is refused), claimed.
     with contextlib.ExitStack() as holding:
-        out, failed = _agreed(
-            lambda: holding.enter_context(io.run_output(out, "vae", args.overwrite or args.resume)) if is_main else out,
+        out, failed = distributed.agreed(
+            lambda: holding.enter_context(io.run_output(out, "vae", args.overwrite, resume=args.resume)) if is_main else out,
             data_parallel,
         )
         if failed:

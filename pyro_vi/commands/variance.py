@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, choices=DATASETS, help="vae: images to measure on (default: the checkpoint's, else digits)")
     parser.add_argument("--data-dir", default=None, help="vae: folder with the MNIST-style IDX files")
     _args.add_seed(parser)
-    _args.add_output(parser, "runs/variance")
+    _args.add_output(parser, "runs/variance", overwrite="replace the outputs of another command (or your files) in OUT")
 
 
 def _validate(args) -> list[str]:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         data = user_model.load_data(args.data, resolve_device(args.device))
         pair = user_model.build(args.user_model, args.user_guide, data, seed=args.seed)
         if args.checkpoint is not None:
-            user_model.restore_params(args.checkpoint)
+            user_model.restore_params(args.checkpoint, pair.guide_trace)
         label, model, guide, model_args, reference = args.user_model, pair.model, pair.guide, pair.args, None
     else:
         args.model = args.model or "gaussian"
@@ -137,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         estimators.get_estimator(name, num_particles=max(args.particles)).check(model, guide, *model_args)
     from pyro_vi import io
 
-    out = io.prepare_output_dir(args.out)
-    with io.lock_output(out):  # a second run into OUT is refused while this one measures
+    with io.run_output(args.out, "variance", args.overwrite) as out:  # locked, claimed: another's files are refused
         return _measure(args, names, label, model, guide, model_args, reference, out)
 
 

@@ -156,14 +156,27 @@ def load(
     return box[0]
 
 
-def check_config(saved: dict, expected_config: dict | None, path: str | os.PathLike | None = None) -> None:
+def check_config(saved: dict, expected_config: dict | None, path: str | os.PathLike | None = None, data: str | None = None) -> None:
     """Refuse a loaded checkpoint made with another config than ``expected_config`` (``None``: any).
 
+    Args:
+        data: what the run trains on, for the message when the data's content fingerprint
+            (``expected_config["model"]["data_fingerprint"]``) differs from the checkpoint's.
+
     Raises:
-        CheckpointError: the options that differ, other than those a resumed run may change.
+        CheckpointError: other data (same shapes, other values), or the options that differ,
+            other than those a resumed run may change.
     """
     if expected_config is None:
         return
+    key = file_format.DATA_FINGERPRINT
+    old, new = saved["config"].get("model", {}).get(key), expected_config.get("model", {}).get(key)
+    if old is not None and old != new:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on other data than {data or 'this run'}"
+            " (its content fingerprint differs); resume with the data it was trained on, or start over "
+            "(--overwrite, or a new --out)"
+        )
     difference = file_format.config_difference(saved["config"], expected_config)
     if difference:
         raise CheckpointError(

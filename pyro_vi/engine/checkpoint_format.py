@@ -12,12 +12,17 @@ back with ``torch.load(weights_only=True)``, so a crafted file cannot run code::
 
 A constraint is stored as its name in ``pyro.distributions.constraints`` (``"positive"``) or, for
 the parametrized ones, ``{"type": "interval", "args": [0.0, 1.0]}``; :func:`constraint_from_spec`
-maps it back. :func:`validate` checks every entry (presence, types, RNG state sizes, float and
-finite parameters) and raises :class:`Invalid` with what is wrong; ``checkpoint.load`` adds the path.
+maps it back. :func:`validate` checks every entry and raises :class:`Invalid` with what is wrong
+(``checkpoint.load`` adds the path): presence and types; every tensor's storage against its shape
+(a stride-0 view of 1e11 elements is refused before anything reads it); float and finite
+parameters; each parameter's optimizer state (entries with one number per element: its shape and
+dtype; the step: one finite number >= 0; finite settings); the RNG states; the run's ``step``,
+``losses`` (one number a step, NaN for a skipped one) and ``skipped`` (the NaN count).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -38,7 +43,9 @@ __all__ = [
     "plain",
     "first_non_finite",
     "validate",
+    "validate_run",
     "config_difference",
+    "DATA_FINGERPRINT",
 ]
 
 FORMAT_VERSION = 2  # 2: weights-only (tensors and plain values); 1 pickled constraint and NumPy objects
@@ -47,6 +54,13 @@ KEYS = ("format_version", "config", "param_store", "optimizer", "rng", "run")
 
 # Train options that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "checkpoint_every_steps", "on_nan", "compile"}  # compile: same numbers
+
+# The config key (in "model") of the data's content fingerprint: a resume on other data is refused.
+DATA_FINGERPRINT = "data_fingerprint"
+
+# torch.optim state entries holding one number per element of their parameter (its shape and dtype).
+_ELEMENTWISE_STATE = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "grad_avg",
+                                "acc_delta", "sum", "ax", "prev", "step_size", "exp_inf"})
 
 # Constraint objects by name (pyro's module re-exports torch's), and the parametrized families.
 _NAMED_CONSTRAINTS = {
@@ -159,6 +173,8 @@ def validate(saved: dict) -> None:
     """
     for key in KEYS:
         _require(saved, key, (int if key == "format_version" else dict), "entry ")
+    for where, value in _tensors(saved, "checkpoint"):  # before anything reads a tensor's elements
+        _check_storage(value, where)
     config = saved["config"]
     for section in ("model", "train"):
         if section in config and not isinstance(config[section], dict):
@@ -185,7 +201,108 @@ def validate(saved: dict) -> None:
         bad = first_non_finite(state, f"optimizer state of {name!r}")
         if bad is not None:
             raise Invalid(f"{bad} holds NaN/inf")
+        _validate_optimizer_state(name, state, params[name])
     _validate_rng(saved["rng"])
+    validate_run(saved["run"])
+
+
+def _tensors(value: Any, where: str):
+    """``(path, tensor)`` of every tensor in nested dicts, lists and tuples."""
+    if torch.is_tensor(value):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{where}[{index}]")
+
+
+def _check_storage(value: torch.Tensor, where: str) -> None:
+    """A tensor must own as many elements as its shape says: a view that repeats elements (stride
+    0, overlapping strides) of a small storage would unfold into memory on its first copy."""
+    if value.layout != torch.strided:
+        raise Invalid(f"{where} is a {value.layout} tensor; a checkpoint holds dense tensors")
+    needed = value.numel() * value.element_size()
+    held = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+    if needed > held:
+        raise Invalid(
+            f"{where} claims shape {tuple(value.shape)} ({value.numel():.3g} elements) over a storage of "
+            f"{max(0, held) // max(1, value.element_size())} elements (a view that repeats elements)"
+        )
+
+
+def _validate_optimizer_state(name: str, state: dict, param: torch.Tensor) -> None:
+    """One parameter's torch optimizer state dict (``{"state": {index: {key: value}}, "param_groups":
+    [...]}``, or ``{"scheduler": ..., "optimizer": that}`` under an LR scheduler) against the parameter."""
+    where = f"optimizer state of {name!r}"
+    if "scheduler" in state:
+        state = state.get("optimizer")
+        if not isinstance(state, dict):
+            raise Invalid(f"{where} has a scheduler but no optimizer dict")
+    slots = state.get("state", {})
+    groups = state.get("param_groups", [])
+    if not isinstance(slots, dict) or not isinstance(groups, list):
+        raise Invalid(f"{where} is not a torch optimizer state dict ('state' a dict, 'param_groups' a list)")
+    for index, entries in slots.items():
+        if not isinstance(entries, dict):
+            raise Invalid(f"{where}: entry {index!r} is a {type(entries).__name__}, not a dict")
+        for key, value in entries.items():
+            if key == "step":
+                number = value if not torch.is_tensor(value) else (value.item() if value.numel() == 1 else None)
+                if isinstance(number, bool) or not isinstance(number, (int, float)) or not number >= 0:
+                    raise Invalid(f"{where}: 'step' is {_brief(value)}, not one number >= 0")
+            elif key in _ELEMENTWISE_STATE:
+                if not torch.is_tensor(value) or tuple(value.shape) != tuple(param.shape) or value.dtype != param.dtype:
+                    raise Invalid(f"{where}: {key!r} is {_brief(value)}; the parameter is {tuple(param.shape)} {param.dtype}")
+            elif torch.is_tensor(value) and value.numel() > max(1, param.numel()):
+                raise Invalid(f"{where}: {key!r} has {value.numel()} elements, more than the parameter's {param.numel()}")
+    for group in groups:
+        if not isinstance(group, dict):
+            raise Invalid(f"{where}: a param group is a {type(group).__name__}, not a dict")
+        for key, value in group.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise Invalid(f"{where}: setting {key!r} is {value}")
+            if key == "lr" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise Invalid(f"{where}: learning rate {value!r} is not a number >= 0")
+
+
+def _brief(value: Any) -> str:
+    if torch.is_tensor(value):
+        return f"a {tuple(value.shape)} {value.dtype} tensor"
+    return f"{value!r}"[:40] if isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
+
+
+def validate_run(run: dict) -> None:
+    """The engine's run state, where present: ``step`` an int >= 0, ``losses`` a list of ``step``
+    numbers (no inf; NaN marks a skipped step), ``skipped`` an int from 0 to ``step`` equal to the
+    NaN count, ``state`` a dict. (A trainer's own ``state`` entries: ``resume.restore_run``.)
+
+    Raises:
+        Invalid: the first field of the wrong type or out of range.
+    """
+    step = run.get("step", 0)
+    if "step" in run and (type(step) is not int or step < 0):
+        raise Invalid(f"run 'step' is {_brief(step)}, not an integer >= 0")
+    if "losses" in run:
+        losses = run["losses"]
+        if not isinstance(losses, list):
+            raise Invalid(f"run 'losses' is {_brief(losses)}, not a list")
+        if len(losses) != step:
+            raise Invalid(f"run 'losses' holds {len(losses)} values for {step} steps")
+        for index, value in enumerate(losses):
+            if type(value) not in (int, float) or math.isinf(value):
+                raise Invalid(f"run 'losses' entry {index + 1} is {_brief(value)}, not a finite number (NaN: skipped)")
+    if "skipped" in run:
+        skipped = run["skipped"]
+        if type(skipped) is not int or not 0 <= skipped <= step:
+            raise Invalid(f"run 'skipped' is {_brief(skipped)}, not an integer from 0 to the {step} steps")
+        if isinstance(run.get("losses"), list):
+            nans = sum(1 for value in run["losses"] if math.isnan(value))
+            if nans != skipped:
+                raise Invalid(f"run 'skipped' is {skipped} but 'losses' marks {nans} skipped steps (NaN)")
+    if "state" in run and not isinstance(run["state"], dict):
+        raise Invalid(f"run 'state' is {_brief(run['state'])}, not a dict")
 
 
 def constraint_from_spec(name: str, spec: Any):
@@ -238,6 +355,8 @@ def config_difference(saved: dict, expected: dict) -> str:
         for key in sorted(set(old) | set(new)):
             if section == "train" and key in RESUMABLE_CHANGES:
                 continue
+            if section == "model" and key == DATA_FINGERPRINT and key not in old:
+                continue  # a checkpoint of a pyro_vi that kept no fingerprint: the shapes are still compared
             if old.get(key) != new.get(key):
                 changes.append(f"{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} now")
     return "; ".join(changes)

@@ -33,7 +33,7 @@ from torch import Tensor
 from pyro_vi.device import resolve_device
 from pyro_vi.errors import ConfigError, PyroVIError
 
-__all__ = ["launched", "DataParallel", "init"]
+__all__ = ["launched", "DataParallel", "init", "agreed"]
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -174,3 +174,22 @@ def init(device: str = "auto", timeout_seconds: float = 1800.0) -> DataParallel:
                 "check --master_addr/--master_port of torchrun and that the port is free"
             ) from None
     return DataParallel(rank, world_size, local_rank, chosen)
+
+
+def agreed(check, data_parallel: DataParallel | None) -> tuple[Any, bool]:
+    """``(check(), failed)``, with a user error shared by all ranks of a data-parallel run.
+
+    Each rank checks its own inputs (its data, its device); one rank's error stops every rank
+    instead of leaving the others waiting in a collective. Rank 0 raises it (the CLI prints it);
+    the other ranks return ``failed=True`` without a word, so the user reads it once."""
+    if data_parallel is None:
+        return check(), False
+    value, error = None, None
+    try:
+        value = check()
+    except PyroVIError as caught:
+        error = caught
+    error = data_parallel.first_error(error)
+    if error is not None and data_parallel.is_main:
+        raise error
+    return value, error is not None

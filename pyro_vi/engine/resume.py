@@ -68,12 +68,39 @@ def restore_run(saved: dict, optim, state: dict | None, num_steps: int, path) ->
             f"checkpoint {str(path)!r} is at step {run['step']}, past num_steps={num_steps}; "
             "ask for at least as many steps as it has done"
         )
+    if state is not None:
+        _check_state(run.get("state", {}), state, path)
     optim.set_state(saved["optimizer"])
     rng.set_state(saved["rng"])
-    if state is not None:
+    if state is not None:  # an entry the checkpoint lacks (an older trainer's) keeps its initial value
+        defaults = dict(state)
         state.clear()
-        state.update(run.get("state", {}))
+        state.update({**defaults, **run.get("state", {})})
     return Run(run["step"], list(run["losses"]), int(run.get("skipped", 0)))
+
+
+def _check_state(saved: dict, template: dict, path) -> None:
+    """When the caller's initial ``state`` has entries, the checkpoint's ``state`` may hold only those,
+    each of the same type (a float may be an int; an int is not a bool)."""
+    if not template:
+        return
+    for key, default in template.items():
+        value = saved.get(key, _MISSING)
+        if value is _MISSING:
+            continue
+        kinds = (int, float) if type(default) is float else (type(default),)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kinds):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: run state {key!r} is a {type(value).__name__}, not a {type(default).__name__}; "
+                "it is damaged, was edited or was written by another trainer: restore a good copy, or start over"
+            )
+    extra = sorted(set(saved) - set(template))
+    if extra:
+        raise CheckpointError(f"checkpoint {str(path)!r}: run state {extra[0]!r} is not one this trainer keeps; it was written "
+                              "by another trainer or edited: resume it with the command that wrote it, or start over")
+
+
+_MISSING = object()
 
 
 class Restore(Messenger):

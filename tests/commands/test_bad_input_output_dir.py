@@ -68,3 +68,51 @@ def test_cli_bad_output_dir(kind, fragment, tmp_path, capsys):
 def test_api_bad_output_dir(kind, fragment, tmp_path):
     with pytest.raises(OutputError, match=fragment):
         io.prepare_output_dir(_make_out(kind, tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# One output policy for every command: OUT claimed, another's files refused, --overwrite clears.
+
+
+VARIANCE = ["variance", "--model", "gaussian", "--dim", "2", "--estimators", "reparam", "--replicates", "2"]
+
+
+def _finished(out: Path, command: str, names: tuple[str, ...]) -> None:
+    """OUT as a finished run of ``command`` leaves it: its files written inside ``io.run_output``."""
+    with io.run_output(out, command) as directory:
+        for name in names:
+            io.atomic_write(directory / name, lambda file: file.write(f"{command}\n"), mode="w")
+
+
+@pytest.mark.parametrize("owner", [None, "vae"], ids=["a-users-files", "a-finished-vae-run"])
+def test_variance_claims_its_out(owner, tmp_path, capsys):
+    """``pyro-vi variance`` replaced a user's own variance.csv (exit 0) and added its files to a
+    finished ``pyro-vi vae`` run; it had no --overwrite."""
+    out = tmp_path / "out"
+    if owner is None:
+        out.mkdir()
+        (out / "variance.csv").write_text("my own numbers\n")
+    else:
+        _finished(out, owner, ("metrics.json", "elbo.png"))
+    before = snapshot(out)
+    status, stderr = run_cli([*VARIANCE, "--out", str(out)], capsys)
+    assert status == 2 and snapshot(out) == before
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("pyro-vi variance: error:"), stderr
+    assert ("already holds outputs of " + ("another run" if owner is None else "pyro-vi vae")) in stderr and "--overwrite" in stderr
+    status, _ = run_cli([*VARIANCE, "--out", str(out), "--overwrite"], capsys)
+    assert status == 0 and (out / io.OWNER_FILE).read_text().strip() == "variance"
+    assert (out / "variance.csv").read_text() != "my own numbers\n"
+    assert not (out / "elbo.png").exists() and not (out / "metrics.json").exists()  # the vae's files cleared (or none)
+
+
+def test_overwrite_clears_only_what_the_previous_owner_wrote(tmp_path):
+    """``fit --overwrite`` into a finished vae OUT left the VAE's figures beside the fit's outputs."""
+    out = tmp_path / "out"
+    _finished(out, "vae", ("elbo.png", "samples.png", "checkpoint.pt"))
+    (out / "notes.txt").write_text("mine")  # the user's, added later: not the vae's to clear
+    with pytest.raises(OutputError, match="already holds outputs of pyro-vi vae"):
+        io.claim_output(out, "fit")
+    with io.run_output(out, "fit", overwrite=True) as directory:
+        io.atomic_write(directory / "params.pt", lambda file: file.write(b"fit"))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt", "params.pt"]
+    assert (out / io.FILES_FILE).read_text().split() == ["params.pt"]

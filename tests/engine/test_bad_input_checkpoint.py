@@ -144,9 +144,12 @@ def _delete(key):
 
 
 def _set_first_param(make):
+    """The first param replaced by ``make(param)``, its optimizer state dropped (as a checkpoint
+    of another model holds state that fits its own params)."""
     def edit(saved):
         name = _first_param(saved)
         saved["param_store"]["params"][name] = make(saved["param_store"]["params"][name])
+        saved["optimizer"].pop(name, None)
 
     return edit
 
