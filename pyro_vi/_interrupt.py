@@ -1,10 +1,13 @@
-"""Ctrl-C before ``pyro_vi.cli.main`` runs: the imports of the first second or two.
+"""Ctrl-C and SIGTERM in the ``pyro-vi`` command, at every phase.
 
-``exit_quietly_during_import()``, called first thing in ``pyro_vi/__init__.py``, makes Ctrl-C
-during the import of the command line exit 130 with one line instead of a KeyboardInterrupt
-traceback; ``cli.main`` puts Python's own handler back (``restore_default``) and reports later
-interrupts itself. A library user's ``import pyro_vi`` is untouched: the handler is installed only
-when the process is the ``pyro-vi`` command or ``python -m pyro_vi``.
+``exit_quietly_during_import()``, called first thing in ``pyro_vi/__init__.py``, makes Ctrl-C (or
+SIGTERM) during the import of the command line exit 130 with one line instead of a
+KeyboardInterrupt traceback (or a silent 143); ``cli.main`` puts Python's own SIGINT handler back
+(``restore_default``) and, for the run, has SIGTERM raise KeyboardInterrupt as Ctrl-C does
+(``terminate_as_interrupt``): the run's ``with`` blocks release the lock, the engine defers both
+to a step boundary and checkpoints, and the CLI reports either in one line, exit 130. A library
+user's ``import pyro_vi`` is untouched: the handlers are installed only when the process is the
+``pyro-vi`` command or ``python -m pyro_vi`` (and ``cli.main`` only while it runs).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def exit_quietly_during_import() -> None:
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_130)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_130)
 
 
 def _is_the_command() -> bool:
@@ -44,9 +49,33 @@ def _is_the_command() -> bool:
 
 
 def restore_default() -> None:
-    """Python's handler again (KeyboardInterrupt), if ours is installed."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _exit_130:
+    """Python's handlers again (KeyboardInterrupt; SIGTERM's default), if ours are installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is _exit_130:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is _exit_130:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def terminate_as_interrupt():
+    """Have SIGTERM raise KeyboardInterrupt, as Ctrl-C does, if it has its default action (a
+    program embedding ``cli.main`` with its own handler keeps it). Returns what to pass to
+    :func:`restore_terminate` afterwards."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return signal.SIG_DFL
+
+
+def restore_terminate(previous) -> None:
+    """Put back SIGTERM's handler as :func:`terminate_as_interrupt` found it."""
+    if previous is not None and signal.getsignal(signal.SIGTERM) is _raise_interrupt:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _exit_130(signum, frame) -> None:

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from pyro_vi import _interrupt
 from pyro_vi.commands._args import ArgumentParser, parse_seed  # noqa: F401 - parse_seed: its old home
@@ -63,28 +64,52 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Whatever reaches here is one line on stderr: exit status 2 for errors,
     130 for Ctrl-C/SIGTERM-style interrupts; never a traceback (``PYRO_VI_TRACEBACK=1`` shows it)."""
     _interrupt.restore_default()  # Ctrl-C raises KeyboardInterrupt again from here on
+    terminate = _interrupt.terminate_as_interrupt()  # and SIGTERM too, at every phase of the run
+    try:
+        return _main(argv)
+    finally:
+        _interrupt.restore_terminate(terminate)
+
+
+def _main(argv: list[str] | None) -> int:
+    # Warnings (Pyro's NaN warning, torch's, NumPy's) are held back: a run that fails prints its one
+    # line with them folded in; a run that ends well shows them as Python would have.
+    with warnings.catch_warnings(record=True) as caught:
+        status, line = _run(argv)
+    if line is not None:
+        print(line + (_folded(caught) if status == 2 else ""), file=sys.stderr)
+    elif status != 130:
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno, warning.file, warning.line)
+    return status
+
+
+def _run(argv: list[str] | None) -> tuple[int, str | None]:
+    """Run the subcommand: (exit status, the one line to print on stderr, or None)."""
     command = "pyro-vi"
     try:
         args = build_parser().parse_args(argv)
         command = f"pyro-vi {args.command}"
         try:
-            return int(args._run(args) or 0)
+            return int(args._run(args) or 0), None
         except SystemExit as exit_:  # sys.exit from a user's model, guide or file: never a silent exit 0
-            print(f"{command}: error: the run was ended by sys.exit({exit_.code!r}) (in your model, guide or a library "
-                  "they call); a model must return or raise, not end the process", file=sys.stderr)
-            return 2
+            return 2, (f"{command}: error: the run was ended by sys.exit({exit_.code!r}) (in your model, guide or a library "
+                       "they call); a model must return or raise, not end the process")
     except KeyboardInterrupt as interrupt:  # TrainingInterrupted too: it carries its own message
         detail = _one_line(interrupt) if isinstance(interrupt, PyroVIError) and str(interrupt) else "interrupted"
-        print(f"{command}: {detail}", file=sys.stderr)
-        return 130
+        return 130, f"{command}: {detail}"
     except PyroVIError as error:
-        print(f"{command}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
+        return 2, f"{command}: error: {_one_line(error)}"
     except Exception as error:  # noqa: BLE001 - the promise is one line, whatever went wrong
         if os.environ.get("PYRO_VI_TRACEBACK"):
             raise
-        print(f"{command}: error: {_unexpected(error)}", file=sys.stderr)
-        return 2
+        return 2, f"{command}: error: {_unexpected(error)}"
+
+
+def _folded(caught: list) -> str:
+    """The distinct warnings a failed run gave, as the end of its one line ("" if none)."""
+    messages = list(dict.fromkeys(_one_line(warning.message) for warning in caught if str(warning.message).strip()))
+    return f" (warned before: {'; '.join(messages)})" if messages else ""
 
 
 def _one_line(error: BaseException) -> str:

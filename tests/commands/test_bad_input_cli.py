@@ -406,3 +406,21 @@ def test_api_raises_pyro_vi_error(call, error_type, fragment):
         call()
     assert isinstance(caught.value, error_type), f"{type(caught.value).__name__} is not a {error_type.__name__}"
     assert "\n" not in str(caught.value) and fragment.lower() in str(caught.value).lower(), str(caught.value)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--learning-rate", "1e30"], "became NaN/inf at step"),
+])
+def test_a_warning_before_an_error_is_folded_into_the_one_line(tmp_path, capsys, options, fragment):
+    """Pyro's two-line NaN UserWarning ("Encountered NaN: loss") preceded the one-line error."""
+    import warnings
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["fit", f"{root / 'examples' / 'my_model.py'}:model", "auto-normal", "--data", str(root / "examples" / "my_model_data.npz"),
+            "--num-steps", "5", "--no-progress", "--elbo-samples", "2", "--out", str(tmp_path / "out"), *options]
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as a user's shell runs pyro-vi (the test suite makes warnings errors)
+        assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and fragment in error and "(warned before: Encountered NaN: loss)" in error, error
