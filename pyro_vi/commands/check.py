@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     preflight.check_allocation(4.0 * args.num_samples * max(1, num_latent), f"--num-samples {args.num_samples}")
     out_path = io.check_output_path(args.out)
     if args.checkpoint is not None:
-        user_model.restore_params(args.checkpoint)
+        user_model.restore_params(args.checkpoint, pair.guide_trace)
     elif (out_path / "checkpoint.pt").exists() and not args.overwrite:
         raise OutputError(f"{str(out_path / 'checkpoint.pt')!r} holds an earlier fit; pass --checkpoint to check it, "
                           "--overwrite to fit again, or choose another --out")
