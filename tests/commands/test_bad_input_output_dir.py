@@ -116,3 +116,18 @@ def test_overwrite_clears_only_what_the_previous_owner_wrote(tmp_path):
         io.atomic_write(directory / "params.pt", lambda file: file.write(b"fit"))
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["notes.txt", "params.pt"]
     assert (out / io.FILES_FILE).read_text().split() == ["params.pt"]
+
+
+def test_fit_overwrite_into_a_finished_vae_run_clears_the_vae_figures(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    figures = ("elbo.png", "reconstructions.png", "samples.png", "latent.png", "manifold.png")
+    _finished(out, "vae", (*figures, "metrics.json", "checkpoint.pt"))
+    argv = ["fit", f"{root / 'examples' / 'my_model.py'}:model", "auto-normal", "--data", str(root / "examples" / "my_model_data.npz"),
+            "--num-steps", "3", "--no-progress", "--elbo-samples", "2", "--posterior-samples", "10", "--out", str(out)]
+    status, stderr = run_cli(argv, capsys)
+    assert status == 2 and "--overwrite" in stderr  # the vae's checkpoint and figures: refused
+    status, _ = run_cli([*argv, "--overwrite"], capsys)
+    assert status == 0 and (out / io.OWNER_FILE).read_text().strip() == "fit"
+    assert not any((out / name).exists() for name in figures)
+    assert (out / "metrics.json").read_text() != "vae\n" and (out / "checkpoint.pt").read_bytes() != b"vae\n"
