@@ -192,6 +192,47 @@ def table(records: list) -> str:
     return "\n".join(lines)
 
 
+def pivot(records: list, library: str = "pyro") -> str:
+    """The README's table: a row per posterior, a column per guide and estimator, each cell
+    "max |mean error| / min sd ratio / k-hat"; then how often k-hat reassured wrongly."""
+    done = [r for r in records if r["library"] == library]
+    columns = [(guide, estimator) for guide in GUIDES for estimator in ESTIMATORS
+               if any(r["guide"] == guide and r["estimator"] == estimator for r in done)]
+    lines = ["| posterior | " + " | ".join(f"{guide} {estimator}" for guide, estimator in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name in dict.fromkeys(r["posterior"] for r in done):
+        cells = []
+        for guide, estimator in columns:
+            found = [r for r in done if (r["posterior"], r["guide"], r["estimator"]) == (name, guide, estimator)]
+            if not found:
+                cells.append("")
+            elif "error" in found[0]:
+                cells.append("failed")
+            else:
+                r = found[0]
+                bad = _bad(r)
+                text = f"{_number(r['max_mean_error_sd'], '.2f')} / {_number(r['min_sd_ratio'], '.2f')} / {_number(r['khat'], '.2f')}"
+                cells.append(f"**{text}**" if bad and not _khat_warns(r) else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    finished = [r for r in done if "error" not in r]
+    bad = [r for r in finished if _bad(r)]
+    wrong = [r for r in bad if not _khat_warns(r)]
+    good = [r for r in finished if not _bad(r)]
+    lines.append("")
+    lines.append(f"{len(finished)} fits: {len(bad)} off (mean error > 0.5 sd or sd ratio < 0.7), k-hat > 0.7 on "
+                 f"{len(bad) - len(wrong)} of them (bold: k-hat reassured wrongly); k-hat > 0.7 on "
+                 f"{sum(_khat_warns(r) for r in good)} of the {len(good)} fits that were not off.")
+    return "\n".join(lines)
+
+
+def _bad(r: dict) -> bool:
+    return not (float(r["max_mean_error_sd"]) <= 0.5 and float(r["min_sd_ratio"]) >= 0.7)
+
+
+def _khat_warns(r: dict) -> bool:
+    return not float(r["khat"]) <= 0.7  # NaN or inf warn too
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posteriordb", default=None, help="a posteriordb folder (default $PYRO_VI_POSTERIORDB)")
@@ -206,11 +247,25 @@ def main() -> int:
     parser.add_argument("--numpyro", action="store_true", help="also NumPyro on its ports of a few posteriors")
     parser.add_argument("--out", default=str(HERE / "results" / "posteriordb.jsonl"))
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: eight schools, AutoNormal and AutoMultivariateNormal, 30 steps, 200 draws "
+                        "(without a posteriordb folder: a note, exit 0)")
+    parser.add_argument("--pivot", action="store_true", help="print the README's table of --out and stop")
     args = parser.parse_args()
     out = Path(args.out)
-    if args.table:
-        print(table([json.loads(line) for line in out.read_text().splitlines() if line.strip()]))
+    if args.table or args.pivot:
+        records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        libraries = [library for library in ("pyro", "numpyro") if any(r["library"] == library for r in records)]
+        print(table(records) if args.table else "\n\n".join(pivot(records, library) for library in libraries))
         return 0
+    if args.quick:
+        try:
+            posteriordb.files.database_root(args.posteriordb)
+        except pyro_vi.ConfigError as error:
+            print(f"bench_posteriordb --quick: skipped: {error}", file=sys.stderr)
+            return 0
+        args.posteriors = args.posteriors or ["eight_schools-eight_schools_noncentered"]
+        args.guides, args.steps, args.num_samples = ["normal", "mvn"], 30, 200
     torch.set_num_threads(args.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = args.posteriors or list(posteriordb.PORTS)
@@ -228,7 +283,7 @@ def main() -> int:
                         record.update(run_pyro(problem, guide, estimator, args))
                     else:
                         record.update(run_numpyro(name, problem, guide, args))
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - a failed cell is a row saying why
                     record["error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
                     if os.environ.get("BENCH_TRACEBACK"):
                         traceback.print_exc()
