@@ -64,7 +64,7 @@ def _subsampled_plate(site) -> str | None:
 
 def _failure(error: BaseException) -> str:
     message = " ".join(str(error).split()).split(" Trace Shapes:")[0] or "(no message)"
-    return f"{type(error).__name__}: {message[:200]}"
+    return f"{type(error).__name__}: {message}"
 
 
 def draws(model: Callable, guide: Callable, *args, num_samples: int = 1000, **kwargs) -> Draws:

@@ -116,7 +116,7 @@ def fit_sklearn(
             warnings.simplefilter("ignore", ConvergenceWarning)
             mixture.fit(x)
     except ValueError as error:  # e.g. "ill-defined empirical covariance" with reg_covar=0
-        raise DataError(f"scikit-learn's fit failed ({str(error).splitlines()[0][:200]}); raise --reg-covar") from None
+        raise DataError(f"scikit-learn's fit failed ({' '.join(str(error).split())}); raise --reg-covar") from None
     seconds = time.perf_counter() - start
     covariances = torch.as_tensor(mixture.covariances_, dtype=data.dtype, device=data.device)
     params = MixtureParams.from_covariance(

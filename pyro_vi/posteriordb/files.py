@@ -52,7 +52,7 @@ def read_json(path: str | os.PathLike):
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        message = " ".join(str(error).split())[:200]
+        message = " ".join(str(error).split())
         raise DataError(f"{str(path)!r} cannot be read as JSON ({type(error).__name__}: {message})") from None
 
 

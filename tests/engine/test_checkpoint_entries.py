@@ -149,3 +149,28 @@ def test_variance_checkpoint_refuses_a_stray_baseline(coin_run, tmp_path, capsys
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and fragment in error, error
         assert not (tmp_path / "variance").exists()
+
+
+def test_a_trainers_own_state_of_another_type_is_refused_on_resume(tmp_path):
+    """``fit(state=...)``: a checkpoint's entry of another type than the trainer's own (vae's
+    ``epoch_loss`` a string, say) was put back as it was."""
+    import pyro
+    import pyro.distributions as dist
+
+    import pyro_vi
+
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("x", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    path = tmp_path / "checkpoint.pt"
+    pyro.clear_param_store()
+    pyro_vi.fit(model, guide, num_steps=2, checkpoint=path, state={"epoch_loss": 0.0, "history": []}, progress=False)
+    saved = torch.load(path, weights_only=True)
+    saved["run"]["state"]["epoch_loss"] = "lots"
+    torch.save(saved, path)
+    pyro.clear_param_store()
+    with pytest.raises(CheckpointError, match="run state 'epoch_loss' is a str, not a float"):
+        pyro_vi.fit(model, guide, num_steps=4, checkpoint=path, resume=True, state={"epoch_loss": 0.0, "history": []}, progress=False)
