@@ -5,6 +5,9 @@
   vectorize itself); sites only the model samples are drawn by replaying the model on each guide draw,
   and listed in ``Draws.undrawn`` (not raised) when that fails
 * :func:`summary`      mean, sd and 5/50/95% quantiles per site: name -> {mean, sd, q5, q50, q95}
+* :func:`fitted_draws`, :func:`fitted_summary`  the same from a ``FitResult`` (its model, guide,
+  arguments and params), without rerunning anything: ``result.draws()``, ``result.summary()``
+* :func:`params_set_to`  the param store at given (constrained) values for a block, put back after
 * :func:`convergence`  whether the smoothed ELBO still moves by more than its noise over the last
   tenth of the run
 * :class:`ParamTrace`  the params (an ``AutoContinuous`` guide's loc and scale per site) recorded
@@ -19,9 +22,10 @@ site's own shape.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import pyro
 import torch
@@ -32,7 +36,8 @@ from torch import Tensor
 from pyro_vi.engine import params
 from pyro_vi.errors import ConfigError
 
-__all__ = ["Draws", "draws", "summary", "convergence", "smoothed", "ParamTrace", "QUANTILES"]
+__all__ = ["Draws", "draws", "summary", "fitted_draws", "fitted_summary", "params_set_to", "convergence", "smoothed",
+           "ParamTrace", "QUANTILES"]
 
 QUANTILES = {"q5": 0.05, "q50": 0.5, "q95": 0.95}
 # Two-sided 99% quantile of Student's t with 8 degrees of freedom: ten batch means, a line fitted
@@ -173,6 +178,72 @@ def summary(draws: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
             **{key: quantiles[i] for i, key in enumerate(QUANTILES)},
         }
     return table
+
+
+@contextlib.contextmanager
+def params_set_to(values: Mapping[str, Tensor], create: Callable[[], object] | None = None) -> Iterator[None]:
+    """The param store's params at ``values`` (constrained, as ``FitResult.params`` holds them) inside
+    the block, written in place (an ``nn.Module``'s or ``PyroModule``'s own tensors see them); the
+    previous values are put back after, and params the block created are removed.
+
+    Args:
+        values: name -> constrained value.
+        create: called first (without gradients, its trace discarded) to create params that are
+            not in the store (e.g. the guide, after ``pyro.clear_param_store()``).
+    """
+    from torch.distributions import transform_to
+
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    if create is not None and any(name not in store for name in values):
+        with torch.no_grad(), poutine.block():
+            create()
+    constraints = store.get_state()["constraints"]
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, value in values.items():
+                if name not in store:
+                    continue
+                target = store.get_param(name).unconstrained()
+                if torch.equal(store.get_param(name).detach(), value.to(target.device)):
+                    continue  # already there (right after fit): nothing to do, nothing to round
+                saved[name] = target.detach().clone()
+                target.copy_(transform_to(constraints[name]).inv(value.to(target.device, target.dtype)))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                store.get_param(name).unconstrained().copy_(value)
+        for name in set(store.keys()) - before:
+            del store[name]
+
+
+def fitted_draws(result, num_samples: int = 1000) -> Draws:
+    """:func:`draws` from a ``FitResult``: its guide at its params (``result.params``, whatever the
+    param store holds now), called with its arguments (a ``PerStep`` argument at the last step).
+
+    Args:
+        result: a ``pyro_vi.FitResult`` (``model``, ``guide``, ``args``, ``kwargs``, ``params``, ``steps``).
+        num_samples: draws per site.
+
+    Raises:
+        ConfigError: the result does not hold its model and guide, or ``num_samples`` below 1.
+    """
+    from pyro_vi.engine.subsample import step_values
+
+    if getattr(result, "model", None) is None or getattr(result, "guide", None) is None:
+        raise ConfigError("this FitResult does not hold its model and guide; call "
+                          "pyro_vi.engine.posterior.draws(model, guide, *args) with them")
+    args, kwargs = step_values(result.args, result.kwargs, max(result.steps - 1, 0))
+    with params_set_to(result.params, create=lambda: result.guide(*args, **kwargs)):
+        return draws(result.model, result.guide, *args, num_samples=num_samples, **kwargs)
+
+
+def fitted_summary(result, num_samples: int = 1000) -> dict[str, dict[str, Tensor]]:
+    """:func:`summary` of :func:`fitted_draws`: name -> {mean, sd, q5, q50, q95} (the sites that
+    could not be drawn are in ``fitted_draws(result).undrawn``)."""
+    return summary(fitted_draws(result, num_samples))
 
 
 def smoothed(losses, window: int | None = None) -> list[float]:

@@ -157,3 +157,32 @@ def test_the_trace_of_an_auto_continuous_guide_is_each_sites_loc_and_scale():
     restored = posterior.ParamTrace(guide)
     restored.load(trace.state())
     assert restored.values == trace.values and restored.steps == trace.steps
+
+
+def test_fitted_draws_use_the_results_params_whatever_the_store_holds_now():
+    """A FitResult's draws come from its own params: after another run moved the store's values
+    (and after the store was cleared), the draws are those of the result's params; the store is
+    left as it was. AutoDiagonalNormal: its loc is a PyroModule's nn.Parameter (changed in place)."""
+    from types import SimpleNamespace
+
+    data = _logistic_data(40)
+    guide = AutoDiagonalNormal(hierarchical_logistic)
+    guide(*data)
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        store["AutoDiagonalNormal.loc"].copy_(torch.arange(9.0))
+        store.get_param("AutoDiagonalNormal.scale").unconstrained().fill_(-20.0)  # softplus: scale ~ 2e-9
+    params = {name: value.detach().clone() for name, value in store.items()}
+    result = SimpleNamespace(model=hierarchical_logistic, guide=guide, args=data, kwargs={}, params=params, steps=10)
+    with torch.no_grad():
+        store["AutoDiagonalNormal.loc"].fill_(-5.0)  # "another run"
+    table = posterior.fitted_summary(result, num_samples=5)
+    assert torch.allclose(table["beta"]["mean"], torch.tensor([6.0, 7.0, 8.0], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(table["alpha"]["mean"], torch.tensor([2.0, 3.0, 4.0, 5.0], dtype=torch.float64), atol=1e-6)
+    assert bool((store["AutoDiagonalNormal.loc"] == -5.0).all())  # put back
+    pyro.clear_param_store()
+    draws = posterior.fitted_draws(result, num_samples=3)
+    assert torch.allclose(draws["beta"], torch.tensor([6.0, 7.0, 8.0]).expand(3, 3), atol=1e-5)
+    assert "AutoDiagonalNormal.loc" not in pyro.get_param_store()  # created for the draws, removed after
+    with pytest.raises(ConfigError, match="does not hold its model"):
+        posterior.fitted_draws(SimpleNamespace(model=None, guide=None, params={}, steps=0))
