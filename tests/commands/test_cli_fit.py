@@ -177,20 +177,39 @@ def test_hierarchical_logistic_regression_gets_posterior_traces_and_metrics_line
         assert "AutoNormal.locs.beta" in state["values"]
 
 
-def test_tensorboard_option(tmp_path, capsys):
-    """--tensorboard writes event files when the package is present, else is one line, exit 2, nothing written."""
+def test_tensorboard_option(tmp_path, capsys, monkeypatch):
+    """--tensorboard: one line, exit 2, nothing written, without the package; with it (here a
+    stand-in SummaryWriter, the same calls) the scalars of every metrics.jsonl line."""
     out = tmp_path / "out"
     argv = ["fit", f"{EXAMPLE}:model", f"{EXAMPLE}:guide", "--data", str(EXAMPLE_DATA), "--num-steps", "4", *QUIET,
-            "--tensorboard", "--out", str(out)]
+            "--metrics-every", "2", "--tensorboard", "--out", str(out)]
     try:
         import tensorboard  # noqa: F401
     except ImportError:
         assert cli.main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and "pip install tensorboard" in error and not out.exists()
-    else:
-        assert cli.main(argv) == 0
-        assert any(path.name.startswith("events.") for path in (out / "tensorboard").iterdir())
+    from pyro_vi.commands import _monitor
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            written.append((key, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setattr(_monitor, "check_tensorboard", lambda: Writer)
+    assert cli.main(argv) == 0
+    assert written == [("dir", str(out / "tensorboard")), *[(key, step) for step in (2, 4) for key in
+                       ("loss", "elbo_smoothed", "steps_per_second")], ("closed",)]
 
 
 def test_positional_csv_data(tmp_path):
