@@ -95,13 +95,15 @@ def test_interrupt_while_building_the_parser_is_130(capsys, monkeypatch):
 
 
 @pytest.mark.smoke
-def test_import_time_handler_exits_130_quietly():
-    """The handler ``pyro_vi/__init__.py`` installs first: Ctrl-C during the imports exits 130."""
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_import_time_handler_exits_130_quietly(name):
+    """The handler ``pyro_vi/__init__.py`` installs first: Ctrl-C (or SIGTERM, which exited 143
+    without a word) during the imports exits 130."""
     code = (
         "import sys, os, signal, time; sys.argv[0] = 'pyro-vi'\n"
         "from pyro_vi import _interrupt\n"
         "_interrupt.exit_quietly_during_import()\n"
-        "os.kill(os.getpid(), signal.SIGINT)\n"
+        f"os.kill(os.getpid(), signal.{name})\n"
         "time.sleep(10)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
