@@ -269,6 +269,8 @@ def fit(
 
     # The run's own state, saved in every checkpoint: the history and the current epoch's sums.
     state: dict = {"history": [], "epoch_loss": 0.0, "epoch_good_steps": 0, "epoch_skipped": 0, "evaluate_seconds": 0.0}
+    if resume and loaded_checkpoint is not None:  # the engine checks the entries' types; here their content
+        _check_saved_state(loaded_checkpoint["run"].get("state", {}), checkpoint_path)
     start = time.perf_counter()
 
     def end_of_step(step: int, loss_value: float | None) -> None:
@@ -342,3 +344,27 @@ def fit(
         skipped_steps=result.skipped_steps,
         compiled_steps=result.compiled_steps,
     )
+
+
+def _check_saved_state(saved: dict, path) -> None:
+    """A checkpoint's history holds one dict of numbers per epoch; its counts are integers >= 0.
+
+    Raises:
+        CheckpointError: the first entry that is not.
+    """
+    from pyro_vi.errors import CheckpointError
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {str(path)!r}: run state {what}; it is damaged or was edited, restore a good copy or start over")
+
+    history = saved.get("history", [])
+    for index, record in enumerate(history if isinstance(history, list) else []):
+        if not isinstance(record, dict) or not all(
+                isinstance(key, str) and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+                for key, value in record.items()):
+            raise bad(f"'history' entry {index + 1} is not a dict of numbers")
+        if record.get("epoch") != index + 1:
+            raise bad(f"'history' entry {index + 1} is for epoch {record.get('epoch')!r}")
+    for key in ("epoch_good_steps", "epoch_skipped"):
+        if isinstance(saved.get(key), int) and saved[key] < 0:
+            raise bad(f"{key!r} is {saved[key]}, below 0")

@@ -45,6 +45,18 @@ def test_vae_command_writes_metrics_figures_and_checkpoint(tmp_path, capsys):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][:2] == metrics["history"]
 
+    # A history entry edited into a string is refused on --resume, in one line, the file untouched
+    # (it reached metrics.json, or failed in the figure as "a bug in pyro_vi").
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    saved["run"]["state"]["history"][1]["train_elbo"] = "high"
+    torch.save(saved, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["vae", *SMOKE[2:], "--epochs", "4", "--z-dim", "2", "--out", str(out), "--resume"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "'history' entry 2 is not a dict of numbers" in error, error
+    assert (out / "checkpoint.pt").read_bytes() == before
+
 
 def test_gaussian_likelihood_with_learned_scale_and_meanfield_elbo(tmp_path):
     out = tmp_path / "run"
