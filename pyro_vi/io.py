@@ -212,7 +212,11 @@ def _remove(path: Path) -> None:
 def _entries(directory: Path) -> dict[str, tuple[int, int]]:
     """``{name: (inode, mtime)}`` of the visible entries: what a run wrote shows as new or changed."""
     found = {}
-    for path in directory.iterdir():
+    try:
+        paths = list(directory.iterdir())
+    except OSError:  # OUT removed or unreadable meanwhile
+        return found
+    for path in paths:
         if not path.name.startswith("."):
             try:
                 info = path.stat()
