@@ -5,7 +5,7 @@ Models, as Pyro's tutorials write them: the coin of "SVI Part I" (Beta guide), B
 with ``PyroModule[nn.Linear]`` + ``AutoNormal``, and eight schools with ``AutoNormal``. Contenders:
 ``pyro-svi`` (SVI.step), ``pyro_vi.fit`` with ``compile=False`` (the plain step) and
 ``pyro_vi.fit-compiled`` (``compile=True``, what ``fit``'s default does on runs of 1000+ steps: the
-step recorded once as a tensor program, ``pyro_vi.engine.compiled``; each ``fit`` call's first step
+step recorded once as a tensor program, ``pyro_vi.engine.compile.record``; each ``fit`` call's first step
 is plain, the recording is kept on the loss object and reused by later calls),
 ``pyro_vi.fit-inductor`` (``compile="inductor"``: that program compiled by ``torch.compile``, in the
 untimed warm-up round; not in ``--quick``), and ``numpyro`` (the

@@ -1,11 +1,11 @@
 """What recording a step costs: the price ``fit``'s default compile pays once before its first replay.
 
-The recording (``pyro_vi.engine.compiled.compile_loss``: the loss traced by ``make_fx``, its backward
+The recording (``pyro_vi.engine.compile.record.compile_loss``: the loss traced by ``make_fx``, its backward
 joined into one program, checked once against the plain loss) is timed on two models: the coin of
 Pyro's "SVI Part I" (Beta guide, a Python loop over ten observations) and the enumerated Gaussian
 mixture of ``pyro_vi.mixture`` (TraceEnum_ELBO, AutoDelta; N = 100,000, K = 5, D = 2; ``--quick``:
 N = 5,000). Contenders, interleaved in one process: ``one-fake-mode`` (what pyro_vi does:
-``pyro_vi.engine.programs.one_fake_mode``, one FakeTensorMode for the recording's metadata) and
+``pyro_vi.engine.compile.graph_passes.one_fake_mode``, one FakeTensorMode for the recording's metadata) and
 ``mode-per-value`` (make_fx's own behaviour without it: a FakeTensorMode per recorded value, each
 capturing the Python stack). Reported: seconds per recording (medians) and their ratio.
 
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO  # noqa: E402
 from torch.distributions import constraints  # noqa: E402
 
-from pyro_vi.engine import compiled, programs  # noqa: E402
+from pyro_vi.engine.compile import graph_passes as programs  # noqa: E402
+from pyro_vi.engine.compile import record as compiled  # noqa: E402
 from pyro_vi.mixture import em as mixture_em  # noqa: E402
 from pyro_vi.mixture import model as gmm  # noqa: E402
 from pyro_vi.mixture.data import synthetic  # noqa: E402

@@ -270,7 +270,7 @@ BUILDERS = {
     "pyro": build_pyro,
     "numpyro": build_numpyro,
 }
-# What cannot be recorded (none since pyro_vi.engine.compiled records TraceEnum_ELBO too).
+# What cannot be recorded (none since pyro_vi.engine.compile.record records TraceEnum_ELBO too).
 UNSUPPORTED: dict[tuple[str, str], str] = {}
 CASES = {"normal-normal": NormalNormal, "gmm-enum": GMMEnum}
 

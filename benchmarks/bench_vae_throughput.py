@@ -6,7 +6,7 @@ the same binarized images, drawn by index from a device-resident tensor:
 
 * ``pyro_vi``   ``pyro_vi.fit_images`` (the engine with the VAE's data path) with its defaults (the loop users of this library get);
 * ``pyro_vi-compiled``  ``pyro_vi.fit_images`` with ``TrainConfig(compile=True)``: the step's Trace_ELBO
-                recorded once as a tensor program (``pyro_vi.engine.compiled``) and replayed;
+                recorded once as a tensor program (``pyro_vi.engine.compile.record``) and replayed;
 * ``torch``     a hand-written PyTorch loop of the identical network, objective, batch and
                 optimizer: the ceiling for any library built on PyTorch;
 * ``pyro``      Pyro's ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step`` as a user writes it;

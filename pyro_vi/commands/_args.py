@@ -116,14 +116,16 @@ def add_compile(parser) -> None:
     ``args.compile`` = ``True`` / ``False`` / ``None``, and ``--inductor`` (:func:`compile_mode`)."""
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
-        help="replay the step as a recorded tensor program (pyro_vi.engine.compiled): same numbers, less per-step "
-        "work. Default: on where it applies and the run has 1000+ steps to repay the recording; --compile: "
-        "always, or a one-line error naming why not; --no-compile: never",
+        help="replay the step as a recorded tensor program (pyro_vi.engine.compile; jax.jit's contract: the model's "
+        "Python runs when the step is recorded, a replay repeats its tensor operations only; audited, and every "
+        "fall-back reported). Default: pyro-vi fit takes SVI's plain step; the built-in families (vae, gmm) record "
+        "where the run has 1000+ steps to repay it. --compile: always, or a one-line error naming why not; "
+        "--no-compile: never",
     )
     parser.add_argument(
         "--inductor", action="store_true",
         help="as --compile, then compile the recorded step with inductor: fused C++ kernels and, with Adam, the "
-        "update in the same program (pyro_vi.engine.wholestep). Seconds to compile, then several times faster on "
+        "update in the same program (pyro_vi.engine.compile.whole_step). Seconds to compile, then several times faster on "
         "small models; numbers equal to float rounding, not bit for bit",
     )
 
@@ -148,9 +150,9 @@ def check_compile(compile: bool | None, loss) -> None:
     (what only a recording shows, such as ``.item()`` in a model, ``fit`` refuses after step 1).
 
     Raises:
-        ConfigError: ``pyro_vi.engine.compiled.can_compile``'s reason.
+        ConfigError: ``pyro_vi.engine.compile.record.can_compile``'s reason.
     """
-    from pyro_vi.engine.compiled import can_compile
+    from pyro_vi.engine.step import compile_refusal as can_compile
     from pyro_vi.errors import ConfigError
 
     reason = can_compile(None, None, (), loss) if compile else None

@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
             "final_loss": result.losses[-1] if result.losses else None,
             "seconds": result.seconds, "steps_per_second": result.steps_per_second,
             "skipped_steps": result.skipped_steps, "compiled_steps": result.compiled_steps, "seed": args.seed,
+            "compile": {**result.compile._asdict(), "fallbacks": list(result.compile.fallbacks)},
             "device": str(device),
             "latent_sites": {name: list(shape) for name, shape in sites.items()},
             "sites_not_in_guide": [name for name in sites if name not in guide_sites],
@@ -302,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
         io.write_json(out / "metrics.json", metrics)
     print(f"{args.model} with {args.guide}: {result.steps} steps ({result.steps_this_call} now, "
           f"{result.steps_per_second:.0f} steps/s, {result.seconds:.1f} s); final ELBO {elbo:.4g} +- {elbo_error:.2g}")
+    if result.compile.mode is not False:
+        print(f"  steps: {result.compile}")
     for row in summary[:12]:
         index = f"[{row.index}]" if row.index else ""
         print(f"  {row.site}{index}: mean {row.mean:.4g}, sd {row.sd:.3g}, 90% interval [{row.q5:.4g}, {row.q95:.4g}]")
@@ -325,7 +328,7 @@ def _spec_name(spec: str) -> str:
 
 def _Monitor(*options):
     from pyro_vi.commands._monitor import Monitor
-    from pyro_vi.engine.autocompile import reads_only
+    from pyro_vi.engine.step import reads_only
 
     return reads_only(Monitor(*options))  # it reads params and losses: fit's default compile still applies
 

@@ -8,11 +8,7 @@
 * :mod:`~pyro_vi.engine.resume`       a resumed run: params restored as created, the warm-up
 * :mod:`~pyro_vi.engine.checkpoint`   atomic, weights-only checkpoints; the one param-store restore
 * :mod:`~pyro_vi.engine.checkpoint_format`  what a checkpoint file holds, and its check on load
-* :mod:`~pyro_vi.engine.autocompile`  when ``fit`` replays the recorded step (on by default), the audit
-* :mod:`~pyro_vi.engine.compiled`     one step recorded once and replayed
-* :mod:`~pyro_vi.engine.programs`     passes over a recorded program: simplify, joint (loss + backward)
-* :mod:`~pyro_vi.engine.surrogate`    ``Trace_ELBO``'s loss as a recordable program, its value as Pyro sums it
-* :mod:`~pyro_vi.engine.samplers`     traceable Beta/Dirichlet/Gamma draws for recording
+* :mod:`~pyro_vi.engine.compile`      opt-in: the step recorded once and replayed (its own subpackage)
 * :mod:`~pyro_vi.engine.distributed`  torch.distributed: gradient all-reduce, agreed interrupts
 * :mod:`~pyro_vi.engine.optim`        one fused Adam over every parameter (a ``PyroOptim``)
 * :mod:`~pyro_vi.engine.params`       the param store as function inputs and back (the one place
@@ -21,8 +17,8 @@
 """
 
 from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
-    arguments, autocompile, checkpoint, checkpoint_format, compiled, distributed, loop, optim, params, posterior, programs,
-    resume, rng, samplers, subsample, surrogate,
+    arguments, checkpoint, checkpoint_format, compile, distributed, loop, optim, params, posterior, resume, rng,
+    subsample,
 )
 from pyro_vi.engine.loop import FitResult, fit
 from pyro_vi.engine.subsample import EpochSubsample, PerStep

@@ -11,7 +11,7 @@ import torch
 
 from pyro_vi.errors import ConfigError, DataError, OutputError
 
-__all__ = ["check_fit_options", "check_fit_arguments", "check_fresh_checkpoint"]
+__all__ = ["check_compile_mode", "check_fit_arguments", "check_fit_options", "check_fresh_checkpoint"]
 
 ON_NAN = ("raise", "skip")
 
@@ -137,3 +137,10 @@ def _check_learning_rate(value, where: str) -> None:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{where} must be a non-negative finite number, got {value!r}; pass e.g. {{'lr': 0.01}}")
+
+
+def check_compile_mode(mode) -> None:
+    """``ConfigError`` unless ``mode`` is ``None``, ``True``, ``False``, ``"inductor"`` or ``"auto"`` (by
+    identity: ``1`` or a NumPy bool is refused, not taken for ``True``)."""
+    if not (mode is None or mode is True or mode is False or (isinstance(mode, str) and mode in ("inductor", "auto"))):
+        raise ConfigError(f"compile must be None or False (SVI's step), True, 'inductor' or 'auto', got {mode!r}")

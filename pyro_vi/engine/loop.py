@@ -7,7 +7,10 @@
     if loss and every gradient are finite: optim(params)     # else raise, or skip the step
     drop the gradients
 
-around which the engine keeps the guarantees of a long run, for every model:
+This is the default, and it is SVI's step bit for bit on CPU (:class:`pyro_vi.engine.step.PlainStep`):
+every step runs the model's and guide's Python. ``compile=True | "inductor" | "auto"`` opts in to a
+recorded step (:mod:`pyro_vi.engine.compile`: ``jax.jit``'s contract, audited, its fall-backs reported
+in ``FitResult.compile``). Around the step the engine keeps the guarantees of a long run, for every model:
 
 * **NaN/inf** in the loss or a gradient is caught *before* the update (``on_nan="raise" | "skip"``).
 * **Checkpoints** (``checkpoint=PATH``) hold the param store, the optimizer state (learning-rate
@@ -47,22 +50,18 @@ from typing import Any, Callable, NamedTuple
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.ops.provenance import ProvenanceTensor, detach_provenance
-from torch import Tensor
 
 from pyro_vi.engine import arguments
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
 from pyro_vi.engine import resume as resuming
-from pyro_vi.engine.autocompile import StepRecorder, check_compile_mode
+from pyro_vi.engine.step import CompileReport, make_step
 from pyro_vi.engine.subsample import EpochSubsample, PerStep  # noqa: F401 - re-exported (older imports)
-from pyro_vi.engine.subsample import check_subsamples, explain_plate_mismatch, step_values
+from pyro_vi.engine.subsample import check_subsamples, step_values
 from pyro_vi.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 
 __all__ = ["FitResult", "fit"]  # PerStep, EpochSubsample: pyro_vi.engine.subsample
-
 
 
 class FitResult(NamedTuple):
@@ -77,7 +76,9 @@ class FitResult(NamedTuple):
         steps_per_second: this call's steps / seconds (callback time included).
         skipped_steps: steps of the run dropped for a NaN/inf loss or gradient (``on_nan="skip"``).
         stopped_early: the callback asked to stop.
-        compiled_steps: steps of this call taken by the recorded program (``compile``).
+        compiled_steps: steps of this call taken by a recorded program (``compile``).
+        compile: how this call's steps were taken (:class:`pyro_vi.engine.step.CompileReport`:
+            compiled and plain steps, why steps fell back, the recording's one-off seconds).
     """
 
     params: dict
@@ -89,6 +90,7 @@ class FitResult(NamedTuple):
     skipped_steps: int
     stopped_early: bool
     compiled_steps: int = 0
+    compile: CompileReport = CompileReport()
 
 
 def fit(
@@ -142,11 +144,14 @@ def fit(
             checkpoint and restored into the same dict on resume.
         on_nan: ``"raise"`` (``TrainingDivergedError``) or ``"skip"`` the step, without an update.
         progress: a tqdm bar with the loss.
-        compile: replay the step as a recorded tensor program after a first plain step
-            (``pyro_vi.engine.compiled``; same numbers, checked). ``None``: where it applies and the
-            run is long enough to repay it, else plain (``pyro_vi.engine.autocompile``); ``True``:
-            always, or ``ConfigError`` naming why not; ``"inductor"``: as ``True``, the program then
-            compiled by inductor (fused kernels; equal to float rounding); ``False``: never.
+        compile: ``None`` or ``False`` (the default): SVI's step, every step running the model's
+            Python. Opt-in record and replay (:mod:`pyro_vi.engine.compile.policy`, ``jax.jit``'s
+            contract: the Python runs when the step is recorded, a replay repeats tensor operations
+            only; audited, guarded, every fall-back reported in ``FitResult.compile``): ``True``
+            records after a first plain step, or raises ``ConfigError`` naming why it cannot;
+            ``"inductor"``: as ``True``, the program then compiled by inductor (fused kernels; equal
+            to float rounding); ``"auto"``: records only where it applies and the run is long enough
+            to repay it (the built-in families' choice), else plain, said in the report.
         data_parallel: a ``pyro_vi.engine.distributed.DataParallel`` for a torch.distributed run.
 
     Returns:
@@ -158,178 +163,175 @@ def fit(
         TrainingDivergedError: NaN/inf with ``on_nan="raise"``: the params are the last good step's.
         TrainingInterrupted: Ctrl-C or SIGTERM; raised after the checkpoint is written.
     """
-    from tqdm.auto import tqdm
-
     arguments.check_fit_options(num_steps, on_nan, seed, scheduler_every, checkpoint_every, checkpoint, resume)
     optim = arguments.check_fit_arguments(model, guide, args, kwargs, loss, optim)
-    check_compile_mode(compile)
-    if compile not in (None, False) and kwargs:
+    arguments.check_compile_mode(compile)
+    if compile in (True, "inductor") and kwargs:
         raise ConfigError("compile records positional arguments only; pass the model's arguments positionally")
     loss = Trace_ELBO() if loss is None else loss
     optim = pyro_vi_optim.Adam({"lr": 1e-3}) if optim is None else optim
-    is_main = data_parallel is None or data_parallel.is_main
-    # What identifies the run: the caller's description, else the loss's and optimizer's types.
-    saved_config = (
-        {"model": dict(checkpoint_config.get("model", {})), "train": dict(checkpoint_config.get("train", {}))}
-        if checkpoint_config is not None
-        else {"model": {}, "train": {"loss": type(loss).__name__, "optim": type(optim).__name__}}
-    )
+    saving = _Checkpoints(checkpoint, checkpoint_every, checkpoint_config, loss, optim, state, data_parallel)
     if checkpoint is not None and not resume:
         arguments.check_fresh_checkpoint(Path(checkpoint), overwrite, data_parallel)
-
-    run = resuming.Run(step=0, losses=[], skipped=0)
-    pending: dict[str, Tensor] = {}
-    checkpoint_params: dict[str, Tensor] = {}
     if resume:
-        saved = checkpoints.load(checkpoint, expected_config=saved_config, loaded=loaded_checkpoint)
-        run = resuming.restore_run(saved, optim, state, num_steps, checkpoint)
-        pending = {name: value for name, value in saved["param_store"]["params"].items()}
-        checkpoint_params = dict(pending)
-        pyro.clear_param_store()
-    elif seed is not None:
-        pyro.set_rng_seed(seed)
+        resumed = _Resumed(saving, loaded_checkpoint, num_steps, state)
+        run = resumed.run
+    else:
+        resumed, run = None, resuming.Run(step=0, losses=[], skipped=0)
+        if seed is not None:
+            pyro.set_rng_seed(seed)
     if data_parallel is not None:
         data_parallel.seed_ranks()
-
-    def save() -> None:
-        if checkpoint is not None and is_main:
-            checkpoints.save(checkpoint, saved_config, {**run.as_dict(), "state": dict(state or {})}, optim)
-
-    scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
-    plateau = scheduled and optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau
-    validate = pyro.infer.is_validation_enabled()  # Pyro's checks on the first step of each call only
-    reduce = None if data_parallel is None else data_parallel.reduce
-    due = checkpoint_every if callable(checkpoint_every) else (lambda step: checkpoint_every and step % checkpoint_every == 0)
-    interrupt = _DeferredInterrupt()
-    bar = tqdm(total=num_steps, initial=run.step, desc="svi", leave=False) if progress and is_main else None
-    start, first_step, stopped_early = time.perf_counter(), run.step, False
-    recorder = StepRecorder(compile, model, guide, loss, num_steps - run.step, callback, kwargs, data_parallel)
-    if resume and run.step >= num_steps and num_steps > 0:
-        # Nothing left to train: still put the checkpoint's values into the params the model and
-        # guide create (modules included), so the caller evaluates the trained model, not a fresh one.
-        step_args, step_kwargs = step_values(args, kwargs, run.step - 1)
-        restorer = resuming.Restore(pending, active=True)
-        resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
-        resuming.refuse_unused(pending, checkpoint)
+    step = make_step(model, guide, loss, optim, compile, steps_left=num_steps - run.step, callback=callback,
+                     kwargs=kwargs, data_parallel=data_parallel)
+    schedule = _Schedule(optim, scheduler_every)
+    if resumed is not None and run.step >= num_steps and num_steps > 0:
+        resumed.restore_only(model, guide, loss, args, kwargs)  # nothing left to train: the trained values still go in
+    interrupt, first_step, stopped_early = _DeferredInterrupt(), run.step, False
+    bar = _progress_bar(progress and saving.is_main, num_steps, run.step)
+    start = time.perf_counter()
     try:
         with interrupt:
             while run.step < num_steps:
                 step_args, step_kwargs = step_values(args, kwargs, run.step)
-                value = recorder.step(step_args, optim if reduce is None else None)
-                if value is not None:
-                    if recorder.updated:  # the whole step, update included, was one program
-                        step_loss = value if recorder.finite else None
-                    else:
-                        step_loss = _apply(optim, recorder.params, value, reduce, recorder.finite)
+                if run.step == first_step:  # Pyro's checks, the checkpoint's params restored: the call's first step only
+                    result = _first_step(step, resumed, model, guide, loss, args, kwargs, step_args, step_kwargs)
                 else:
-                    first = run.step == first_step
-                    if first:  # Pyro's checks, and the restore of a checkpoint's params, on the first step only
-                        restorer = resuming.Restore(pending, active=resume)
-                        if resume:
-                            resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, validate, checkpoint_params)
-                        with pyro.validation_enabled(validate), restorer:
-                            step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first, restorer)
-                    else:  # later steps: the NaN/inf check covers what can change from step to step
-                        with pyro.validation_enabled(False):
-                            step_loss = _step(model, guide, loss, optim, step_args, step_kwargs, reduce, first)
-                    if first:
-                        check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
-                        resuming.refuse_unused(pending, checkpoint)
-                    if step_loss is not None:  # a NaN step is not recorded: the run stops or skips it
-                        recorder.record(step_args)
-                if step_loss is None:
+                    result = step(step_args, step_kwargs)
+                if result.loss is None:
                     if on_nan == "raise":
-                        diverged = TrainingDivergedError(
-                            f"the loss or a gradient became NaN/inf at step {run.step + 1}; the parameters are those "
-                            "of the last good step"
-                            + (f" and checkpoint {str(checkpoint)!r} holds an earlier good step"
-                               if checkpoint is not None and Path(checkpoint).is_file() else "")
-                            + "; lower the learning rate or check the data"
-                        )
-                        diverged.step = run.step + 1
-                        raise diverged
+                        raise _diverged(run.step + 1, checkpoint)
                     run.skipped += 1
                 run.step += 1
-                run.losses.append(math.nan if step_loss is None else step_loss)
-                if scheduled and run.step % scheduler_every == 0:
-                    recent = [x for x in run.losses[-scheduler_every:] if not math.isnan(x)]
-                    optim.step(sum(recent) / len(recent)) if plateau and recent else (None if plateau else optim.step())
-                if callback is not None and callback(run.step, step_loss):
-                    stopped_early = True
+                run.losses.append(math.nan if result.loss is None else result.loss)
+                schedule.after(run)
+                stopped_early = callback is not None and bool(callback(run.step, result.loss))
                 if bar is not None:
-                    bar.update(1)
-                    if step_loss is not None and (run.step % 10 == 0 or run.step == num_steps):
-                        bar.set_postfix(loss=f"{step_loss:.4g}", refresh=False)
-                stop = interrupt.requested if data_parallel is None else data_parallel.any(interrupt.requested)
-                if stop:
-                    save()
-                    interrupted = TrainingInterrupted(
-                        f"interrupted at step {run.step} of {num_steps}"
-                        + (f"; checkpoint saved to {str(checkpoint)!r}: resume from it to continue" if checkpoint is not None else "")
-                    )
-                    interrupted.step, interrupted.checkpoint = run.step, checkpoint
-                    raise interrupted
+                    _show(bar, run.step, num_steps, result.loss)
+                if interrupt.requested if data_parallel is None else data_parallel.any(interrupt.requested):
+                    saving.save(run)
+                    raise _interrupted(run.step, num_steps, checkpoint)
                 if stopped_early:
                     break
-                if due(run.step) and run.step < num_steps:
-                    save()
+                if saving.due(run.step) and run.step < num_steps:
+                    saving.save(run)
         if run.step > first_step:  # a resumed run with nothing left to do leaves its checkpoint as it is
-            save()
+            saving.save(run)
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
     taken = run.step - first_step
+    report = step.report if step.compiled else CompileReport(False, 0, taken)
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
     return FitResult(params, list(run.losses), run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
-                     run.skipped, stopped_early, recorder.steps)
+                     run.skipped, stopped_early, report.compiled_steps, report)
 
 
-def _step(model, guide, loss, optim, args, kwargs, reduce, first: bool, restorer=None) -> float | None:
-    """One SVI step; the loss, or ``None`` (and no update) if the loss or a gradient is not finite."""
-    with poutine.trace(param_only=True) as capture:
-        try:
-            value = loss.loss_and_grads(model, guide, *args, **kwargs)
-        except ValueError as error:
-            if first:
-                explain_plate_mismatch(error, model, args, kwargs)
-            raise
-    if restorer is not None and restorer.active:
-        resuming.refuse_missing(restorer, capture.trace.nodes)
-    _untrack_provenance(capture.trace.nodes)
-    # In trace order (a set's order differs between processes, and the all-reduce packs by order).
-    params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
-    return _apply(optim, params, value, reduce)
+def _first_step(step, resumed, model, guide, loss, args, kwargs, step_args, step_kwargs):
+    """A call's first step: Pyro's validation on (as configured), a resumed run's params restored as
+    the model creates them (after the warm-up draws), the subsample plates checked."""
+    restorer = resuming.Restore({} if resumed is None else resumed.pending, active=resumed is not None)
+    if resumed is not None:
+        resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, step.plain.validate if step.compiled
+                         else step.validate, resumed.checkpoint_params)
+    result = step(step_args, step_kwargs, first=True, restorer=restorer)
+    check_subsamples([*args, *kwargs.values()], step_args + list(step_kwargs.values()), restorer.plates)
+    if resumed is not None:
+        resuming.refuse_unused(resumed.pending, resumed.path)
+    return result
 
 
-def _untrack_provenance(names) -> None:
-    """Store plain tensors where the loss stored provenance-tracking ones.
+class _Checkpoints:
+    """Where and when a run writes its checkpoint, and what identifies the run in it."""
 
-    Pyro's ``TraceGraph_ELBO`` writes its decaying-average baselines into the param store at every
-    step as ``ProvenanceTensor``s (a tensor subclass whose every operation runs Python bookkeeping):
-    left there, each later step gets slower (measured on the coin: 3x) and the optimizer meets a new
-    tensor object every step."""
-    store = pyro.get_param_store()
-    for name in names:
-        if name in store and isinstance(store.get_param(name).unconstrained(), ProvenanceTensor):
-            store[name] = detach_provenance(store[name]).detach()
+    def __init__(self, path, every, config: dict | None, loss, optim, state: dict | None, data_parallel):
+        self.path, self.optim, self.state = path, optim, state
+        self.is_main = data_parallel is None or data_parallel.is_main
+        # What identifies the run: the caller's description, else the loss's and optimizer's types.
+        self.config = (
+            {"model": dict(config.get("model", {})), "train": dict(config.get("train", {}))}
+            if config is not None
+            else {"model": {}, "train": {"loss": type(loss).__name__, "optim": type(optim).__name__}}
+        )
+        self.due = every if callable(every) else (lambda step: every and step % every == 0)
+
+    def save(self, run: resuming.Run) -> None:
+        if self.path is not None and self.is_main:
+            checkpoints.save(self.path, self.config, {**run.as_dict(), "state": dict(self.state or {})}, self.optim)
 
 
-def _apply(optim, params, value, reduce, finite: bool | None = None) -> float | None:
-    """Step ``optim`` on ``params`` unless the loss or a gradient is not finite (``finite``: already
-    known, from a recorded program); drop the gradients; the loss, or ``None`` for a skipped step."""
-    grads = [p.grad for p in params if p.grad is not None]
-    value = float(value)
-    if reduce is not None:
-        value, finite = reduce(value, grads), None  # averaged over ranks: check the averages
-    if finite is None:
-        finite = math.isfinite(value) and (not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())))
-    stepped = [p for p in params if p.grad is not None]  # a param the loss does not differentiate (a baseline) is not stepped
-    if finite and stepped and not pyro_vi_optim.pyro_adam_step(optim, stepped):
-        optim(stepped)
-    for p in params:  # drop the gradients, not zero them: the next backward writes instead of adding
-        p.grad = None
-    return value if finite else None
+class _Resumed:
+    """A resumed run: its run state, optimizer state and RNG states put back; its params pending,
+    restored in place as the model and guide create them on the call's first step."""
+
+    def __init__(self, saving: _Checkpoints, loaded: dict | None, num_steps: int, state: dict | None):
+        saved = checkpoints.load(saving.path, expected_config=saving.config, loaded=loaded)
+        self.path = saving.path
+        self.run = resuming.restore_run(saved, saving.optim, state, num_steps, saving.path)
+        self.pending = dict(saved["param_store"]["params"])
+        self.checkpoint_params = dict(self.pending)
+        pyro.clear_param_store()
+
+    def restore_only(self, model, guide, loss, args, kwargs) -> None:
+        """Nothing left to train: put the checkpoint's values into the params the model and guide
+        create (modules included), so the caller evaluates the trained model, not a fresh one."""
+        step_args, step_kwargs = step_values(args, kwargs, self.run.step - 1)
+        restorer = resuming.Restore(self.pending, active=True)
+        resuming.warm_up(model, guide, loss, step_args, step_kwargs, restorer, pyro.infer.is_validation_enabled(),
+                         self.checkpoint_params)
+        resuming.refuse_unused(self.pending, self.path)
+
+
+class _Schedule:
+    """A ``PyroLRScheduler`` stepped every ``every`` steps (``ReduceLROnPlateau`` given the mean loss)."""
+
+    def __init__(self, optim, every: int):
+        self.optim, self.every = optim, every
+        self.on = isinstance(optim, pyro.optim.PyroLRScheduler)
+        self.plateau = self.on and optim.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau
+
+    def after(self, run: resuming.Run) -> None:
+        if not self.on or run.step % self.every:
+            return
+        if not self.plateau:
+            self.optim.step()
+            return
+        recent = [x for x in run.losses[-self.every:] if not math.isnan(x)]
+        if recent:
+            self.optim.step(sum(recent) / len(recent))
+
+
+def _progress_bar(show: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="svi", leave=False) if show else None
+
+
+def _show(bar, step: int, num_steps: int, loss: float | None) -> None:
+    bar.update(1)
+    if loss is not None and (step % 10 == 0 or step == num_steps):
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+
+def _diverged(step: int, checkpoint) -> TrainingDivergedError:
+    error = TrainingDivergedError(
+        f"the loss or a gradient became NaN/inf at step {step}; the parameters are those of the last good step"
+        + (f" and checkpoint {str(checkpoint)!r} holds an earlier good step"
+           if checkpoint is not None and Path(checkpoint).is_file() else "")
+        + "; lower the learning rate or check the data"
+    )
+    error.step = step
+    return error
+
+
+def _interrupted(step: int, num_steps: int, checkpoint) -> TrainingInterrupted:
+    error = TrainingInterrupted(
+        f"interrupted at step {step} of {num_steps}"
+        + (f"; checkpoint saved to {str(checkpoint)!r}: resume from it to continue" if checkpoint is not None else "")
+    )
+    error.step, error.checkpoint = step, checkpoint
+    return error
 
 
 class _DeferredInterrupt:

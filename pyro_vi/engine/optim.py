@@ -221,7 +221,7 @@ class AdamSlot(NamedTuple):
     exp_avg_sq: Tensor
     step: Tensor
     hyper: tuple  # (lr, beta1, beta2, eps, weight_decay), Python floats
-    optimizer: torch.optim.Optimizer  # what holds them: checked before each fused step (pyro_vi.engine.wholestep)
+    optimizer: torch.optim.Optimizer  # what holds them: checked before each fused step (pyro_vi.engine.compile.whole_step)
     state: dict
     group: dict
 

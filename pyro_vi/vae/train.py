@@ -28,7 +28,7 @@ from torch import Tensor
 from pyro_vi import engine
 from pyro_vi.engine import distributed
 from pyro_vi.engine import optim
-from pyro_vi.engine.autocompile import reads_only
+from pyro_vi.engine.step import reads_only
 from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     on_nan: str = "raise"  # raise | skip (skip a step whose loss or gradient is not finite)
-    # Replay the step as a recorded tensor program (pyro_vi.engine.compiled): same values and gradients,
+    # Replay the step as a recorded tensor program (pyro_vi.engine.compile.record): same values and gradients,
     # no Pyro tracing per step. None: where it applies and pays (fit's default); True: always, or a
     # one-line ConfigError; "inductor": as True, compiled to fused kernels; False: never.
     compile: bool | str | None = None
@@ -324,7 +324,7 @@ def fit(
             state=state,
             on_nan=config.on_nan,
             progress=progress,
-            compile=config.compile,
+            compile="auto" if config.compile is None else config.compile,  # the family records where it pays
             data_parallel=data_parallel,
         )
     except TrainingDivergedError as diverged:

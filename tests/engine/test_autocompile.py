@@ -1,6 +1,7 @@
-"""fit's default compile (pyro_vi.engine.autocompile): long runs replay the recorded step and end
-where the plain run ends, bit for bit (losses included); short runs, callbacks and keyword arguments
-run plain; the audit catches a model that reads a value from outside its arguments."""
+"""compile="auto" (pyro_vi.engine.compile.policy, the built-in families' choice): long runs replay the
+recorded step and end where the plain run ends, bit for bit (losses included); short runs, callbacks
+and keyword arguments run plain, and the report says why; the audit catches a model that reads a
+value from outside its arguments within AUDIT_EVERY steps. fit's own default is SVI's plain step."""
 
 import numpy as np
 import pyro
@@ -13,10 +14,10 @@ from pyro.infer.autoguide import AutoNormal
 from tutorial_models import load
 
 import pyro_vi
-from pyro_vi.engine import autocompile
+from pyro_vi.engine.compile import policy as autocompile
 from pyro_vi.errors import ConfigError
 
-# The shortest run the default records, lowered from AUTO_MIN_STEPS (1000) so that these runs take
+# The shortest run compile="auto" records, lowered from AUTO_MIN_STEPS (1000) so that these runs take
 # a fraction of a second; the decision logic is the same.
 STEPS = 60
 
@@ -26,7 +27,7 @@ def _short_threshold(monkeypatch):
     monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", STEPS)
 
 
-def _runs(make_pair, args, num_steps=STEPS, modes=(None, False), **options):
+def _runs(make_pair, args, num_steps=STEPS, modes=("auto", False), **options):
     results = {}
     for mode in modes:
         pyro.clear_param_store()
@@ -59,18 +60,24 @@ def _regression_args():
 
 
 @pytest.mark.parametrize("case", ["coin", "regression-autonormal"])
-def test_a_long_run_is_compiled_by_default_and_ends_where_the_plain_run_ends(case):
+def test_a_long_run_is_compiled_under_auto_and_ends_where_the_plain_run_ends(case):
     make_pair, args = (_coin, (torch.as_tensor(load("coin").make_data()["data"]),)) if case == "coin" else (
         _regression, _regression_args())
-    runs = _runs(make_pair, args)
-    assert runs[None].compiled_steps == STEPS - 1 and runs[False].compiled_steps == 0  # all but the first step
+    runs = _runs(make_pair, args, modes=("auto", False, None))
+    assert runs["auto"].compiled_steps == STEPS - 1 and runs[False].compiled_steps == 0  # all but the first step
+    assert runs["auto"].compile.plain_steps == 1 and runs["auto"].compile.fallbacks == ()
+    _assert_same_run(runs["auto"], runs[False])
+    # fit's default (None) is SVI's plain step, whatever the run's length
+    assert runs[None].compiled_steps == 0 and runs[None].compile.mode is False
     _assert_same_run(runs[None], runs[False])
 
 
-def test_short_runs_callbacks_and_keyword_arguments_run_plain_by_default():
+def test_short_runs_callbacks_and_keyword_arguments_run_plain_under_auto_and_say_why():
     args = (torch.as_tensor(load("coin").make_data()["data"]),)
-    assert _runs(_coin, args, num_steps=STEPS - 1, modes=(None,))[None].compiled_steps == 0
-    assert _runs(_coin, args, modes=(None,), callback=lambda step, loss: None)[None].compiled_steps == 0
+    short = _runs(_coin, args, num_steps=STEPS - 1, modes=("auto",))["auto"]
+    assert short.compiled_steps == 0 and "too short" in short.compile.fallbacks[0]
+    called = _runs(_coin, args, modes=("auto",), callback=lambda step, loss: None)["auto"]
+    assert called.compiled_steps == 0 and "callback" in called.compile.fallbacks[0]
     forced = _runs(_coin, args, num_steps=20, modes=(True,))[True]
     assert forced.compiled_steps == 19  # compile=True records whatever the length
 
@@ -95,8 +102,8 @@ def test_an_epochs_smaller_last_batch_gets_its_own_recording():
     """10 points in batches of 4: sizes 4, 4, 2 each epoch. Two signatures, two programs; the first
     step of each is plain (the first of the run, the first batch of 2)."""
     runs = _runs(_subsampled_pair, (pyro_vi.EpochSubsample(10, 4, drop_last=False),), num_steps=STEPS + 2)
-    assert runs[None].compiled_steps == STEPS + 2 - 2
-    _assert_same_run(runs[None], runs[False])
+    assert runs["auto"].compiled_steps == STEPS + 2 - 2
+    _assert_same_run(runs["auto"], runs[False])
 
 
 def _counting_pair():
@@ -139,42 +146,47 @@ def test_the_audit_catches_a_model_reading_values_from_outside_its_arguments():
     default runs them plain from that step on, and compile=True refuses them (before any update)."""
     x = torch.randn(8) + 1.0
     counting = _runs(_counting_pair, (x,), num_steps=STEPS)
-    assert counting[None].compiled_steps == 0  # caught by the recording's own check (its extra calls)
+    assert counting["auto"].compiled_steps == 0  # caught by the recording's own check (its extra calls)
     numpy_runs = _runs(_numpy_pair, (x,))
-    assert numpy_runs[None].compiled_steps == 0  # caught at the first audit, that step retaken plain
-    _assert_same_run(numpy_runs[None], numpy_runs[False])  # with NumPy's generator put back too
+    assert numpy_runs["auto"].compiled_steps == 0  # caught at the first audit, that step retaken plain
+    _assert_same_run(numpy_runs["auto"], numpy_runs[False])  # with NumPy's generator put back too
     for make_pair in (_counting_pair, _numpy_pair):
         with pytest.raises(ConfigError, match="differs from"):  # at the recording's check or the first audit
             _runs(make_pair, (x,), num_steps=20, modes=(True,))
 
 
-def test_the_audit_is_on_recorded_steps_one_two_four_and_so_on():
-    """A model that changes its constant at its 8th call is caught at the first audited step after
-    that call, not before: recorded steps do not call the model, audits do (one call each, at
-    recorded steps 1, 2, 4, ...), so the change is seen at a power of two. The steps between replayed
-    the stale constant, which is why the default leaves runs with a callback (the usual way to change
-    such a value) plain."""
+@pytest.mark.parametrize("change_at", [8, 150])
+def test_the_audit_catches_a_change_within_audit_every_steps(change_at):
+    """A model that changes its constant at its ``change_at``-th call is caught at the first audited
+    step after that call, not before: recorded steps do not call the model, audits do (one call
+    each, at recorded steps 1, 2, 4, ..., 64, then every AUDIT_EVERY-th), so at most AUDIT_EVERY
+    steps train on the stale program (a power-of-two schedule let a change at step 300 run to 512).
+    The report says why the run went plain."""
     calls = [0]
 
     def model(x):
         calls[0] += 1
         z = pyro.sample("z", dist.Normal(0.0, 1.0))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("obs", dist.Normal(z, 1.0 if calls[0] < 8 else 3.0), obs=x)
+            pyro.sample("obs", dist.Normal(z, 1.0 if calls[0] < change_at else 3.0), obs=x)
 
     def guide(x):
         pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
 
     pyro.clear_param_store()
-    result = pyro_vi.fit(model, guide, torch.randn(8), num_steps=STEPS, seed=0, progress=False)
-    caught_at = result.compiled_steps + 1  # the audited step that failed, taken plain
-    assert result.compiled_steps > 0 and caught_at & (caught_at - 1) == 0
+    result = pyro_vi.fit(model, guide, torch.randn(8), num_steps=300, seed=0, progress=False, compile="auto")
+    caught_at = result.compiled_steps + 1  # the audited recorded step that failed, taken plain
+    assert result.compiled_steps > 0 and autocompile.audited(caught_at)
+    # model calls before it: the first plain step, the recording's own runs and one per audit
+    assert caught_at - change_at <= autocompile.AUDIT_EVERY
+    assert "differs from the plain one" in result.compile.fallbacks[0]
+    assert result.compile.plain_steps == 300 - result.compiled_steps
 
 
-def test_a_program_reused_by_later_calls_audits_their_first_step_then_its_powers_of_two():
+def test_a_program_reused_by_later_calls_audits_their_first_step_then_its_schedule():
     """Audits count a program's steps over all calls: a second 60-step call on the same loss and
     params audits its first recorded step (a value may have changed between calls) and the
-    program's 64th step, not its own steps 1, 2, 4, ..., 32 again; its run is the plain one."""
+    program's 64th and 100th steps, not its own steps 1, 2, 4, ..., 32 again; its run is the plain one."""
     args = (torch.as_tensor(load("coin").make_data()["data"]),)
     loss = Trace_ELBO()
     audits = []
@@ -194,11 +206,11 @@ def test_a_program_reused_by_later_calls_audits_their_first_step_then_its_powers
         results.append(pyro_vi.fit(model, guide, *args, num_steps=STEPS, progress=False, compile=True, loss=loss,
                                    optim=optim))
     assert [r.compiled_steps for r in results] == [STEPS - 1] * 2
-    # recorded steps 1-59 (audits at 1, 2, 4, 8, 16, 32), then 60-118 (60: the call's first, and 64)
-    assert audits == [6, 2]
+    # recorded steps 1-59 (audits at 1, 2, 4, 8, 16, 32), then 60-118 (60: the call's first, 64 and 100)
+    assert audits == [6, 3]
 
 
-def test_compile_must_be_none_true_or_false():
+def test_compile_must_be_none_true_false_inductor_or_auto():
     for wrong in ("yes", 1, np.True_):  # by identity: 1 and NumPy's True are not taken for True
         with pytest.raises(ConfigError, match="compile must be None"):
             pyro_vi.fit(*_coin(), torch.ones(3), num_steps=1, compile=wrong, progress=False)
@@ -212,7 +224,7 @@ def test_the_recorded_steps_loss_is_trace_elbos_own_double():
     model, guide = _coin()
     loss = Trace_ELBO()
     loss.loss_and_grads(model, guide, *args)
-    program = pyro_vi.engine.compiled.compile_loss(model, guide, args, loss)
+    program = pyro_vi.engine.compile.record.compile_loss(model, guide, args, loss)
     state = torch.get_rng_state()
     got = program.loss_and_grads(*args)
     torch.set_rng_state(state)
@@ -241,18 +253,19 @@ def _scaled_pair():
     return model, guide
 
 
-def test_a_float_that_changes_every_step_stops_the_default_a_tensor_one_compiles():
+def test_a_float_that_changes_every_step_stops_auto_a_tensor_one_compiles():
     """A KL weight annealed as a Python float is a new recording each step: the default stops at its
     second value (one recording, not one per step) and the run is the plain one; the same
     weight as a tensor is one recording."""
     as_float = pyro_vi.PerStep(lambda step: min(1.0, (step + 1) / 50))
     runs = _runs(_scaled_pair, (as_float,))
-    assert runs[None].compiled_steps == 0  # recorded at weight 1/50; step 2's 2/50 stops the recording
-    _assert_same_run(runs[None], runs[False])
+    assert runs["auto"].compiled_steps == 0  # recorded at weight 1/50; step 2's 2/50 stops the recording
+    assert "non-tensor argument" in runs["auto"].compile.fallbacks[0]
+    _assert_same_run(runs["auto"], runs[False])
     as_tensor = pyro_vi.PerStep(lambda step: torch.tensor(min(1.0, (step + 1) / 50)))
     tensor_runs = _runs(_scaled_pair, (as_tensor,))
-    assert tensor_runs[None].compiled_steps == STEPS - 1
-    _assert_same_run(tensor_runs[None], tensor_runs[False])
+    assert tensor_runs["auto"].compiled_steps == STEPS - 1
+    _assert_same_run(tensor_runs["auto"], tensor_runs[False])
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro's, from the plain steps: NaN on purpose here
@@ -277,7 +290,7 @@ def test_a_nan_in_a_recorded_step_is_caught_before_the_update():
         assert skipped.skipped_steps == 5 and skipped.compiled_steps == (0 if mode is False else 9)
 
 
-def test_a_recording_that_fails_leaves_the_default_run_plain(monkeypatch):
+def test_a_recording_that_fails_leaves_the_auto_run_plain_and_says_why(monkeypatch):
     """Whatever the recording trips on (here torch raising inside it), the default run is the plain
     run, bit for bit, as SVI would have trained it; compile=True lets the error through."""
     args = (torch.as_tensor(load("coin").make_data()["data"]),)
@@ -285,9 +298,9 @@ def test_a_recording_that_fails_leaves_the_default_run_plain(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("an operation the recorder cannot follow")
 
-    monkeypatch.setattr(pyro_vi.engine.autocompile, "recorded_loss", broken)
+    monkeypatch.setattr(pyro_vi.engine.compile.policy, "recorded_loss", broken)
     runs = _runs(_coin, args)
-    assert runs[None].compiled_steps == 0
-    _assert_same_run(runs[None], runs[False])
+    assert runs["auto"].compiled_steps == 0 and "recording failed" in runs["auto"].compile.fallbacks[0]
+    _assert_same_run(runs["auto"], runs[False])
     with pytest.raises(RuntimeError, match="cannot follow"):
         _runs(_coin, args, num_steps=5, modes=(True,))

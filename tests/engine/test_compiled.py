@@ -1,4 +1,4 @@
-"""The recorded ELBO program (pyro_vi.engine.compiled) equals Trace_ELBO: value, gradients, whole runs."""
+"""The recorded ELBO program (pyro_vi.engine.compile.record) equals Trace_ELBO: value, gradients, whole runs."""
 
 import dataclasses
 import warnings
@@ -11,7 +11,7 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 import pyro_vi
-from pyro_vi.engine import compiled
+from pyro_vi.engine.compile import record as compiled
 from pyro_vi.errors import ConfigError
 
 

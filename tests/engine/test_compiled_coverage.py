@@ -22,7 +22,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.infer import autoguide as autoguides
 
 import pyro_vi
-from pyro_vi.engine import compiled, samplers
+from pyro_vi.engine.compile import record as compiled
+from pyro_vi.engine.compile import samplers
 from pyro_vi.errors import ConfigError
 from tutorial_models import load
 
@@ -409,7 +410,7 @@ def test_tracegraph_elbo_compiles_to_the_plain_run_bit_for_bit(make_pair, args, 
 def test_tracegraph_elbo_with_a_decaying_average_baseline_is_refused_in_one_line_and_runs_plain_by_default(monkeypatch):
     """SVI Part III's coin: its decaying-average baseline is param-store state each step rewrites.
     The default (told that 3 steps are a long run) tries to record, is refused, and stays plain."""
-    from pyro_vi.engine import autocompile
+    from pyro_vi.engine.compile import policy as autocompile
 
     monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 2)
     module = load("coin_nonreparam")

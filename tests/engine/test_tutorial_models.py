@@ -46,7 +46,7 @@ def store_params() -> dict:
     return {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
 
 
-def fit_and_svi(name, pair, *, loss, optim, num_steps, seed=0, args=(), kwargs=None, after_step=None):
+def fit_and_svi(name, pair, *, loss, optim, num_steps, seed=0, args=(), kwargs=None, after_step=None, compile=None):
     """Run ``pair(fresh module)`` = (model, guide) through ``pyro_vi.fit``, then a fresh copy through
     ``pyro.infer.SVI``, from ``seed``; ``loss``/``optim`` are factories (each run gets its own).
     ``after_step(module)`` runs after every step on both sides (fit: as its callback). A ``PerStep``
@@ -58,7 +58,7 @@ def fit_and_svi(name, pair, *, loss, optim, num_steps, seed=0, args=(), kwargs=N
     model, guide = pair(fitted)
     result = pyro_vi.fit(
         model, guide, *args, num_steps=num_steps, loss=loss(), optim=optim(), seed=seed, progress=False,
-        callback=None if after_step is None else (lambda step, value: after_step(fitted)), **kwargs,
+        callback=None if after_step is None else (lambda step, value: after_step(fitted)), compile=compile, **kwargs,
     )
 
     pyro.clear_param_store()
@@ -393,14 +393,14 @@ def test_resume_is_bit_exact(tmp_path, case):
 
 
 @pytest.mark.parametrize("name", ["coin", "gmm", "bayesian_regression", "eight_schools", "coin_nonreparam"])
-def test_default_compile_on_tutorial_models_matches_plain_svi(name, monkeypatch):
-    """fit's default compile (here on runs of 30+ steps instead of 1000, the same decisions) on
+def test_auto_compile_on_tutorial_models_matches_plain_svi(name, monkeypatch):
+    """compile="auto" (here on runs of 30+ steps instead of 1000, the same decisions) on
     tutorial models run unchanged: the steps are replayed from step 2 on, and the run is still plain
     SVI's, bit for bit (losses and parameters), for the Beta guide, the enumerated GMM (TraceEnum_ELBO,
     AutoDelta), the PyroModule regression with AutoDiagonalNormal and eight schools (whose guide draws
     torch.randn on every call), and SVI Part III's non-reparameterized coin with TraceGraph_ELBO (its
     baseline switch off: a decaying average is refused, see test_compiled_coverage)."""
-    from pyro_vi.engine import autocompile
+    from pyro_vi.engine.compile import policy as autocompile
 
     monkeypatch.setattr(autocompile, "AUTO_MIN_STEPS", 30)
     data = data_of(load(name))
@@ -415,6 +415,6 @@ def test_default_compile_on_tutorial_models_matches_plain_svi(name, monkeypatch)
     else:
         args = (data["x"], data["y"]) if name == "bayesian_regression" else (data["data"],)
     result, _, params, losses = fit_and_svi(name, pair, args=args, num_steps=40, seed=1, loss=loss,
-                                            optim=lambda: pyro.optim.Adam({"lr": 0.05}))
+                                            optim=lambda: pyro.optim.Adam({"lr": 0.05}), compile="auto")
     assert result.compiled_steps == 39
     assert_same_run(result, params, losses)

@@ -1,4 +1,4 @@
-"""The whole step as one inductor program (pyro_vi.engine.wholestep): with compile="inductor" and
+"""The whole step as one inductor program (pyro_vi.engine.compile.whole_step): with compile="inductor" and
 plain Adam, the loss, gradients and Adam update run as one program that writes the params and the
 optimizer's state in place; the run ends where the unfused run ends, to float rounding; what the
 program cannot take (a new learning rate, a guard that differs, a NaN) is taken as before."""
@@ -12,8 +12,8 @@ from test_engine import normal_mean_guide, normal_mean_model
 from tutorial_models import load
 
 import pyro_vi
-from pyro_vi.engine import wholestep
-from pyro_vi.engine.compiled import CompiledLoss
+from pyro_vi.engine.compile import whole_step as wholestep
+from pyro_vi.engine.compile.record import CompiledLoss
 from pyro_vi.errors import TrainingDivergedError
 
 STEPS = 40

@@ -125,7 +125,7 @@ def test_cli_gap_interrupted_training_writes_nothing(tmp_path, capsys, monkeypat
                 os.kill(os.getpid(), signal.SIGINT)
             return callback(step, loss) if callback is not None else None
 
-        return real_fit(*args, callback=engine.autocompile.reads_only(callback_then_ctrl_c), **kwargs)
+        return real_fit(*args, callback=engine.step.reads_only(callback_then_ctrl_c), **kwargs)
 
     monkeypatch.setattr(engine, "fit", fit_then_ctrl_c)
     out = tmp_path / "gap"

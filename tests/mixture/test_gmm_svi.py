@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_vi.engine import autocompile
+from pyro_vi.engine.compile import policy as autocompile
 from pyro_vi.mixture import data as mixture_data
 from pyro_vi.mixture import em as mixture_em
 from pyro_vi.mixture import eval as mixture_eval

@@ -1,7 +1,7 @@
 """Recorded tensor programs (``torch.fx`` graphs from ``make_fx``): simplified, and joined with
 their backward pass.
 
-:mod:`pyro_vi.engine.compiled` records one step's loss as a graph of ATen operations. Three passes
+:mod:`pyro_vi.engine.compile.record` records one step's loss as a graph of ATen operations. Three passes
 over such a graph live here:
 
 * :func:`simplify` drops what the recording repeats for nothing on every call (operations on

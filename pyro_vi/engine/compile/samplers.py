@@ -1,6 +1,6 @@
 """Reparameterized samplers a recorded program can replay and differentiate: Dirichlet, Beta, Gamma.
 
-A recorded program (``pyro_vi.engine.compiled``) keeps the tensor operations a step runs and replays
+A recorded program (``pyro_vi.engine.compile.record``) keeps the tensor operations a step runs and replays
 them under autograd. torch draws a Dirichlet (and so a Beta, a two-component Dirichlet) in an
 ``autograd.Function`` whose forward is ``aten._sample_dirichlet`` and whose backward is the implicit
 reparameterization gradient ``_dirichlet_grad``. A recording sees the forward only, and replayed

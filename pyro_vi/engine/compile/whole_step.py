@@ -1,7 +1,7 @@
 """The whole SVI step as one inductor program: loss, gradients and the Adam update.
 
 With ``compile="inductor"`` a step was two calls: the recorded loss-and-gradients program
-(:func:`pyro_vi.engine.programs.joint`, compiled by inductor) and then the optimizer, stepping each
+(:func:`pyro_vi.engine.compile.graph_passes.joint`, compiled by inductor) and then the optimizer, stepping each
 parameter from Python (on a tiny model, half the step's time). Here the Adam update is recorded
 after the gradients, in the same program::
 
@@ -43,7 +43,7 @@ __all__ = ["AdamSlot", "FusedSteps", "adam_slots", "whole_step"]  # AdamSlot, ad
 
 def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Sequence[AdamSlot], guards: Sequence[bool],
                args: Sequence, terms: int = 0) -> Callable:
-    """``joint`` (``[loss, *grads, *terms, *guards, finite]``, :func:`pyro_vi.engine.programs.joint`)
+    """``joint`` (``[loss, *grads, *terms, *guards, finite]``, :func:`pyro_vi.engine.compile.graph_passes.joint`)
     and the Adam update of ``slots`` as one program compiled by inductor.
 
     Called as ``run(*args)`` under ``no_grad``, it returns ``[loss, terms, *guards, ok, finite]``
@@ -51,7 +51,7 @@ def whole_step(joint: torch.fx.GraphModule, params: Sequence[Tensor], slots: Seq
     read with one ``tolist()``) and has updated each param and its Adam state in place if ``ok`` (the
     loss and gradients are finite and each guard read its recorded value); else it has written nothing.
     """
-    from pyro_vi.engine.programs import compiled_by_inductor, leaf_arguments, one_fake_mode
+    from pyro_vi.engine.compile.graph_passes import compiled_by_inductor, leaf_arguments, one_fake_mode
 
     count = len(params)
     outputs = next(node for node in joint.graph.nodes if node.op == "output").args[0]
@@ -149,6 +149,11 @@ class FusedSteps:
         slots = adam_slots(self.optim, program.params)
         if slots is None:
             return None
+        outputs = next(node for node in program.joint_graph.graph.nodes if node.op == "output").args[0]
+        grads = outputs[1 : 1 + len(program.params)]
+        read = set(map(id, program.read_params))
+        if any(grad is None and slot is not None and id(p) in read for p, grad, slot in zip(program.params, grads, slots)):
+            return None  # a param read without a gradient gets SVI's zero-gradient step: the two calls take it
         key = (tuple(id(t) for slot in slots if slot is not None for t in slot[:3]),
                tuple(slot.hyper if slot is not None else None for slot in slots))
         run = program.whole_steps.get(key)

@@ -25,7 +25,7 @@ between a Pyro step and a recording, and is handled here:
   while Pyro's validation was on keeps it) checks each value's support, which reads the value;
   the recording runs with it off (the first, plain step has validated the pair);
 * Beta and Dirichlet samplers (torch's autograd.Function): recorded through
-  :mod:`pyro_vi.engine.samplers`, the same draws and gradients as torch's;
+  :mod:`pyro_vi.engine.compile.samplers`, the same draws and gradients as torch's;
 * PyroModules (AutoGuides, ``PyroModule[nn.Linear]``) hold their params as attributes as well as
   in the store: both are swapped for the recording's inputs (:mod:`pyro_vi.engine.params`);
 * ``detach()`` and ``no_grad`` blocks (score-function surrogates, sticking the landing): recorded
@@ -59,12 +59,13 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing, make
 from torch.overrides import TorchFunctionMode
 
 from pyro_vi.engine import params as param_store
-from pyro_vi.engine import programs, rng, samplers
-from pyro_vi.engine.surrogate import surrogate_loss, trace_elbo_value, tracegraph_loss
+from pyro_vi.engine import rng
+from pyro_vi.engine.compile import graph_passes, samplers
+from pyro_vi.engine.compile.trace_elbo import surrogate_loss, trace_elbo_value, tracegraph_loss
 from pyro_vi.errors import ConfigError
 
 __all__ = ["CompiledLoss", "can_compile", "compile_loss", "surrogate_loss"]
-# surrogate_loss: re-exported from pyro_vi.engine.surrogate (older imports)
+# surrogate_loss: re-exported from pyro_vi.engine.compile.trace_elbo (older imports)
 
 
 class CompiledLoss:
@@ -86,19 +87,23 @@ class CompiledLoss:
 
     def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
                  plain: Callable | None = None, joint: Callable | None = None, terms: Sequence = (),
-                 num_particles: int = 1, plain_step: Callable | None = None):
+                 num_particles: int = 1, plain_step: Callable | None = None, read_params: Sequence[Tensor] | None = None):
         self._graph = graph
         self._joint = self.joint_graph = joint  # _joint: what runs (inductor's, with a backend)
         self.backend: str | None = None
-        self.whole_steps: dict = {}  # the whole step with an optimizer's update (pyro_vi.engine.wholestep), by its state
+        self.whole_steps: dict = {}  # the whole step with an optimizer's update (pyro_vi.engine.compile.whole_step), by its state
         self.terms, self._particles, self._plain_step = list(terms), num_particles, plain_step
         self.finite: bool | None = None  # the last loss_and_grads' loss and gradients were finite (None: unknown)
         self.names = names
         self.params = params
+        # the params the recording read (a subset of ``params``, the program's inputs); a step the
+        # program takes reads these, a step that falls back reads what its plain run read
+        self.read_params = list(params) if read_params is None else list(read_params)
+        self.last_params = self.read_params  # the params the last call read
         self.guards = list(guards)
         self._plain = plain
         self.fallbacks = 0
-        self.uses = 0  # steps taken with it by fit, over all calls (pyro_vi.engine.autocompile's audit schedule)
+        self.uses = 0  # steps taken with it by fit, over all calls (pyro_vi.engine.compile.policy's audit schedule)
 
     def __call__(self, *args) -> Tensor:
         """The loss on ``args``, differentiable: ``backward()`` fills the params' ``.grad``."""
@@ -115,8 +120,12 @@ class CompiledLoss:
         """The loss on ``args`` as the loss's own ``loss_and_grads`` returns it (a float), its
         gradients added to the params' ``.grad`` as ``self(*args).backward()`` adds them, the same
         numbers: the recorded forward and backward pass as one program
-        (:func:`pyro_vi.engine.programs.joint`), replayed without the autograd engine (a third less
+        (:func:`pyro_vi.engine.compile.graph_passes.joint`), replayed without the autograd engine (a third less
         time on a tiny model: the engine's per-node bookkeeping is most of its backward)."""
+        self.last_params = self.read_params  # a fall-back sets the params its plain run read
+        return self._loss_and_grads(*args)
+
+    def _loss_and_grads(self, *args) -> float:
         if self._joint is None:
             return float(_backward(self(*args)))
         state = rng.torch_state() if self.guards else None
@@ -136,10 +145,11 @@ class CompiledLoss:
         return trace_elbo_value(self.terms, read, self._particles) if self.terms else float(value)
 
     def loss_and_update(self, run: Callable, *args) -> tuple[float, bool]:
-        """One step by ``run``, a whole-step program (:func:`pyro_vi.engine.wholestep.whole_step`):
+        """One step by ``run``, a whole-step program (:func:`pyro_vi.engine.compile.whole_step.whole_step`):
         the loss, and ``True`` when the program took the step (the update is made, or nothing is
         written because the loss or a gradient is not finite: ``self.finite``); ``False`` when a
         guard differed: the plain step has then filled the gradients, for the optimizer to apply."""
+        self.last_params = self.read_params
         state = rng.torch_state() if self.guards else None
         with torch.no_grad():
             value, terms, *guards, _ok, finite = run(*args)
@@ -158,9 +168,11 @@ class CompiledLoss:
         with pyro.validation_enabled(False):
             if not step:
                 return self._plain(*args)
-            if self._plain_step is not None:
-                return float(self._plain_step(*args))
-            return float(_backward(self._plain(*args)))
+            # the params this plain run reads are the ones to step (another branch may read others)
+            with poutine.trace(param_only=True) as capture:
+                value = float(self._plain_step(*args)) if self._plain_step is not None else float(_backward(self._plain(*args)))
+            self.last_params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
+            return value
 
 
 def _backward(value: Tensor) -> Tensor:
@@ -247,7 +259,7 @@ def compile_loss(
         compiled = _compile(model, guide, args, loss, param_names)
         if backend is not None:
             try:
-                compiled._joint = programs.compiled_by(compiled._joint, backend, compiled.params, args)
+                compiled._joint = graph_passes.compiled_by(compiled._joint, backend, compiled.params, args)
                 compiled.backend = backend
             except ValueError as error:  # what inductor refused, in one line
                 raise ConfigError(str(error)) from None
@@ -273,7 +285,7 @@ def _recordable() -> Iterator[None]:
 
 def _differentiable(loss) -> Callable[..., Tensor]:
     """``differentiable_loss(model, guide, *args)`` of ``loss``; TraceGraph_ELBO's from
-    :func:`pyro_vi.engine.surrogate.tracegraph_loss` (Pyro's class has none)."""
+    :func:`pyro_vi.engine.compile.trace_elbo.tracegraph_loss` (Pyro's class has none)."""
     if type(loss) is TraceGraph_ELBO:
         return functools.partial(tracegraph_loss, loss)
     return loss.differentiable_loss
@@ -292,7 +304,7 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     objective = _objective(loss)
     # One run of the loss itself finds every param it reads (an estimator's own, such as baseline
     # networks, included) and the modules holding them.
-    with param_store.recording_modules() as modules, poutine.trace(param_only=True) as capture, _recordable():
+    with param_store.recording_modules() as modules, _recordable():
         guide_trace = poutine.trace(guide).get_trace(*args)
         objective(model, guide, args)
     for site in prune_subsample_sites(guide_trace).nodes.values() if type(loss) is Trace_ELBO else ():
@@ -300,10 +312,10 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
             raise ConfigError(
                 f"compile needs a reparameterized guide, but site {site['name']!r} cannot rsample; drop --compile"
             )
-    if param_names is None:
-        read = {site["name"] for site in capture.trace.nodes.values()}
-        param_names = [name for name in param_store.names() if name in read]
-    names = list(param_names)
+    # Every param in the store is an input of the recording (a param the recording reads is never
+    # baked in as a constant, whichever branch the recording's noise takes); the program's params
+    # are those the recording itself read.
+    names = list(param_store.names()) if param_names is None else list(param_names)
     params = [param_store.unconstrained(name) for name in names]
     # Modules (pyro.module'd nets, PyroModules: AutoGuides, PyroModule models) hold their params as
     # attributes too, and compute with the attribute (a PyroModule re-wraps a store value that is not
@@ -315,19 +327,23 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
 
     guards = _Guards()
     layout: list[tuple[int, int]] = []  # Trace_ELBO's site terms: (particle, sign), in order
+    read: dict[str, None] = {}  # the param names the recording read, in order
 
     def program(values: list[Tensor], *step_args) -> list[Tensor]:
         swaps: dict[int, tuple[nn.Module, dict[str, Tensor]]] = {}
         for value, param in zip(values, params):
             for module, key in holders.get(id(param), ()):
                 swaps.setdefault(id(module), (module, {}))[1][key] = value
-        with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps), guards:
+        with param_store.substituted(dict(zip(names, values))), param_store.module_parameters_swapped(swaps), guards, \
+                poutine.trace(param_only=True) as reading:
             terms: list = []
             value = objective(model, guide, step_args, terms)
+        read.update(dict.fromkeys(reading.trace.nodes))
         layout[:] = [(particle, sign) for particle, sign, _ in terms]
         return [value, *(term for _, _, term in terms), *guards.tensors]
 
-    with _recordable(), programs.one_fake_mode():
+    before = set(param_store.names())
+    with _recordable(), graph_passes.one_fake_mode():
         try:
             # pre_dispatch: recorded above autograd, so detach() and no_grad blocks stay what they are
             # (below it, detach is recorded as an alias and the replay would differentiate through it).
@@ -340,10 +356,22 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
                 "the model or guide reads a tensor's value (data-dependent control flow, .item()), which a "
                 "recorded program cannot follow; run without --compile"
             ) from None
+    created = sorted(set(param_store.names()) - before)
+    if created:
+        for name in created:  # made from the recording's placeholders: not a value to keep
+            del pyro.get_param_store()[name]
+        raise ConfigError(
+            f"the recording created param {created[0]!r}, which earlier steps did not: the model or guide creates "
+            "params depending on sampled values, which a recorded program cannot follow; run without compile"
+        )
+    outside = [name for name in read if name not in names]
+    if outside:
+        raise ConfigError(f"the recording read param {outside[0]!r} that is not among its inputs; run without compile")
+    read_params = [p for name, p in zip(names, params) if name in read]
     plain = functools.partial(_differentiable(loss), model, guide)
-    graph = programs.simplify(graph)
-    return CompiledLoss(graph, names, params, guards.values, plain, programs.joint(graph, params, args), layout,
-                        getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide))
+    graph = graph_passes.simplify(graph)
+    return CompiledLoss(graph, names, params, guards.values, plain, graph_passes.joint(graph, params, args), layout,
+                        getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide), read_params)
 
 
 class _Guards(TorchFunctionMode):
