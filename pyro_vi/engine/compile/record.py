@@ -367,7 +367,11 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     outside = [name for name in read if name not in names]
     if outside:
         raise ConfigError(f"the recording read param {outside[0]!r} that is not among its inputs; run without compile")
-    read_params = [p for name, p in zip(names, params) if name in read]
+    # A PyroModule reads a param it has cached in its context without a param statement: a param
+    # whose input the recorded program computes with was read too.
+    placeholders = [node for node in graph.graph.nodes if node.op == "placeholder"][: len(params)]
+    used = {name for name, node in zip(names, placeholders) if node.users}
+    read_params = [p for name, p in zip(names, params) if name in read or name in used]
     plain = functools.partial(_differentiable(loss), model, guide)
     graph = graph_passes.simplify(graph)
     return CompiledLoss(graph, names, params, guards.values, plain, graph_passes.joint(graph, params, args), layout,
