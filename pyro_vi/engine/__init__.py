@@ -1,6 +1,7 @@
 """The engine: one SVI loop for any Pyro model and guide, and what it stands on.
 
 * :mod:`~pyro_vi.engine.loop`         ``fit`` and ``FitResult``: the SVI loop
+* :mod:`~pyro_vi.engine.step`         the step contract: SVI's step (the default), the update, the compile report
 * :mod:`~pyro_vi.engine.posterior`    draws and a summary from a fitted guide (any model's plates), the
   convergence test of a run, the param trace
 * :mod:`~pyro_vi.engine.arguments`    checks of ``fit``'s arguments, before any work
@@ -18,7 +19,7 @@
 
 from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
     arguments, checkpoint, checkpoint_format, compile, distributed, loop, optim, params, posterior, resume, rng,
-    subsample,
+    step, subsample,
 )
 from pyro_vi.engine.loop import FitResult, fit
 from pyro_vi.engine.subsample import EpochSubsample, PerStep

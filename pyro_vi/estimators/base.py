@@ -132,6 +132,9 @@ class GradientEstimator(ELBO):
     # (reparam could take the score function there, as Trace_ELBO does, but then a "reparam"
     # measurement would silently mix in score-function variance.)
     pathwise = False
+    # Why a recorded step (``fit(..., compile=...)``) cannot reproduce this estimator, or None: its
+    # surrogate is tensor operations of the traces, which a recording replays.
+    not_recordable: str | None = None
 
     def __init_subclass__(cls, names: tuple[str, ...] = (), **kwargs):
         super().__init_subclass__(**kwargs)

@@ -118,6 +118,8 @@ class AverageBaseline(GraphScore, names=("score-baseline",)):
     """score-baseline: score-graph plus Pyro's decaying-average baseline per site."""
 
     baseline = "average"
+    not_recordable = ("score-baseline's decaying-average baselines are state each step rewrites in the param store, "
+                      "which a recorded program would freeze")
 
     def warm_up(self, model, guide, args, kwargs, num_steps: int | None = None) -> int:
         """Move the running average with ``num_steps`` evaluations (no optimizer step). Default:

@@ -161,8 +161,8 @@ class RecordedStep:
                 value, updated = program.loss_and_update(run, *args)
                 if not updated:  # a guard differed: the plain run filled the gradients
                     self._fell_back("a guard differed from the recording's branch (taken plain, from the same noise)")
-                    return StepResult(update(program.last_params, value), tuple(program.last_params), True)
-                return StepResult(value if program.finite else None, tuple(program.read_params), True)
+                    return StepResult(update(program.last_read, value), tuple(program.last_read), True)
+                return StepResult(value if program.finite else None, tuple(program.params_read), True)
         before = rng.torch_state() if audit else None
         every = rng.get_state() if audit else None  # Python's and NumPy's too, for a retaken step
         fallbacks = program.fallbacks
@@ -199,7 +199,7 @@ class RecordedStep:
                 _forget(self.loss, program)  # a later call records afresh, audited from its first step
                 return None
         finite = program.finite
-        params = program.last_params
+        params = program.last_read
         return StepResult(update(params, value, finite), tuple(params), True)
 
     def _record(self, args: Sequence) -> None:

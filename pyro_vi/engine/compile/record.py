@@ -17,7 +17,7 @@ same ``.grad``s as ``Trace_ELBO().loss_and_grads`` and, with the same RNG state,
 value and gradients (checked once when compiling, and by ``tests/engine/test_compiled.py``).
 
 Any loss whose ``differentiable_loss`` is made of tensor operations is recorded the same way:
-``TraceEnum_ELBO`` (the enumerated GMM) and the pyro_vi estimators in ``COVERED_ESTIMATORS``
+``TraceEnum_ELBO`` (the enumerated GMM) and the pyro_vi estimators (those whose ``not_recordable`` is None)
 (score-function ones included: their surrogates are tensor operations of the traces). What stands
 between a Pyro step and a recording, and is handled here:
 
@@ -87,7 +87,7 @@ class CompiledLoss:
 
     def __init__(self, graph: Callable, names: list[str], params: list[Tensor], guards: Sequence[bool] = (),
                  plain: Callable | None = None, joint: Callable | None = None, terms: Sequence = (),
-                 num_particles: int = 1, plain_step: Callable | None = None, read_params: Sequence[Tensor] | None = None):
+                 num_particles: int = 1, plain_step: Callable | None = None, params_read: Sequence[Tensor] | None = None):
         self._graph = graph
         self._joint = self.joint_graph = joint  # _joint: what runs (inductor's, with a backend)
         self.backend: str | None = None
@@ -98,8 +98,8 @@ class CompiledLoss:
         self.params = params
         # the params the recording read (a subset of ``params``, the program's inputs); a step the
         # program takes reads these, a step that falls back reads what its plain run read
-        self.read_params = list(params) if read_params is None else list(read_params)
-        self.last_params = self.read_params  # the params the last call read
+        self.params_read = list(params) if params_read is None else list(params_read)
+        self.last_read = self.params_read  # the params the last call read
         self.guards = list(guards)
         self._plain = plain
         self.fallbacks = 0
@@ -122,7 +122,7 @@ class CompiledLoss:
         numbers: the recorded forward and backward pass as one program
         (:func:`pyro_vi.engine.compile.graph_passes.joint`), replayed without the autograd engine (a third less
         time on a tiny model: the engine's per-node bookkeeping is most of its backward)."""
-        self.last_params = self.read_params  # a fall-back sets the params its plain run read
+        self.last_read = self.params_read  # a fall-back sets the params its plain run read
         return self._loss_and_grads(*args)
 
     def _loss_and_grads(self, *args) -> float:
@@ -149,7 +149,7 @@ class CompiledLoss:
         the loss, and ``True`` when the program took the step (the update is made, or nothing is
         written because the loss or a gradient is not finite: ``self.finite``); ``False`` when a
         guard differed: the plain step has then filled the gradients, for the optimizer to apply."""
-        self.last_params = self.read_params
+        self.last_read = self.params_read
         state = rng.torch_state() if self.guards else None
         with torch.no_grad():
             value, terms, *guards, _ok, finite = run(*args)
@@ -171,7 +171,7 @@ class CompiledLoss:
             # the params this plain run reads are the ones to step (another branch may read others)
             with poutine.trace(param_only=True) as capture:
                 value = float(self._plain_step(*args)) if self._plain_step is not None else float(_backward(self._plain(*args)))
-            self.last_params = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
+            self.last_read = list(dict.fromkeys(site["value"].unconstrained() for site in capture.trace.nodes.values()))
             return value
 
 
@@ -180,17 +180,8 @@ def _backward(value: Tensor) -> Tensor:
     return value.detach()
 
 
-# The pyro_vi estimators a recording reproduces (their surrogates are tensor operations of the traces).
-COVERED_ESTIMATORS = (
-    "reparam", "stl", "analytic-kl", "score", "score-naive", "rloo", "score-graph", "score-nn-baseline", "enum",
-    "gumbel", "iwae", "dreg",
-)
-# Pyro ELBOs by class name, and why the others are not covered.
+# Pyro ELBOs a recording reproduces, by class name.
 _PYRO_LOSSES = ("Trace_ELBO", "TraceEnum_ELBO", "TraceGraph_ELBO")
-_REFUSED = {
-    "score-baseline": "score-baseline's decaying-average baselines are state each step rewrites in the param store, "
-                      "which a recorded program would freeze",
-}
 
 
 def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str | None:
@@ -198,22 +189,17 @@ def can_compile(model: Callable, guide: Callable, args: Sequence, loss) -> str |
 
     Covered: ``Trace_ELBO``, ``TraceEnum_ELBO`` and ``TraceGraph_ELBO`` (any ``num_particles``, one
     after another; TraceGraph_ELBO without decaying-average baselines, which recording refuses), and
-    the pyro_vi estimators in ``COVERED_ESTIMATORS``. Cheap: it looks at the loss and the arguments
+    the pyro_vi estimators whose ``not_recordable`` is None. Cheap: it looks at the loss and the arguments
     only (no tracing, no recording, no random draw); what only a trace shows (a Trace_ELBO guide
     site that cannot rsample, ``.item()`` in the model) is refused by :func:`compile_loss` with a
     ``ConfigError`` after the first plain step.
     """
     loss = Trace_ELBO() if loss is None else loss
     if type(loss).__module__.startswith("pyro_vi.estimators."):  # a GradientEstimator (a layer above: not imported)
-        name = loss.name
-        if name in COVERED_ESTIMATORS:
-            return None
-        reason = _REFUSED.get(name, f"estimator {name!r} is not covered by compile (covered: {', '.join(COVERED_ESTIMATORS)})")
-        return f"{reason}; drop --compile for it"
+        return None if loss.not_recordable is None else f"{loss.not_recordable}; drop --compile for it"
     name = type(loss).__name__
     if name not in _PYRO_LOSSES or type(loss).__module__.split(".")[0] != "pyro":
-        reason = _REFUSED.get(name, f"compile covers Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO and pyro_vi's estimators, not {name}")
-        return f"{reason}; drop --compile for this loss"
+        return f"compile covers Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO and pyro_vi's estimators, not {name}; drop --compile for this loss"
     if loss.num_particles > 1 and loss.vectorize_particles:
         return f"compile records particles one after another; use {name}(vectorize_particles=False) or drop --compile"
     return None
@@ -371,11 +357,11 @@ def _compile(model, guide, args, loss, param_names) -> CompiledLoss:
     # whose input the recorded program computes with was read too.
     placeholders = [node for node in graph.graph.nodes if node.op == "placeholder"][: len(params)]
     used = {name for name, node in zip(names, placeholders) if node.users}
-    read_params = [p for name, p in zip(names, params) if name in read or name in used]
+    params_read = [p for name, p in zip(names, params) if name in read or name in used]
     plain = functools.partial(_differentiable(loss), model, guide)
     graph = graph_passes.simplify(graph)
     return CompiledLoss(graph, names, params, guards.values, plain, graph_passes.joint(graph, params, args), layout,
-                        getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide), read_params)
+                        getattr(loss, "num_particles", 1), functools.partial(loss.loss_and_grads, model, guide), params_read)
 
 
 class _Guards(TorchFunctionMode):

@@ -151,7 +151,7 @@ class FusedSteps:
             return None
         outputs = next(node for node in program.joint_graph.graph.nodes if node.op == "output").args[0]
         grads = outputs[1 : 1 + len(program.params)]
-        read = set(map(id, program.read_params))
+        read = set(map(id, program.params_read))
         if any(grad is None and slot is not None and id(p) in read for p, grad, slot in zip(program.params, grads, slots)):
             return None  # a param read without a gradient gets SVI's zero-gradient step: the two calls take it
         key = (tuple(id(t) for slot in slots if slot is not None for t in slot[:3]),
