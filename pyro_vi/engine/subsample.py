@@ -51,7 +51,9 @@ class EpochSubsample(PerStep):
 
     Pass it to ``fit`` as an argument and give it to the data plate:
     ``with pyro.plate("data", len(x), subsample=indices): ...x[indices]...``.
-    The last, smaller batch of an epoch is dropped (``drop_last=True``) unless told otherwise.
+    The last, smaller batch of an epoch is dropped (``drop_last=True``, the default: each epoch
+    skips ``num_data % batch_size`` points, drawn afresh each epoch) unless told otherwise; in a
+    data-parallel run ``drop_last=False`` needs that last batch to split evenly over the ranks.
     """
 
     def __init__(
@@ -70,6 +72,15 @@ class EpochSubsample(PerStep):
             raise ConfigError(f"batch size {batch_size} is larger than the {num_data} data points; lower it")
         if data_parallel is not None:
             data_parallel.validate(batch_size)
+            last, ranks = num_data % batch_size, data_parallel.world_size
+            if not drop_last and last % ranks:
+                # Each rank takes B[r::W]: an uneven last batch gives a rank fewer points (or none:
+                # Pyro's plate then divides by zero while the other ranks wait in the all-reduce).
+                raise ConfigError(
+                    f"EpochSubsample(num_data={num_data}, batch_size={batch_size}, drop_last=False): each epoch's last "
+                    f"batch has {last} points, which do not split evenly over {ranks} processes; use drop_last=True "
+                    f"(skips {last} points an epoch, different ones each epoch) or a batch size leaving a multiple of {ranks}"
+                )
         super().__init__()
         self.num_data, self.batch_size, self.seed = num_data, batch_size, seed
         self.device = torch.device("cpu") if device is None else torch.device(device)

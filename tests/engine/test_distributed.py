@@ -19,6 +19,8 @@ import pytest
 import torch
 import torch.multiprocessing
 
+import pyro_vi
+
 from pyro_vi import cli, io
 from pyro_vi.engine import distributed
 from pyro_vi.engine import checkpoint as checkpoints
@@ -170,6 +172,20 @@ def test_shards_partition_each_global_batch():
 def test_batch_size_must_split_over_ranks():
     with pytest.raises(ConfigError, match="does not split evenly over 2 processes"):
         distributed.DataParallel(0, 2).validate(101)
+
+
+@pytest.mark.parametrize("num_data, batch_size, ranks", [(11, 10, 2), (103, 10, 2), (25, 6, 3)])
+def test_an_uneven_last_batch_over_ranks_is_refused_up_front(num_data, batch_size, ranks):
+    """drop_last=False with a last batch of 1 point over 2 ranks (an empty shard: Pyro's plate would
+    divide by zero while the other rank waits in the all-reduce), or 3 over 2, or 1 over 3."""
+    from pyro_vi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="do not split evenly over"):
+        pyro_vi.EpochSubsample(num_data, batch_size, drop_last=False, data_parallel=distributed.DataParallel(0, ranks))
+    pyro_vi.EpochSubsample(num_data, batch_size, data_parallel=distributed.DataParallel(0, ranks))  # drop_last: fine
+    even = pyro_vi.EpochSubsample(num_data - num_data % batch_size + ranks, batch_size, drop_last=False,
+                                  data_parallel=distributed.DataParallel(1, ranks))
+    assert all(len(even(step)) > 0 for step in range(2 * even.steps_per_epoch))
 
 
 def test_distributed_without_launcher_is_a_one_line_error(tmp_path, capsys, monkeypatch):
