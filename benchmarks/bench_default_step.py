@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     options = parser.parse_args(argv)
-    steps = options.steps or (100 if options.quick else 300)
-    rounds = options.rounds or (3 if options.quick else 5)
+    steps = options.steps or (40 if options.quick else 300)
+    rounds = options.rounds or (2 if options.quick else 5)
     contenders = ["svi", "fit", "fit-record"] + ([] if options.quick else ["fit-inductor"])
     modes = {"fit": None, "fit-record": True, "fit-inductor": "inductor"}
     torch.set_num_threads(1)
