@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vi import cli, io
+from pyro_vi import cli
 from pyro_vi.engine import checkpoint
 from pyro_vi.errors import CheckpointError
 
