@@ -21,9 +21,11 @@ The lab:
 
 from pyro_vi.estimators.base import ESTIMATORS, UNBIASED, GradientEstimator, get_estimator
 from pyro_vi.estimators.enumeration import Enumeration
-from pyro_vi.estimators.importance_weighted import ImportanceWeighted
-from pyro_vi.estimators.pathwise import AnalyticKL, Pathwise, Relaxed
-from pyro_vi.estimators.score import AverageBaseline, GraphScore, LeaveOneOut, NetworkBaseline, ScoreFunction
+from pyro_vi.estimators.importance_weighted import DoublyReparameterized, ImportanceWeighted
+from pyro_vi.estimators.pathwise import AnalyticKL, Pathwise, Relaxed, StickingTheLanding
+from pyro_vi.estimators.score import (
+    AverageBaseline, GraphScore, LeaveOneOut, NaiveScore, NetworkBaseline, ScoreFunction,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -31,8 +33,10 @@ __all__ = [
     "get_estimator",
     "GradientEstimator",
     "Pathwise",
+    "StickingTheLanding",
     "AnalyticKL",
     "ScoreFunction",
+    "NaiveScore",
     "LeaveOneOut",
     "GraphScore",
     "AverageBaseline",
@@ -40,6 +44,7 @@ __all__ = [
     "Enumeration",
     "Relaxed",
     "ImportanceWeighted",
+    "DoublyReparameterized",
 ]
 
 # the lab's modules, after the estimators they measure

@@ -13,11 +13,11 @@ Names (one vocabulary across the API, the CLI, JSON and plots), one class per fa
 
     reparam            Pathwise: at every guide site (Trace_ELBO's gradient); guides with discrete
                        or non-reparameterizable sites are refused (use score, rloo, enum or gumbel)
-    stl                Pathwise: sticking the landing, variational parameters detached inside log q
+    stl                StickingTheLanding (a Pathwise): sticking the landing, variational parameters detached inside log q
     analytic-kl        AnalyticKL: TraceMeanField_ELBO, KL(q || p) in closed form where it exists,
                        log p - log q elsewhere, and -log q of an AutoGuide's auxiliary site
     score              ScoreFunction: at every guide site, plate-level Rao-Blackwellization
-    score-naive        ScoreFunction: whole log-ratio times the summed score (textbook REINFORCE)
+    score-naive        NaiveScore (a ScoreFunction): whole log-ratio times the summed score (textbook REINFORCE)
     rloo               LeaveOneOut: k particles, each site's cost baselined by the mean of the
                        other particles' costs at the same plate element (per datapoint)
     score-graph        GraphScore: TraceGraph_ELBO's dependency-graph Rao-Blackwellization
@@ -28,13 +28,13 @@ Names (one vocabulary across the API, the CLI, JSON and plots), one class per fa
                        (loss is the relaxed objective; a plain Categorical is refused: its integer
                        value cannot carry a relaxed sample, write it as OneHotCategorical)
     iwae               ImportanceWeighted: gradient of the k-particle importance-weighted bound
-    dreg               ImportanceWeighted: doubly reparameterized gradient of the same bound
+    dreg               DoublyReparameterized (an ImportanceWeighted): doubly reparameterized gradient of the same bound
 
 The families live in :mod:`~pyro_vi.estimators.pathwise` (reparam, stl, analytic-kl, gumbel),
 :mod:`~pyro_vi.estimators.score` (score, score-naive, rloo, score-graph and its baselines),
 :mod:`~pyro_vi.estimators.enumeration` (enum) and :mod:`~pyro_vi.estimators.importance_weighted`
-(iwae, dreg, and how scales enter the bound). A family registers its names with
-``class Family(GradientEstimator, names=(...))``.
+(iwae, dreg, and how scales enter the bound). Each name is one class, registered by
+``class MyEstimator(GradientEstimator, name="my-name")``.
 
 Subsampling (``N/|B|``) and ``poutine.scale`` (a KL weight beta) enter every ELBO estimator through
 the sites' log-probs, as in Pyro. Point masses (``Delta``, AutoDelta, and the sites an AutoGuide
@@ -51,6 +51,7 @@ under ``torch.func.vmap`` (see :mod:`pyro_vi.estimators.variance`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -81,7 +82,7 @@ ESTIMATORS = (
 # Estimators whose expectation is the exact gradient of their objective (gumbel's is not).
 UNBIASED = tuple(name for name in ESTIMATORS if name != "gumbel")
 
-_FAMILIES: dict[str, type] = {}  # name -> family class, filled by GradientEstimator.__init_subclass__
+_CLASSES: dict[str, type] = {}  # name -> its class, filled by GradientEstimator.__init_subclass__
 
 
 def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "GradientEstimator":
@@ -91,13 +92,16 @@ def get_estimator(name: str = "reparam", num_particles: int = 1, **options) -> "
     ``baseline_hidden_dim`` (score-nn-baseline, 16), ``max_plate_nesting`` (enum),
     ``vectorize_particles`` (iwae and dreg: the k particles in one vectorized draw).
     """
-    return _family(name)(name, num_particles=num_particles, **options)
-
-
-def _family(name: str) -> type:
     if name not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
-    return _FAMILIES[name]
+    cls = _CLASSES[name]
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        for option in options:
+            if option not in accepted:
+                raise ConfigError(f"estimator {name!r} takes no option {option!r}; its options: "
+                                  f"{', '.join(p for p in accepted if p != 'num_particles') or 'none but num_particles'}")
+    return cls(num_particles=num_particles, **options)
 
 
 class _Sites(NamedTuple):
@@ -112,21 +116,19 @@ class _Sites(NamedTuple):
 
 
 class GradientEstimator(ELBO):
-    """A named gradient estimator of the ELBO with Pyro's ELBO interface; one subclass per family.
-
-    ``GradientEstimator(name, ...)`` builds the family's class for ``name`` (as ``get_estimator``).
-    A family overrides ``_loss_and_surrogate`` (value and surrogate from the traces) or ``_particle``
-    (one particle's), ``wrap`` (the poutine handlers it runs the pair under) and ``_check_sites``
-    (what it refuses).
+    """A gradient estimator of the ELBO with Pyro's ELBO interface: one subclass per name
+    (``class Reparam(GradientEstimator, name="reparam")`` registers it for ``get_estimator``), with
+    its own options. A class overrides ``_loss_and_surrogate`` (value and surrogate from the traces)
+    or ``_particle`` (one particle's), ``wrap`` (the poutine handlers it runs the pair under) and
+    ``_check_sites`` (what it refuses); what the engine reads off it are class attributes
+    (``name``, ``pathwise``, ``not_recordable``).
 
     Args:
-        name: one of ``ESTIMATORS``.
         num_particles: samples per estimate (``k`` for rloo, iwae, dreg); averaged for the others.
-        temperature: Concrete temperature for ``gumbel``.
-        baseline_beta: decay of the running-average baseline for ``score-baseline``.
-        baseline_hidden_dim: hidden units of the ``score-nn-baseline`` network.
         max_plate_nesting: passed to Pyro's ELBO (``enum`` guesses it when left at infinity).
     """
+
+    name: str = ""  # its name in ESTIMATORS, set by ``name=`` in the class statement
 
     # Pathwise families take no score-function terms: they refuse discrete and non-rsample sites.
     # (reparam could take the score function there, as Trace_ELBO does, but then a "reparam"
@@ -136,45 +138,25 @@ class GradientEstimator(ELBO):
     # surrogate is tensor operations of the traces, which a recording replays.
     not_recordable: str | None = None
 
-    def __init_subclass__(cls, names: tuple[str, ...] = (), **kwargs):
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
-        for name in names:
-            if name not in ESTIMATORS or name in _FAMILIES:
+        if name is not None:
+            if name not in ESTIMATORS or name in _CLASSES:
                 raise TypeError(f"{cls.__name__}: estimator name {name!r} is not in ESTIMATORS or already taken")
-            _FAMILIES[name] = cls
+            cls.name = name
+            _CLASSES[name] = cls
 
-    def __new__(cls, name: str = "reparam", *args, **kwargs):
-        if cls is GradientEstimator:
-            cls = _family(name)
-        return super().__new__(cls)
-
-    def __init__(
-        self,
-        name: str = "reparam",
-        num_particles: int = 1,
-        temperature: float = 0.5,
-        baseline_beta: float = 0.9,
-        baseline_hidden_dim: int = 16,
-        max_plate_nesting: float = float("inf"),
-    ):
-        if name not in ESTIMATORS:
-            raise ConfigError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")):
+        if not type(self).name:
+            raise TypeError(f"{type(self).__name__} has no estimator name; use get_estimator(name) or a named subclass")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
-        if not temperature > 0:
-            raise ConfigError(f"gumbel temperature must be positive, got {temperature!r}")
-        if not 0 <= baseline_beta < 1:
-            raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta!r}")
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-        self.name = name
-        self.temperature = temperature
-        self.baseline_beta = baseline_beta
-        self.baseline_hidden_dim = baseline_hidden_dim
         self._checked = set()
         self.frozen = False  # True while measuring: a baseline is read, never updated
 
     def __repr__(self) -> str:
-        return f"GradientEstimator({self.name!r}, num_particles={self.num_particles})"
+        return f"get_estimator({self.name!r}, num_particles={self.num_particles})"
 
     # -- the ELBO interface -------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ from pyro_vi.estimators.base import GradientEstimator
 __all__ = ["Enumeration"]
 
 
-class Enumeration(GradientEstimator, names=("enum",)):
+class Enumeration(GradientEstimator, name="enum"):
     """enum: exact enumeration of discrete sites (TraceEnum_ELBO), pathwise at the continuous ones."""
 
-    def __init__(self, name: str = "enum", num_particles: int = 1, **options):
-        super().__init__(name, num_particles=num_particles, **options)
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles, max_plate_nesting)
         self._pyro_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
 
     def wrap(self, model, guide):

@@ -33,19 +33,21 @@ from pyro_vi.errors import ConfigError
 from pyro_vi.estimators import importance, traces
 from pyro_vi.estimators.base import GradientEstimator
 
-__all__ = ["ImportanceWeighted"]
+__all__ = ["ImportanceWeighted", "DoublyReparameterized"]
 
 
-class ImportanceWeighted(GradientEstimator, names=("iwae", "dreg")):
-    """iwae (the bound's reparameterized gradient) and dreg (doubly reparameterized, Tucker et al.
-    2019) of the k-particle importance-weighted bound; see ``_importance_weighted``."""
+class ImportanceWeighted(GradientEstimator, name="iwae"):
+    """iwae: the reparameterized gradient of the k-particle importance-weighted bound; see
+    ``_importance_weighted``."""
 
     pathwise = True
+    doubly_reparameterized = False
 
-    def __init__(self, name: str = "iwae", num_particles: int = 1, vectorize_particles: bool = False, **options):
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = False,
+                 max_plate_nesting: float = float("inf")):
         """``vectorize_particles``: draw the k particles at once under a plate left of the pair's
         plates (as RenyiELBO's option; the model must broadcast over that dim)."""
-        super().__init__(name, num_particles=num_particles, **options)
+        super().__init__(num_particles, max_plate_nesting)
         self.vectorize_particles = bool(vectorize_particles)
         self._particle_dims = {}  # (id(model), id(guide)) -> the particles plate's dim
 
@@ -65,7 +67,7 @@ class ImportanceWeighted(GradientEstimator, names=("iwae", "dreg")):
                     f"the subsampled plate {plate!r}, so the minibatch bound estimates no full-data bound; pass the "
                     "whole data set, use 1 particle (the ELBO) or use reparam"
                 )
-        if self.name != "dreg":
+        if not self.doubly_reparameterized:
             return
         point_masses = [s["name"] for s in sites.latent if isinstance(traces.base_distribution(s["fn"]), dist.Delta)]
         auxiliary = [s for s in sites.latent if s["infer"].get("is_auxiliary")]
@@ -82,7 +84,7 @@ class ImportanceWeighted(GradientEstimator, names=("iwae", "dreg")):
             )
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
-        dreg = self.name == "dreg"
+        dreg = self.doubly_reparameterized
         if not (self.vectorize_particles and self.num_particles > 1):
             particles = self._particles(model, guide, args, kwargs)
             return _importance_weighted(particles, doubly_reparameterized=dreg, model=model, args=args, kwargs=kwargs)
@@ -93,6 +95,13 @@ class ImportanceWeighted(GradientEstimator, names=("iwae", "dreg")):
         model, guide = (_in_plate(fn, "_particles", self.num_particles, dim) for fn in (model, guide))
         particles = [traces.draw(model, guide, args, kwargs)]
         return _importance_weighted(particles, doubly_reparameterized=dreg, model=model, args=args, kwargs=kwargs, particle_dim=dim)
+
+
+class DoublyReparameterized(ImportanceWeighted, name="dreg"):
+    """dreg: the doubly reparameterized gradient (Tucker et al. 2019) of the same bound: the score
+    part of the guide parameters' gradient rewritten as a second pathwise term."""
+
+    doubly_reparameterized = True
 
 
 def _particle_dim(model, guide, args, kwargs) -> int:

@@ -21,20 +21,27 @@ from pyro_vi.errors import ConfigError
 from pyro_vi.estimators import traces
 from pyro_vi.estimators.base import GradientEstimator
 
-__all__ = ["Pathwise", "AnalyticKL", "Relaxed"]
+__all__ = ["Pathwise", "StickingTheLanding", "AnalyticKL", "Relaxed"]
 
 
-class Pathwise(GradientEstimator, names=("reparam", "stl")):
-    """reparam (Trace_ELBO's pathwise gradient) and stl (sticking the landing: q's parameters
-    detached inside log q, so only the path through z remains)."""
+class Pathwise(GradientEstimator, name="reparam"):
+    """reparam: Trace_ELBO's pathwise gradient."""
 
     pathwise = True
+    sticking_the_landing = False
 
     def _particle(self, model_trace, guide_trace):
-        return traces.elbo_particle(model_trace, guide_trace, sticking_the_landing=self.name == "stl")
+        return traces.elbo_particle(model_trace, guide_trace, sticking_the_landing=self.sticking_the_landing)
 
 
-class AnalyticKL(GradientEstimator, names=("analytic-kl",)):
+class StickingTheLanding(Pathwise, name="stl"):
+    """stl (sticking the landing, Roeder et al. 2017): q's parameters detached inside log q, so only
+    the path through z remains."""
+
+    sticking_the_landing = True
+
+
+class AnalyticKL(GradientEstimator, name="analytic-kl"):
     """analytic-kl: TraceMeanField_ELBO, KL(q || p) in closed form where it exists."""
 
     pathwise = True
@@ -73,8 +80,14 @@ def _analytic_kl_particle(model_trace, guide_trace) -> tuple[Tensor, Tensor]:
 _RELAXABLE = (dist.Bernoulli, dist.OneHotCategorical)
 
 
-class Relaxed(GradientEstimator, names=("gumbel",)):
-    """gumbel: Concrete relaxation of Bernoulli / OneHotCategorical sites; biased."""
+class Relaxed(GradientEstimator, name="gumbel"):
+    """gumbel: Concrete relaxation of Bernoulli / OneHotCategorical sites at ``temperature``; biased."""
+
+    def __init__(self, num_particles: int = 1, temperature: float = 0.5, max_plate_nesting: float = float("inf")):
+        if not temperature > 0:
+            raise ConfigError(f"gumbel temperature must be positive, got {temperature!r}")
+        super().__init__(num_particles, max_plate_nesting)
+        self.temperature = temperature
 
     def wrap(self, model, guide):
         """The guide with its Bernoulli / OneHotCategorical sites drawn from their Concrete relaxation."""

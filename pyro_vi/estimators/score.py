@@ -34,25 +34,33 @@ BASELINE_WARMUP = 50
 _AVERAGE_KEY = "__baseline_avg_downstream_cost_"  # Pyro's param-store key of a site's running average
 
 
-class ScoreFunction(GradientEstimator, names=("score", "score-naive")):
-    """score (plate-level Rao-Blackwellization, as Trace_ELBO) and score-naive (the whole log-ratio
-    times the summed score): rsample off at every guide site but point masses."""
+class ScoreFunction(GradientEstimator, name="score"):
+    """score: the score function with plate-level Rao-Blackwellization (as Trace_ELBO); rsample off
+    at every guide site but point masses."""
+
+    naive = False
 
     def wrap(self, model, guide):
         """The guide with rsample turned off at every site but point masses."""
         return model, traces.with_handler(guide, lambda: _ScoreFunction(self, None))
 
     def _particle(self, model_trace, guide_trace):
-        return traces.elbo_particle(model_trace, guide_trace, naive=self.name == "score-naive")
+        return traces.elbo_particle(model_trace, guide_trace, naive=self.naive)
 
 
-class LeaveOneOut(ScoreFunction, names=("rloo",)):
+class NaiveScore(ScoreFunction, name="score-naive"):
+    """score-naive: the whole log-ratio times the summed score (no Rao-Blackwellization)."""
+
+    naive = True
+
+
+class LeaveOneOut(ScoreFunction, name="rloo"):
     """rloo: the score function over k particles, each baselined by the other k - 1."""
 
-    def __init__(self, name: str = "rloo", num_particles: int = 2, **options):
+    def __init__(self, num_particles: int = 2, max_plate_nesting: float = float("inf")):
         if not isinstance(num_particles, bool) and isinstance(num_particles, int) and num_particles < 2:
             raise ConfigError("rloo needs at least 2 particles (each is baselined by the others); pass --particles 2 or more")
-        super().__init__(name, num_particles=num_particles, **options)
+        super().__init__(num_particles, max_plate_nesting)
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
         return _leave_one_out(self._particles(model, guide, args, kwargs))
@@ -88,13 +96,13 @@ def _entropy_terms(guide_trace) -> Tensor:
     )
 
 
-class GraphScore(GradientEstimator, names=("score-graph",)):
+class GraphScore(GradientEstimator, name="score-graph"):
     """score-graph: TraceGraph_ELBO's dependency-graph Rao-Blackwellization (subclasses add a baseline)."""
 
     baseline: str | None = None  # the _ScoreFunction handler's baseline option
 
-    def __init__(self, name: str = "score-graph", num_particles: int = 1, **options):
-        super().__init__(name, num_particles=num_particles, **options)
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles, max_plate_nesting)
         self._pyro_elbo = TraceGraph_ELBO(num_particles=num_particles, max_plate_nesting=self.max_plate_nesting)
 
     def wrap(self, model, guide):
@@ -114,10 +122,16 @@ class GraphScore(GradientEstimator, names=("score-graph",)):
         return -elbo / self.num_particles, surrogate_loss / self.num_particles
 
 
-class AverageBaseline(GraphScore, names=("score-baseline",)):
-    """score-baseline: score-graph plus Pyro's decaying-average baseline per site."""
+class AverageBaseline(GraphScore, name="score-baseline"):
+    """score-baseline: score-graph plus Pyro's decaying-average baseline per site (decay ``baseline_beta``)."""
 
     baseline = "average"
+
+    def __init__(self, num_particles: int = 1, baseline_beta: float = 0.9, max_plate_nesting: float = float("inf")):
+        if not 0 <= baseline_beta < 1:
+            raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta!r}")
+        super().__init__(num_particles, max_plate_nesting)
+        self.baseline_beta = baseline_beta
     not_recordable = ("score-baseline's decaying-average baselines are state each step rewrites in the param store, "
                       "which a recorded program would freeze")
 
@@ -140,13 +154,15 @@ class AverageBaseline(GraphScore, names=("score-baseline",)):
         return num_steps
 
 
-class NetworkBaseline(GraphScore, names=("score-nn-baseline",)):
-    """score-nn-baseline: score-graph plus a learned (NVIL-style) baseline network per site."""
+class NetworkBaseline(GraphScore, name="score-nn-baseline"):
+    """score-nn-baseline: score-graph plus a learned (NVIL-style) baseline network per site
+    (``baseline_hidden_dim`` hidden units)."""
 
     baseline = "network"
 
-    def __init__(self, name: str = "score-nn-baseline", num_particles: int = 1, **options):
-        super().__init__(name, num_particles=num_particles, **options)
+    def __init__(self, num_particles: int = 1, baseline_hidden_dim: int = 16, max_plate_nesting: float = float("inf")):
+        super().__init__(num_particles, max_plate_nesting)
+        self.baseline_hidden_dim = baseline_hidden_dim
         self._baseline_networks = nn.ModuleDict()  # one net per guide site
 
     def check(self, model, guide, *args, **kwargs) -> None:

@@ -228,7 +228,7 @@ def test_pyro_vi_estimators_compile_to_the_plain_run_bit_for_bit(estimator, make
     detach() in them is kept by the recording, and an estimator's own params (score-nn-baseline's
     networks) are found by running the loss itself once."""
     num_particles = 3 if estimator in ("rloo", "iwae", "dreg") else 1
-    loss = lambda: pyro_vi.estimators.GradientEstimator(estimator, num_particles=num_particles)  # noqa: E731
+    loss = lambda: pyro_vi.estimators.get_estimator(estimator, num_particles=num_particles)  # noqa: E731
     assert loss().not_recordable is None and compiled.can_compile(None, None, (), loss()) is None
     plain, fast, caught = _plain_and_compiled(make_pair, args, num_steps=10, loss=loss)
     _assert_same(plain, fast)
@@ -245,7 +245,7 @@ def test_enumerated_gmm_tutorial_compiles_to_the_plain_run_bit_for_bit():
         fresh = load("gmm")
         return fresh.model, fresh.guide
 
-    for loss in (lambda: TraceEnum_ELBO(max_plate_nesting=1), lambda: pyro_vi.estimators.GradientEstimator("enum")):
+    for loss in (lambda: TraceEnum_ELBO(max_plate_nesting=1), lambda: pyro_vi.estimators.get_estimator("enum")):
         plain, fast, caught = _plain_and_compiled(make_pair, args, num_steps=20, loss=loss, lr=0.1)
         _assert_same(plain, fast)
         assert caught == []
@@ -276,7 +276,7 @@ def test_what_compile_refuses_is_named_in_one_line_and_fit_refuses_it():
 
     x = _DISCRETE_DATA[0]
     for loss, cause in [
-        (pyro_vi.estimators.GradientEstimator("score-baseline"), "decaying-average baselines are state"),
+        (pyro_vi.estimators.get_estimator("score-baseline"), "decaying-average baselines are state"),
         (TraceMeanField_ELBO(), "not TraceMeanField_ELBO"),
         (TraceEnum_ELBO(num_particles=2, vectorize_particles=True), "TraceEnum_ELBO(vectorize_particles=False)"),
     ]:
@@ -284,7 +284,7 @@ def test_what_compile_refuses_is_named_in_one_line_and_fit_refuses_it():
         assert reason is not None and cause in reason and "\n" not in reason, reason
     model, guide = _discrete_pair()
     with pytest.raises(ConfigError, match="decaying-average baselines are state"):
-        pyro_vi.fit(model, guide, x, num_steps=3, loss=pyro_vi.estimators.GradientEstimator("score-baseline"),
+        pyro_vi.fit(model, guide, x, num_steps=3, loss=pyro_vi.estimators.get_estimator("score-baseline"),
                     compile=True, progress=False)
 
 
@@ -345,7 +345,7 @@ def test_joint_program_loss_and_grads_trains_as_the_plain_loss_bit_for_bit(case)
     else:
         name = case.split("-")[0]
         make_pair, args = _discrete_pair, _DISCRETE_DATA
-        loss = pyro_vi.estimators.GradientEstimator(name, num_particles=3 if name == "rloo" else 1)
+        loss = pyro_vi.estimators.get_estimator(name, num_particles=3 if name == "rloo" else 1)
     plain, plain_values, _ = _steps_by_hand(make_pair, args, loss, 15, joint=False)
     fast, fast_values, program = _steps_by_hand(make_pair, args, loss, 15, joint=True)
     assert program._joint is not None and program.fallbacks == 0

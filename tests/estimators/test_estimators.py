@@ -267,28 +267,40 @@ def test_bad_options_raise_config_error():
         estimators.get_estimator("rloo", num_particles=1)
 
 
-FAMILIES = {
-    "reparam": "Pathwise", "stl": "Pathwise", "analytic-kl": "AnalyticKL", "gumbel": "Relaxed",
-    "score": "ScoreFunction", "score-naive": "ScoreFunction", "rloo": "LeaveOneOut", "score-graph": "GraphScore",
+CLASSES = {
+    "reparam": "Pathwise", "stl": "StickingTheLanding", "analytic-kl": "AnalyticKL", "gumbel": "Relaxed",
+    "score": "ScoreFunction", "score-naive": "NaiveScore", "rloo": "LeaveOneOut", "score-graph": "GraphScore",
     "score-baseline": "AverageBaseline", "score-nn-baseline": "NetworkBaseline", "enum": "Enumeration",
-    "iwae": "ImportanceWeighted", "dreg": "ImportanceWeighted",
+    "iwae": "ImportanceWeighted", "dreg": "DoublyReparameterized",
 }
 
 
-def test_every_name_builds_its_family():
-    """The families register their names (``names=`` on the class): every name, one family, by
-    get_estimator and by GradientEstimator(name) alike; a name twice or outside ESTIMATORS is refused."""
-    assert set(FAMILIES) == set(estimators.ESTIMATORS)
-    for name, family in FAMILIES.items():
+def test_every_name_is_one_class():
+    """Each name is one class (``name=`` on the class statement registers it), built by
+    get_estimator or by calling the class; a name twice or outside ESTIMATORS is refused; the base
+    class builds nothing by itself."""
+    assert set(CLASSES) == set(estimators.ESTIMATORS)
+    for name, class_name in CLASSES.items():
         num_particles = 2 if name == "rloo" else 1
         built = estimators.get_estimator(name, num_particles=num_particles)
-        assert type(built) is getattr(estimators, family) and built.name == name
-        assert type(estimators.GradientEstimator(name, num_particles=num_particles)) is type(built)
+        cls = getattr(estimators, class_name)
+        assert type(built) is cls and built.name == name == cls.name
+        assert type(cls(num_particles=num_particles)) is cls
+    assert len(set(CLASSES.values())) == len(CLASSES)
     with pytest.raises(TypeError, match="already taken"):
-        type("Twice", (estimators.GradientEstimator,), {}, names=("reparam",))
+        type("Twice", (estimators.GradientEstimator,), {}, name="reparam")
     with pytest.raises(TypeError, match="not in ESTIMATORS"):
-        type("Unknown", (estimators.GradientEstimator,), {}, names=("reinforce",))
+        type("Unknown", (estimators.GradientEstimator,), {}, name="reinforce")
+    with pytest.raises(TypeError, match="no estimator name"):
+        estimators.GradientEstimator()
     assert type(estimators.get_estimator("reparam")) is estimators.Pathwise  # the refused classes took no name
+
+
+def test_an_option_of_another_estimator_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="estimator 'reparam' takes no option 'temperature'"):
+        estimators.get_estimator("reparam", temperature=0.5)
+    assert estimators.get_estimator("gumbel", temperature=0.3).temperature == 0.3
+    assert estimators.get_estimator("score-baseline", baseline_beta=0.5).baseline_beta == 0.5
 
 
 @pytest.mark.parametrize(
