@@ -79,6 +79,7 @@ class FitResult(NamedTuple):
         compiled_steps: steps of this call taken by a recorded program (``compile``).
         compile: how this call's steps were taken (:class:`pyro_vi.engine.step.CompileReport`:
             compiled and plain steps, why steps fell back, the recording's one-off seconds).
+        model, guide, args, kwargs: what was fitted, as given (for :meth:`draws` and :meth:`summary`).
     """
 
     params: dict
@@ -91,6 +92,38 @@ class FitResult(NamedTuple):
     stopped_early: bool
     compiled_steps: int = 0
     compile: CompileReport = CompileReport()
+    model: Callable | None = None
+    guide: Callable | None = None
+    args: tuple = ()
+    kwargs: dict | None = None
+
+    def draws(self, num_samples: int = 1000):
+        """``num_samples`` draws of every latent site of the model from the fitted guide at this
+        result's params (whatever the param store holds now), one guide call per draw so any model's
+        plates work: ``pyro_vi.engine.posterior.fitted_draws``. Returns a dict ``name -> (num_samples,
+        *site shape)`` whose ``undrawn`` attribute lists the sites that could not be drawn, and why."""
+        from pyro_vi.engine import posterior
+
+        return posterior.fitted_draws(self, num_samples)
+
+    def summary(self, num_samples: int = 1000) -> dict:
+        """Mean, sd and 5/50/95% quantiles of each latent site from :meth:`draws`:
+        ``name -> {"mean", "sd", "q5", "q50", "q95"}``, float64 tensors of the site's shape."""
+        from pyro_vi.engine import posterior
+
+        return posterior.fitted_summary(self, num_samples)
+
+    def convergence(self) -> dict:
+        """Whether the smoothed ELBO still moved by more than its noise over the last tenth of the
+        run (``pyro_vi.engine.posterior.convergence``; its ``note`` says so in one line)."""
+        from pyro_vi.engine import posterior
+
+        return posterior.convergence(self.losses)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields
+                          if name not in ("model", "guide", "args", "kwargs", "params", "losses"))
+        return f"FitResult(params={sorted(self.params)}, losses=[{len(self.losses)} values], {shown})"
 
 
 def fit(
@@ -225,7 +258,8 @@ def fit(
     report = step.report if step.compiled else CompileReport(False, 0, taken)
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
     return FitResult(params, list(run.losses), run.step, taken, seconds, taken / seconds if seconds > 0 else 0.0,
-                     run.skipped, stopped_early, report.compiled_steps, report)
+                     run.skipped, stopped_early, report.compiled_steps, report,
+                     model=model, guide=guide, args=tuple(args), kwargs=dict(kwargs))
 
 
 def _first_step(step, resumed, model, guide, loss, args, kwargs, step_args, step_kwargs):

@@ -186,3 +186,27 @@ def test_fitted_draws_use_the_results_params_whatever_the_store_holds_now():
     assert "AutoDiagonalNormal.loc" not in pyro.get_param_store()  # created for the draws, removed after
     with pytest.raises(ConfigError, match="does not hold its model"):
         posterior.fitted_draws(SimpleNamespace(model=None, guide=None, params={}, steps=0))
+
+
+def test_a_fit_result_gives_draws_summary_and_convergence_without_rerunning():
+    """pyro_vi.fit's result on the issue's model with AutoNormal: draws at every site's own shape,
+    the summary's shapes, the convergence dict; a later run that moves the store does not move them."""
+    import pyro_vi
+
+    data = _logistic_data(80)
+    guide = AutoNormal(hierarchical_logistic)
+    result = pyro_vi.fit(hierarchical_logistic, guide, *data, num_steps=30, optim=pyro.optim.Adam({"lr": 0.05}), seed=0,
+                         progress=False)
+    assert result.model is hierarchical_logistic and result.guide is guide and len(result.args) == 3
+    assert "losses=[30 values]" in repr(result) and "tensor" not in repr(result)
+    pyro.set_rng_seed(1)
+    first = result.summary(num_samples=50)
+    assert {name: tuple(stats["mean"].shape) for name, stats in first.items()} == {
+        "mu": (), "sigma": (), "alpha": (4,), "beta": (3,)}
+    with torch.no_grad():
+        pyro.get_param_store()["AutoNormal.locs.beta"].add_(100.0)  # another run moved the store
+    pyro.set_rng_seed(1)
+    again = result.summary(num_samples=50)
+    assert all(torch.allclose(again[name][key], first[name][key], atol=1e-5) for name in first for key in first[name])
+    assert set(result.draws(3)) == set(first) and result.draws(3).undrawn == {}
+    assert result.convergence()["window"] == 20 and "note" in result.convergence()
