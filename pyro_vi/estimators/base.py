@@ -137,6 +137,9 @@ class GradientEstimator(ELBO):
     # Why a recorded step (``fit(..., compile=...)``) cannot reproduce this estimator, or None: its
     # surrogate is tensor operations of the traces, which a recording replays.
     not_recordable: str | None = None
+    # Whether the estimator carries state from step to step (a running or learned baseline):
+    # pyro_vi.fit_many then trains its runs one after another, each with its own copy.
+    keeps_state = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)

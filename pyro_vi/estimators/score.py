@@ -134,6 +134,7 @@ class AverageBaseline(GraphScore, name="score-baseline"):
         self.baseline_beta = baseline_beta
     not_recordable = ("score-baseline's decaying-average baselines are state each step rewrites in the param store, "
                       "which a recorded program would freeze")
+    keeps_state = True
 
     def warm_up(self, model, guide, args, kwargs, num_steps: int | None = None) -> int:
         """Move the running average with ``num_steps`` evaluations (no optimizer step). Default:
@@ -159,6 +160,7 @@ class NetworkBaseline(GraphScore, name="score-nn-baseline"):
     (``baseline_hidden_dim`` hidden units)."""
 
     baseline = "network"
+    keeps_state = True
 
     def __init__(self, num_particles: int = 1, baseline_hidden_dim: int = 16, max_plate_nesting: float = float("inf")):
         super().__init__(num_particles, max_plate_nesting)
