@@ -28,14 +28,14 @@ Modules registered with ``pyro.module`` start every run from the weights the mod
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -43,7 +43,9 @@ import torch
 from torch import Tensor
 from torch.distributions import transform_to
 
-from pyro_vi.engine import arguments, checkpoint as checkpoints, many_step, params, rng
+from pyro_vi.engine import arguments, many_adam, many_step, params, rng
+from pyro_vi.engine import checkpoint as checkpoints
+from pyro_vi.engine.many_sequential import sequential
 from pyro_vi.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
 
 __all__ = ["BatchingFallback", "ManyResult", "fit_many", "run_seeds"]
@@ -158,7 +160,7 @@ def fit_many(
             raise ConfigError(f"fit_many cannot batch this model: {reason}; pass batched=None to run one after another")
         if batched is None:
             warnings.warn(f"fit_many runs the {runs} runs one after another: {reason}", BatchingFallback, stacklevel=2)
-        return _sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
+        return sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
                            checkpoint, checkpoint_every, resume, overwrite, reason)
     try:
         return step.train(num_steps, on_nan, progress, checkpoint, checkpoint_every, resume, overwrite, seed)
@@ -166,7 +168,7 @@ def fit_many(
         if batched:
             raise ConfigError(f"fit_many cannot batch this model: {refusal}; pass batched=None to run one after another") from None
         warnings.warn(f"fit_many runs the {runs} runs one after another: {refusal}", BatchingFallback, stacklevel=2)
-        return _sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
+        return sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
                            checkpoint, checkpoint_every, resume, overwrite, str(refusal))
 
 
@@ -183,13 +185,13 @@ class _Batch:
                                               "runs": len(generators), "batched": True}}
 
     @classmethod
-    def build(cls, model, guide, args, kwargs, loss, optim, seeds) -> "_Batch":
+    def build(cls, model, guide, args, kwargs, loss, optim, seeds) -> _Batch:
         """Each run's params as ``fit`` would create them, stacked, and the checked step.
 
         Raises:
             many_step.CannotBatch: the loss, optimizer or model does not allow the batched step.
         """
-        settings = many_step.adam_settings(optim)
+        settings = many_adam.adam_settings(optim)
         many_step.loss_function(loss)  # refuses early, before any run is initialized
         outer = params.snapshot()
         per_run, names, modules = [], None, {}
@@ -202,7 +204,7 @@ class _Batch:
                         found, _ = params.discover(model, guide, *args, **kwargs)
                     except ConfigError:
                         raise
-                    except Exception as error:  # noqa: BLE001 - the user's model; fit reports it on its own
+                    except Exception as error:
                         raise many_step.CannotBatch(f"the model raised on its first call ({type(error).__name__})") from error
                 modules.update(recorded)
                 if names is not None and found != names:
@@ -218,7 +220,7 @@ class _Batch:
         finally:
             params.restore(outer)
         generators = [torch.Generator(device=values[0].device).manual_seed(noise_seed) for _, noise_seed in seeds]
-        batch = cls(step, names, constraints, values, many_step.BatchedAdam(settings, values), generators, loss, optim, seeds)
+        batch = cls(step, names, constraints, values, many_adam.BatchedAdam(settings, values), generators, loss, optim, seeds)
         batch.slot = slot
         return batch
 
@@ -336,67 +338,6 @@ class _StateOf:
 
     def get_state(self) -> dict:
         return self._state
-
-
-# -- one run after another -----------------------------------------------------------------------
-
-
-def run_checkpoint(path: str | Path, run: int) -> Path:
-    """Run ``run``'s checkpoint when the runs are trained one after another: ``NAME.runR.SUFFIX``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.run{run}{path.suffix}")
-
-
-def _sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
-                checkpoint, checkpoint_every, resume, overwrite, reason) -> ManyResult:
-    """The R runs one after another with ``pyro_vi.fit`` (a fresh copy of loss and optimizer each)."""
-    from tqdm.auto import tqdm
-
-    from pyro_vi.engine.loop import fit
-
-    losses = torch.full((runs, num_steps), math.nan, dtype=torch.float64)
-    diverged = torch.zeros(runs, dtype=torch.bool)
-    skipped = torch.zeros(runs, dtype=torch.int64)
-    finals: list[dict] = []
-    bar = tqdm(total=runs * num_steps, desc=f"svi {runs} runs", leave=False) if progress else None
-    outer = params.snapshot()
-    start, steps_this_call = time.perf_counter(), 0
-
-    current = [0]
-
-    def tick(step, step_loss):
-        losses[current[0], step - 1] = math.nan if step_loss is None else step_loss
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        for r, (init_seed, _) in enumerate(seeds):
-            current[0] = r
-            pyro.clear_param_store()
-            path = run_checkpoint(checkpoint, r) if checkpoint is not None else None
-            again = bool(resume and path is not None and path.is_file())
-            try:
-                result = fit(model, guide, *args, num_steps=num_steps, loss=copy.deepcopy(loss), optim=copy.deepcopy(optim),
-                             seed=None if again else init_seed, on_nan=on_nan, progress=False, callback=tick,
-                             checkpoint=path, checkpoint_every=checkpoint_every, resume=again, overwrite=overwrite, **kwargs)
-                losses[r, : len(result.losses)] = torch.tensor(result.losses, dtype=torch.float64)
-                params_now = result.params
-                skipped[r] = result.skipped_steps
-                steps_this_call += result.steps_this_call
-            except TrainingDivergedError:  # frozen at the last good step; the callback kept the losses before it
-                diverged[r] = True
-                params_now = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
-            finals.append(params_now)
-    finally:
-        if bar is not None:
-            bar.close()
-        params.restore(outer)
-    if on_nan == "raise" and bool(diverged.all()):
-        raise TrainingDivergedError(f"every one of the {runs} runs became NaN/inf; lower the learning rate or check the data")
-    names = list(finals[0])
-    stacked = {name: torch.stack([final[name] for final in finals]) for name in names if all(name in f for f in finals)}
-    return ManyResult(stacked, losses, time.perf_counter() - start, False, reason, seeds, diverged, skipped, num_steps,
-                      steps_this_call // runs if runs else 0, True)
 
 
 class _DeferredInterrupt:

@@ -24,10 +24,7 @@ Each run's params are one slice of tensors stacked along a leading run dimension
   elsewhere (a Bernoulli, ``normal_``) is caught by ``vmap(randomness="error")`` on the first step; the batch then draws
   such noise with ``randomness="different"`` from the global generator (independent runs, but a run
   alone and in a batch no longer agree): :attr:`BatchedStep.per_run_streams` says which.
-* **Adam per run**: the update is elementwise, so on stacked tensors it is each run's own update; a
-  per-run step count and a mask leave a frozen or skipped run exactly as it was. ClippedAdam's
-  clipping is elementwise too (``grad.clamp(-clip_norm, clip_norm)``), and its learning rate decays
-  per run step.
+* **Adam per run**: :mod:`pyro_vi.engine.many_adam`.
 """
 
 from __future__ import annotations
@@ -35,10 +32,10 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import pyro
-import pyro.optim
 import torch
 import torch.distributions.gamma as torch_gamma
 from pyro import poutine
@@ -49,7 +46,7 @@ from torch import Tensor, nn
 
 from pyro_vi.engine import params
 
-__all__ = ["CannotBatch", "AdamSettings", "BatchedAdam", "BatchedStep", "adam_settings", "trace_elbo_loss"]
+__all__ = ["BatchedStep", "CannotBatch", "loss_function", "taped_samplers", "trace_elbo_loss"]
 
 _GAMMA_TRIES = 16  # Marsaglia-Tsang proposals per Gamma draw; each is accepted with probability > 0.95
 
@@ -162,7 +159,7 @@ def _standard_gamma(concentration: Tensor) -> Tensor:
     return draw + (concentration - alpha) * slope
 
 
-def _dirichlet_rsample(self, sample_shape=torch.Size()):
+def _dirichlet_rsample(self, sample_shape=()):
     shape = self._extended_shape(sample_shape)
     gammas = _standard_gamma(self.concentration.expand(shape))
     return gammas / gammas.sum(-1, keepdim=True)
@@ -277,7 +274,7 @@ class BatchedStep:
             for module, key in self.swaps.pyro_module_owners.get(name, ()):
                 swaps.setdefault(id(module), (module, {}))[1][key] = value
         with params.substituted(stored), params.module_parameters_swapped(swaps):
-            run = lambda: self.objective(self.model, self.guide, self.args, self.kwargs)  # noqa: E731
+            run = lambda: self.objective(self.model, self.guide, self.args, self.kwargs)
             return torch.func.functional_call(self.swaps.runner, functional, (run,), strict=False)
 
     def probe(self, values: tuple[Tensor, ...]) -> None:
@@ -343,103 +340,3 @@ def _reached(loss, inputs) -> list[bool]:
     if not getattr(loss, "requires_grad", False):
         return [False] * len(inputs)
     return [g is not None for g in torch.autograd.grad(loss, list(inputs), allow_unused=True)]
-
-
-# -- Adam per run --------------------------------------------------------------------------------
-
-
-class AdamSettings(NamedTuple):
-    """Adam's hyperparameters; ``clip_norm``/``lrd``/``centered`` for ClippedAdam (``clipped``)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    clipped: bool = False
-    clip_norm: float = math.inf
-    lrd: float = 1.0
-    centered: bool = False
-
-
-def adam_settings(optim) -> AdamSettings:
-    """The settings of ``optim`` (``None``: fit's default Adam, lr 1e-3).
-
-    Raises:
-        CannotBatch: an optimizer other than Adam or ClippedAdam with one dict of options (per-param
-            options, norm clipping through ``clip_args``, amsgrad, schedulers).
-    """
-    from pyro_vi.engine import optim as pyro_vi_optim
-
-    if optim is None:
-        return AdamSettings(1e-3, 0.9, 0.999, 1e-8, 0.0)
-    constructor = getattr(optim, "pt_optim_constructor", None)
-    options = getattr(optim, "pt_optim_args", None)
-    clip_args = getattr(optim, "pt_clip_args", {})
-    if not isinstance(optim, pyro.optim.PyroOptim) or isinstance(optim, pyro.optim.PyroLRScheduler) or callable(options) or clip_args:
-        raise CannotBatch(f"optimizer {type(optim).__name__} is not Adam or ClippedAdam with one dict of options")
-    if constructor is torch.optim.Adam or type(optim) is pyro_vi_optim.Adam:
-        if options.get("amsgrad") or options.get("maximize"):
-            raise CannotBatch("Adam with amsgrad or maximize is not batched")
-        beta1, beta2 = options.get("betas", (0.9, 0.999))
-        return AdamSettings(float(options.get("lr", 1e-3)), beta1, beta2, options.get("eps", 1e-8), options.get("weight_decay", 0.0))
-    if constructor is pyro.optim.clipped_adam.ClippedAdam:
-        beta1, beta2 = options.get("betas", (0.9, 0.999))
-        return AdamSettings(float(options.get("lr", 1e-3)), beta1, beta2, options.get("eps", 1e-8), options.get("weight_decay", 0.0),
-                            True, options.get("clip_norm", 10.0), options.get("lrd", 1.0), bool(options.get("centered_variance")))
-    raise CannotBatch(f"optimizer {getattr(constructor, '__name__', type(optim).__name__)} is not Adam or ClippedAdam")
-
-
-class BatchedAdam:
-    """Adam on stacked ``(R, ...)`` tensors with a step count per run; a masked run is untouched.
-
-    The arithmetic is torch's single-tensor Adam (``ClippedAdam``'s where ``settings.clipped``)."""
-
-    def __init__(self, settings: AdamSettings, values: tuple[Tensor, ...]):
-        self.settings = settings
-        self.exp_avg = [torch.zeros_like(v) for v in values]
-        self.exp_avg_sq = [torch.zeros_like(v) for v in values]
-        self.steps = torch.zeros(values[0].shape[0], dtype=torch.int64)
-
-    def update(self, values: tuple[Tensor, ...], grads: tuple[Tensor, ...], active: Tensor) -> tuple[Tensor, ...]:
-        """The params after one step of every ``active`` run; the others' as they were."""
-        s = self.settings
-        self.steps = self.steps + active.to(torch.int64)
-        step = self.steps.to(torch.float64)
-        bias1, bias2 = 1 - s.beta1 ** step, 1 - s.beta2 ** step
-        if s.clipped:
-            lr = s.lr * s.lrd ** step
-            step_size, correction = lr * bias2.sqrt() / bias1, None
-        else:
-            step_size, correction = s.lr / bias1, bias2.sqrt()
-        updated = []
-        for i, (value, grad) in enumerate(zip(values, grads)):
-            shape = (-1,) + (1,) * (value.dim() - 1)
-            mask = active.view(shape)
-            if s.clipped:
-                grad = grad.clamp(-s.clip_norm, s.clip_norm)
-            if s.weight_decay:
-                grad = grad + s.weight_decay * value
-            exp_avg = self.exp_avg[i].lerp(grad, 1 - s.beta1) if not s.clipped else self.exp_avg[i] * s.beta1 + grad * (1 - s.beta1)
-            deviation = grad - exp_avg if s.centered else grad
-            exp_avg_sq = self.exp_avg_sq[i] * s.beta2 + deviation * deviation * (1 - s.beta2)
-            if correction is None:
-                denominator = exp_avg_sq.sqrt() + s.eps
-            else:
-                denominator = exp_avg_sq.sqrt() / correction.to(value.dtype).view(shape) + s.eps
-            new = value - step_size.to(value.dtype).view(shape) * exp_avg / denominator
-            self.exp_avg[i] = torch.where(mask, exp_avg, self.exp_avg[i])
-            self.exp_avg_sq[i] = torch.where(mask, exp_avg_sq, self.exp_avg_sq[i])
-            updated.append(torch.where(mask, new, value))
-        return tuple(updated)
-
-    def state(self, names: list[str]) -> dict:
-        """``{name: {"state": {0: {"exp_avg", "exp_avg_sq"}}}}`` plus the step counts (checkpoints)."""
-        return {name: {"state": {0: {"exp_avg": m, "exp_avg_sq": v}}, "param_groups": []}
-                for name, m, v in zip(names, self.exp_avg, self.exp_avg_sq)}
-
-    def load(self, names: list[str], state: dict, steps: Tensor) -> None:
-        """Put back what :meth:`state` returned and the step counts."""
-        self.exp_avg = [state[name]["state"][0]["exp_avg"].clone() for name in names]
-        self.exp_avg_sq = [state[name]["state"][0]["exp_avg_sq"].clone() for name in names]
-        self.steps = steps.clone()

@@ -12,6 +12,14 @@ from pyro_vi.errors import ConfigError
 NORMAL = conjugate.NormalNormal(torch.zeros(2), torch.eye(2), torch.eye(2))
 NORMAL_DATA = torch.tensor([[1.2, 0.4], [0.8, 1.9], [2.1, 0.7], [1.0, 1.1], [0.3, 1.6]] * 4)  # (20, 2)
 COIN = conjugate.BetaBernoulli(10.0, 10.0)
+
+
+def normal_model(data):
+    """NORMAL's model written with diagonal Normals (its covariances are identities, so the same
+    model and posterior): MultivariateNormal's triangular solves under vmap cost ~40 ms a step here."""
+    z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=data)
 COIN_DATA = torch.tensor([1.0] * 6 + [0.0] * 4)  # the tutorial's coin: posterior Beta(16, 14)
 
 
@@ -22,9 +30,12 @@ def coin_guide(data):
     pyro.sample("probs", dist.Beta(alpha, beta))
 
 
+STEPS = 300  # with annealed(): the learning rate sums to 6.6, enough to travel from the start (loc 0, scale 1)
+
+
 def annealed():
-    # ClippedAdam's learning-rate decay (0.1 * 0.993^t) lets 400 steps settle near the optimum.
-    return pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.993})
+    # ClippedAdam's learning-rate decay (0.1 * 0.985^t, 0.0011 at step 300) lets the runs settle.
+    return pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.985})
 
 
 def normal_kl(loc, scale):
@@ -40,10 +51,10 @@ def coin_kl(alpha, beta):
 
 
 def test_result_shapes_and_runs_are_not_copies():
-    result = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, runs=4, num_steps=20, progress=False)
+    result = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, runs=4, num_steps=5, progress=False)
     assert result.batched and result.fallback_reason is None and result.per_run_streams
     assert result.params["z_loc"].shape == (4, 2) and result.params["z_scale"].shape == (4, 2)
-    assert result.losses.shape == (4, 20) and result.losses.dtype == torch.float64
+    assert result.losses.shape == (4, 5) and result.losses.dtype == torch.float64
     assert bool(torch.isfinite(result.losses).all()) and not bool(result.diverged.any())
     assert result.seeds == run_seeds(0, 4)
     # Every pair of runs differs in every step's loss and in its params: no run is a copy of another.
@@ -70,29 +81,39 @@ def test_options_are_checked():
 
 
 def test_normal_normal_runs_reach_the_posterior_as_a_single_fit_does():
-    # Tolerance: 0.05 nats of KL(q || posterior) for every run (0.5 sum_j (error_j / sd_j)^2 for the
-    # loc: a fifth of a posterior sd per coordinate), which one plain fit with the same optimizer and
-    # steps meets (asserted first). The final step's noise leaves single fits at 0.005-0.025 nats
-    # (measured over 8 seeds), so the mean over runs must also stay under half the tolerance.
-    tolerance = 0.05
-    single = fit(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=400, optim=annealed(), seed=1, progress=False)
+    # Tolerance from the Monte Carlo error of the final params. The posterior is N(m, s^2 I), s = 21^-0.5
+    # = 0.218. With one reparameterized draw, the loc's gradient is (loc - m)/s^2 + noise of sd 1/s;
+    # Adam divides by sqrt(E g^2) ~ 1/s, so in units delta = (loc - m)/s a step of size eta moves
+    # delta by -(eta/s)(delta + e), e of unit variance (Adam's momentum averages e but keeps the sum of its
+    # autocorrelations at 1): stationary Var(delta) = eta/(2s). The decaying rate freezes that spread
+    # where the relaxation time s/eta reaches the decay time 1/(1 - 0.985), eta* = 0.015 s: Var(delta)
+    # ~ 0.0075, E[KL from the 2 locs] = sum delta^2/2 ~ 0.0075; the log-scales (gradient noise sd
+    # sqrt 2, pull 2 rho) add E[rho^2] ~ eta*/(2 sqrt 2) ~ 0.001 each. So E[KL] ~ 0.01 nats per run, a
+    # weighted chi-square with 4 dof: 0.1 nats per run (P(chi2_1 > 13) = 3e-4 even if one term carried
+    # it all) and 0.05 for the mean of 8 runs (chi2_32 at 5x its mean: < 1e-9) fail only a biased run.
+    # One plain fit with the same optimizer and steps meets the same bound (asserted first).
+    tolerance = 0.1
+    single = fit(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=STEPS, optim=annealed(), seed=1, progress=False)
     assert normal_kl(single.params["z_loc"], single.params["z_scale"]) < tolerance
     pyro.clear_param_store()
-    result = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, runs=8, num_steps=400, optim=annealed(), progress=False)
+    result = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, runs=8, num_steps=STEPS, optim=annealed(), progress=False)
     assert result.batched
     kls = [normal_kl(result.params["z_loc"][r], result.params["z_scale"][r]) for r in range(8)]
     assert max(kls) < tolerance and sum(kls) / len(kls) < tolerance / 2, kls
 
 
 def test_coin_runs_reach_the_beta_posterior_as_a_single_fit_does():
-    # Beta(16, 14) exactly; the tolerance (0.05 nats of KL per run, half that on average; single
-    # fits reach 0.0002-0.02) is one plain fit's, asserted first. The batched runs draw their Betas
-    # from taped gammas (Marsaglia-Tsang) with torch's gamma gradient.
-    tolerance = 0.05
-    single = fit(COIN.model, coin_guide, COIN_DATA, num_steps=400, optim=annealed(), seed=1, progress=False)
+    # Beta(16, 14) exactly. The same Monte Carlo argument as for the Normal pair, per direction of the
+    # KL's Hessian in (log alpha, log beta) at the optimum (eigenvalues h = 0.26, 15.4; the one-draw
+    # gradient's noise along them sd = 0.51, 3.9, both computed once with 20,000 draws): E[KL] ~
+    # sum eta_i sd_i / 4 with eta_i = max(final rate 0.0011, freezing rate 0.015 sd_i / h_i) ~ 0.0075
+    # nats per run; the tolerances are the Normal pair's (over 10x that per run, 5x for the mean).
+    # The batched runs draw their Betas from taped gammas (Marsaglia-Tsang) with torch's gamma gradient.
+    tolerance = 0.1
+    single = fit(COIN.model, coin_guide, COIN_DATA, num_steps=STEPS, optim=annealed(), seed=1, progress=False)
     assert coin_kl(single.params["alpha"], single.params["beta"]) < tolerance
     pyro.clear_param_store()
-    result = fit_many(COIN.model, coin_guide, COIN_DATA, runs=8, num_steps=400, optim=annealed(), progress=False)
+    result = fit_many(COIN.model, coin_guide, COIN_DATA, runs=8, num_steps=STEPS, optim=annealed(), progress=False)
     assert result.batched and result.per_run_streams
     kls = [coin_kl(result.params["alpha"][r], result.params["beta"][r]) for r in range(8)]
     assert max(kls) < tolerance and sum(kls) / len(kls) < tolerance / 2, kls
@@ -108,13 +129,13 @@ def test_spread_across_runs_matches_separate_fits(problem):
     1.95 * sqrt(2 / 24) = 0.56, so a batch whose spread were off by a factor 2 would fail."""
     from scipy import stats
 
-    model, guide, data, name = ((NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, "z_loc") if problem == "normal"
+    model, guide, data, name = ((normal_model, NORMAL.mean_field_guide, NORMAL_DATA, "z_loc") if problem == "normal"
                                 else (COIN.model, coin_guide, COIN_DATA, "alpha"))
-    options = dict(runs=24, num_steps=150, progress=False)
+    options = {"runs": 24, "num_steps": 150, "progress": False}
     batched = fit_many(model, guide, data, optim=pyro.optim.Adam({"lr": 0.05}), **options)
     separate = fit_many(model, guide, data, optim=pyro.optim.Adam({"lr": 0.05}), batched=False, **options)
     assert batched.batched and not separate.batched
-    first = lambda values: values.reshape(24, -1)[:, 0].numpy()  # noqa: E731
+    first = lambda values: values.reshape(24, -1)[:, 0].numpy()
     assert stats.ks_2samp(first(batched.params[name]), first(separate.params[name])).pvalue > 1e-3
     # and the losses of the last step, as a second statistic of the same runs
     assert stats.ks_2samp(batched.losses[:, -1].numpy(), separate.losses[:, -1].numpy()).pvalue > 1e-3
@@ -124,7 +145,7 @@ def test_spread_across_runs_matches_separate_fits(problem):
 
 
 def test_a_run_alone_and_in_a_batch_of_eight_agree():
-    options = dict(num_steps=30, optim=pyro.optim.Adam({"lr": 0.05}), progress=False)
+    options = {"num_steps": 30, "optim": pyro.optim.Adam({"lr": 0.05}), "progress": False}
     batch = fit_many(COIN.model, coin_guide, COIN_DATA, runs=8, **options)
     alone = fit_many(COIN.model, coin_guide, COIN_DATA, runs=1, **options)
     assert batch.per_run_streams and alone.per_run_streams
@@ -136,12 +157,12 @@ def test_a_run_alone_and_in_a_batch_of_eight_agree():
 
 
 def test_resume_of_a_batch_is_bit_exact(tmp_path):
-    options = dict(runs=3, optim=pyro.optim.Adam({"lr": 0.05}), progress=False)
-    straight = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=20, **options)
+    options = {"runs": 3, "optim": pyro.optim.Adam({"lr": 0.05}), "progress": False}
+    straight = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=20, **options)
     path = tmp_path / "batch.pt"
-    first = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=10, checkpoint=path, **options)
+    first = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=10, checkpoint=path, **options)
     assert first.steps == 10 and path.is_file()
-    resumed = fit_many(NORMAL.model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=20, checkpoint=path, resume=True, **options)
+    resumed = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, num_steps=20, checkpoint=path, resume=True, **options)
     assert resumed.steps == 20 and resumed.steps_this_call == 10
     assert torch.equal(resumed.losses, straight.losses)
     for name, value in straight.params.items():
@@ -165,7 +186,7 @@ def test_a_nan_in_one_run_freezes_it_and_leaves_the_others_unchanged():
     # sqrt(s) is NaN for the runs that start with s < 0; with |s| instead no run diverges, and the
     # runs with s > 0 compute exactly the same numbers in both.
     data = torch.tensor(0.5)
-    options = dict(runs=8, num_steps=15, optim=pyro.optim.Adam({"lr": 0.01}), progress=False)
+    options = {"runs": 8, "num_steps": 15, "optim": pyro.optim.Adam({"lr": 0.01}), "progress": False}
     with pyro.validation_enabled(False):  # Pyro would refuse a NaN scale before the engine sees it
         nan = fit_many(_sqrt_model(data, torch.sqrt), _sqrt_guide, data, **options)
         clean = fit_many(_sqrt_model(data, lambda s: s.abs().sqrt()), _sqrt_guide, data, **options)
