@@ -22,6 +22,7 @@ from pyro_vi import conjugate, device, diagnostics, engine, errors, estimators, 
 
 # Fitting any model and guide.
 from pyro_vi.engine import EpochSubsample, FitResult, PerStep, fit
+from pyro_vi.engine.many import ManyResult, fit_many
 
 # Gradient estimators and the variance lab.
 from pyro_vi.estimators import ESTIMATORS, get_estimator
@@ -60,7 +61,7 @@ __all__ = [
     # subpackages and shared modules
     "engine", "estimators", "mixture", "vae", "local", "diagnostics", "posteriordb", "plots", "conjugate", "device", "errors", "io",
     # fitting any model and guide
-    "fit", "FitResult", "PerStep", "EpochSubsample",
+    "fit", "FitResult", "PerStep", "EpochSubsample", "fit_many", "ManyResult",
     # gradient estimators and the variance lab
     "ESTIMATORS", "get_estimator", "gradient_variance", "variance_over_training",
     # Gaussian mixtures

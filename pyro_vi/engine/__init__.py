@@ -1,6 +1,9 @@
 """The engine: one SVI loop for any Pyro model and guide, and what it stands on.
 
 * :mod:`~pyro_vi.engine.loop`         ``fit`` and ``FitResult``: the SVI loop
+* :mod:`~pyro_vi.engine.many`         ``fit_many``: R independent runs as one ``vmap``-batched step
+  (:mod:`~pyro_vi.engine.many_step` the step and taped noise, :mod:`~pyro_vi.engine.many_adam` Adam
+  per run, :mod:`~pyro_vi.engine.many_sequential` one run after another where batching does not apply)
 * :mod:`~pyro_vi.engine.step`         the step contract: SVI's step (the default), the update, the compile report
 * :mod:`~pyro_vi.engine.posterior`    draws and a summary from a fitted guide (any model's plates), the
   convergence test of a run, the param trace
@@ -18,10 +21,11 @@
 """
 
 from pyro_vi.engine import (  # noqa: F401 - the submodules, importable as attributes
-    arguments, checkpoint, checkpoint_format, compile, distributed, loop, optim, params, posterior, resume, rng,
-    step, subsample,
+    arguments, checkpoint, checkpoint_format, compile, distributed, loop, many, many_adam, many_sequential, many_step,
+    optim, params, posterior, resume, rng, step, subsample,
 )
 from pyro_vi.engine.loop import FitResult, fit
+from pyro_vi.engine.many import ManyResult, fit_many
 from pyro_vi.engine.subsample import EpochSubsample, PerStep
 
-__all__ = ["EpochSubsample", "FitResult", "PerStep", "fit"]
+__all__ = ["EpochSubsample", "FitResult", "ManyResult", "PerStep", "fit", "fit_many"]

@@ -46,7 +46,7 @@ from torch.distributions import transform_to
 from pyro_vi.engine import arguments, many_adam, many_step, params, rng
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine.many_sequential import sequential
-from pyro_vi.errors import ConfigError, TrainingDivergedError, TrainingInterrupted
+from pyro_vi.errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
 
 __all__ = ["BatchingFallback", "ManyResult", "fit_many", "run_seeds"]
 
@@ -160,16 +160,16 @@ def fit_many(
             raise ConfigError(f"fit_many cannot batch this model: {reason}; pass batched=None to run one after another")
         if batched is None:
             warnings.warn(f"fit_many runs the {runs} runs one after another: {reason}", BatchingFallback, stacklevel=2)
-        return sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
-                           checkpoint, checkpoint_every, resume, overwrite, reason)
+        return ManyResult(**sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
+                           checkpoint, checkpoint_every, resume, overwrite, reason))
     try:
         return step.train(num_steps, on_nan, progress, checkpoint, checkpoint_every, resume, overwrite, seed)
     except many_step.CannotBatch as refusal:  # vmap refused the model on the first pass: nothing was changed
         if batched:
             raise ConfigError(f"fit_many cannot batch this model: {refusal}; pass batched=None to run one after another") from None
         warnings.warn(f"fit_many runs the {runs} runs one after another: {refusal}", BatchingFallback, stacklevel=2)
-        return sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
-                           checkpoint, checkpoint_every, resume, overwrite, str(refusal))
+        return ManyResult(**sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
+                           checkpoint, checkpoint_every, resume, overwrite, str(refusal)))
 
 
 # -- the batched runs ----------------------------------------------------------------------------
@@ -238,7 +238,8 @@ class _Batch:
             store = pyro.get_param_store()
             for name, constraint, value in zip(self.names, self.constraints, self.values):
                 store.set_state({"params": {name: value.detach()}, "constraints": {name: constraint}})
-            run = {"step": step, "losses": losses[:, :step].clone(), "diverged": diverged.clone(), "skipped": skipped.clone(),
+            # fit's "losses"/"skipped" are one run's list and count; the batch's are per run, under their own keys
+            run = {"step": step, "batch_losses": losses[:, :step].clone(), "diverged": diverged.clone(), "batch_skipped": skipped.clone(),
                    "adam_steps": self.adam.steps.clone(), "generators": torch.stack([g.get_state() for g in self.generators]),
                    "randomness": self.step.randomness}
             checkpoints.save(path, self.config, run, _StateOf(self.adam.state(self.names)))
@@ -249,6 +250,7 @@ class _Batch:
         stored = saved["param_store"]["params"]
         if sorted(stored) != sorted(self.names) or any(stored[n].shape != v.shape for n, v in zip(self.names, self.values)):
             raise ConfigError(f"checkpoint {str(path)!r} holds other params than this batch; resume with the model that wrote it")
+        _check_batch_run(path, run, len(self.generators))
         self.values = tuple(stored[name].clone() for name in self.names)
         self.adam.load(self.names, saved["optimizer"], run["adam_steps"])
         for generator, state in zip(self.generators, run["generators"]):
@@ -257,8 +259,8 @@ class _Batch:
         self.step.per_run_streams = run["randomness"] == "error"
         rng.set_state(saved["rng"])
         losses = torch.full((len(self.generators), max(num_steps, run["step"])), math.nan, dtype=torch.float64)
-        losses[:, :run["step"]] = run["losses"]
-        return run["step"], losses, run["diverged"].clone(), run["skipped"].clone()
+        losses[:, :run["step"]] = run["batch_losses"]
+        return run["step"], losses, run["diverged"].clone(), run["batch_skipped"].clone()
 
     def train(self, num_steps, on_nan, progress, checkpoint, checkpoint_every, resume, overwrite, seed) -> ManyResult:
         from tqdm.auto import tqdm
@@ -328,6 +330,22 @@ class _Batch:
         constrained = {name: transform_to(c)(v).detach() for name, c, v in zip(self.names, self.constraints, self.values)}
         return ManyResult(constrained, losses[:, :num_steps], seconds, True, None, self.seeds, diverged, skipped, done,
                           done - first, self.step.per_run_streams)
+
+
+def _check_batch_run(path, run: dict, runs: int) -> None:
+    """The batch's own run entries, each of its type and shape, before any is used."""
+    step = run.get("step")
+    expected = {"batch_losses": ((runs, step), torch.float64), "diverged": ((runs,), torch.bool),
+                "batch_skipped": ((runs,), torch.int64), "adam_steps": ((runs,), torch.int64)}
+    for key, (shape, dtype) in expected.items():
+        value = run.get(key)
+        if not torch.is_tensor(value) or tuple(value.shape) != shape or value.dtype != dtype:
+            raise CheckpointError(f"checkpoint {str(path)!r}: run {key!r} is not a {shape} {dtype} tensor; "
+                                  "it is damaged or was not written by fit_many with this many runs")
+    states = run.get("generators")
+    if not torch.is_tensor(states) or states.dtype != torch.uint8 or states.dim() != 2 or states.shape[0] != runs \
+            or run.get("randomness") not in ("error", "different"):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its generator states are damaged or for another number of runs")
 
 
 class _StateOf:

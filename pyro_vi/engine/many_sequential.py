@@ -30,7 +30,7 @@ def run_checkpoint(path: str | Path, run: int) -> Path:
 def sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, on_nan, progress,
                 checkpoint, checkpoint_every, resume, overwrite, reason):
     """The R runs one after another with ``pyro_vi.fit`` (a fresh copy of loss and optimizer each):
-    a :class:`~pyro_vi.engine.many.ManyResult` with ``batched=False`` and ``fallback_reason=reason``."""
+    the fields of a :class:`~pyro_vi.engine.many.ManyResult` (``batched=False``, ``fallback_reason=reason``)."""
     from tqdm.auto import tqdm
 
     from pyro_vi.engine.loop import fit
@@ -76,7 +76,6 @@ def sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, 
         raise TrainingDivergedError(f"every one of the {runs} runs became NaN/inf; lower the learning rate or check the data")
     names = list(finals[0])
     stacked = {name: torch.stack([final[name] for final in finals]) for name in names if all(name in f for f in finals)}
-    from pyro_vi.engine.many import ManyResult
-
-    return ManyResult(stacked, losses, time.perf_counter() - start, False, reason, seeds, diverged, skipped, num_steps,
-                      steps_this_call // runs if runs else 0, True)
+    return {"params": stacked, "losses": losses, "seconds": time.perf_counter() - start, "batched": False,
+            "fallback_reason": reason, "seeds": seeds, "diverged": diverged, "skipped_steps": skipped, "steps": num_steps,
+            "steps_this_call": steps_this_call // runs if runs else 0, "per_run_streams": True}
