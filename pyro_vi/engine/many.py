@@ -69,6 +69,9 @@ class ManyResult(NamedTuple):
         skipped_steps: ``(R,)`` steps each run skipped (``on_nan="skip"``).
         steps: steps of the batch completed (resumed ones included).
         steps_this_call: steps taken by this call.
+        times: ``(num_steps,)`` float64: wall seconds from the call's start to the end of each step (one
+            after another: the sum over runs of each run's own seconds to that step, what the R runs
+            cost to reach it); 0 for the steps a resumed call did not take.
         per_run_streams: every random draw of a run came from its own generator (so a run's numbers do
             not depend on the batch it shares); ``False`` when a sampler outside Gaussians and Gammas
             drew from the global generator.
@@ -85,6 +88,7 @@ class ManyResult(NamedTuple):
     steps: int
     steps_this_call: int
     per_run_streams: bool
+    times: Tensor
 
 
 def run_seeds(seed: int, runs: int) -> list[tuple[int, int]]:
@@ -278,7 +282,7 @@ class _Batch:
         first = done
         interrupt = _DeferredInterrupt()
         bar = tqdm(total=num_steps, initial=done, desc=f"svi x{runs}", leave=False) if progress else None
-        start = time.perf_counter()
+        start, times = time.perf_counter(), []
         try:
             with interrupt, self.slot.active(), many_step.taped_samplers():
                 while done < num_steps:
@@ -301,6 +305,7 @@ class _Batch:
                     else:
                         skipped += (~finite & ~diverged).to(torch.int64)
                     done += 1
+                    times.append(time.perf_counter() - start)
                     if bar is not None:
                         bar.update(1)
                         if done % 10 == 0 or done == num_steps:
@@ -329,7 +334,7 @@ class _Batch:
         seconds = time.perf_counter() - start
         constrained = {name: transform_to(c)(v).detach() for name, c, v in zip(self.names, self.constraints, self.values)}
         return ManyResult(constrained, losses[:, :num_steps], seconds, True, None, self.seeds, diverged, skipped, done,
-                          done - first, self.step.per_run_streams)
+                          done - first, self.step.per_run_streams, torch.tensor([0.0] * first + times, dtype=torch.float64)[:num_steps])
 
 
 def _check_batch_run(path, run: dict, runs: int) -> None:

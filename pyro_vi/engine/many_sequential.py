@@ -43,16 +43,18 @@ def sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, 
     outer = params.snapshot()
     start, steps_this_call = time.perf_counter(), 0
 
-    current = [0]
+    current = [0, start]  # the run, its start
+    elapsed = torch.full((runs, num_steps), math.nan, dtype=torch.float64)  # each run's own seconds to each step
 
     def tick(step, step_loss):
         losses[current[0], step - 1] = math.nan if step_loss is None else step_loss
+        elapsed[current[0], step - 1] = time.perf_counter() - current[1]
         if bar is not None:
             bar.update(1)
 
     try:
         for r, (init_seed, _) in enumerate(seeds):
-            current[0] = r
+            current[0], current[1] = r, time.perf_counter()
             pyro.clear_param_store()
             path = run_checkpoint(checkpoint, r) if checkpoint is not None else None
             again = bool(resume and path is not None and path.is_file())
@@ -76,6 +78,7 @@ def sequential(model, guide, args, kwargs, runs, num_steps, loss, optim, seeds, 
         raise TrainingDivergedError(f"every one of the {runs} runs became NaN/inf; lower the learning rate or check the data")
     names = list(finals[0])
     stacked = {name: torch.stack([final[name] for final in finals]) for name in names if all(name in f for f in finals)}
-    return {"params": stacked, "losses": losses, "seconds": time.perf_counter() - start, "batched": False,
+    reached = elapsed.nan_to_num(0.0).cummax(1).values  # a run that stopped early: its last time from then on
+    return {"times": reached.sum(0), "params": stacked, "losses": losses, "seconds": time.perf_counter() - start, "batched": False,
             "fallback_reason": reason, "seeds": seeds, "diverged": diverged, "skipped_steps": skipped, "steps": num_steps,
             "steps_this_call": steps_this_call // runs if runs else 0, "per_run_streams": True}

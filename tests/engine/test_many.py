@@ -55,6 +55,7 @@ def test_result_shapes_and_runs_are_not_copies():
     assert result.batched and result.fallback_reason is None and result.per_run_streams
     assert result.params["z_loc"].shape == (4, 2) and result.params["z_scale"].shape == (4, 2)
     assert result.losses.shape == (4, 5) and result.losses.dtype == torch.float64
+    assert result.times.shape == (5,) and bool((result.times.diff() >= 0).all()) and float(result.times[0]) > 0
     assert bool(torch.isfinite(result.losses).all()) and not bool(result.diverged.any())
     assert result.seeds == run_seeds(0, 4)
     # Every pair of runs differs in every step's loss and in its params: no run is a copy of another.
@@ -246,6 +247,7 @@ def test_a_model_vmap_cannot_follow_runs_one_after_another_as_fit():
     with pytest.warns(BatchingFallback, match="one after another: vmap cannot follow"):
         result = fit_many(_branching_model, _branching_guide, data, runs=2, num_steps=10, progress=False)
     assert not result.batched and result.fallback_reason.startswith("vmap cannot follow")
+    assert result.times.shape == (10,) and bool((result.times.diff() >= 0).all()) and float(result.times[0]) > 0
     for r, (init_seed, _) in enumerate(run_seeds(0, 2)):
         pyro.clear_param_store()
         single = fit(_branching_model, _branching_guide, data, num_steps=10, seed=init_seed, progress=False)
