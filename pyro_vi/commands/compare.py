@@ -8,7 +8,9 @@ gradient the estimator feeds the optimizer (its time is not counted as training 
 the ELBO of every run is estimated with one common estimator (``Trace_ELBO``, ``--elbo-samples``
 evaluations). An estimator that cannot run on the model (its ``check`` refuses) is skipped with one
 line. Writes OUT/compare.json (one row per estimator) and OUT/compare.png (ELBO against steps and
-against seconds, gradient variance against steps), and prints the table.
+against seconds, gradient variance against steps), and prints the table. With ``--runs R``, R
+independent runs per estimator (``pyro_vi.fit_many``, batched where it can) and the mean ELBO over
+runs with a band of +- 2 standard errors (:mod:`pyro_vi.commands._compare_runs`).
 
 Preflight, once, before OUT is touched: the options, the data file (read once, its tensors shared by
 every run), the model and guide (imported and called once; that import is the first run's, later
@@ -41,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gradient draws per variance measurement (default: sized so that the measurements cost at most "
                              "about a quarter of the training: min(200, max(20, num_steps / (4 x variance points))) draws, "
                              "each at most one step's gradient; the run prints the share they took)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="independent runs per estimator, batched with pyro_vi.fit_many (default 1); with R > 1 the "
+                             "figure shows the mean ELBO +- 2 standard errors over runs and compare.json every run's curve")
+    parser.add_argument("--within", type=float, default=1.0,
+                        help="with --runs: report the steps each run needs to come within this many nats of the best "
+                             "estimator's mean final ELBO (default 1.0)")
     parser.add_argument("--variance-points", type=int, default=5,
                         help="steps at which the variance is measured, evenly spaced from 0 to --num-steps (default 5)")
 
@@ -51,6 +59,10 @@ def _validate(args: argparse.Namespace) -> list[str]:
 
     fit.validate_common(args)
     names = _args.estimator_names(args.estimators)
+    if args.runs < 1:
+        raise ConfigError(f"--runs must be at least 1, got {args.runs}")
+    if not args.within > 0 or not math.isfinite(args.within):
+        raise ConfigError(f"--within must be a positive number of nats, got {args.within}")
     if args.variance_points < 1:
         raise ConfigError(f"--variance-points must be at least 1, got {args.variance_points}")
     if args.replicates is None:
@@ -80,7 +92,7 @@ def variance_steps(num_steps: int, num_points: int) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     """Preflight (options, data, model and guide, estimators), then one run per estimator; 0 on success."""
     from pyro_vi import io
-    from pyro_vi.commands import user_model
+    from pyro_vi.commands import _compare_runs, user_model
     from pyro_vi.device import resolve_device
     from pyro_vi.errors import ConfigError
 
@@ -106,15 +118,25 @@ def run(args: argparse.Namespace) -> int:
                           + "; ".join(f"{s['estimator']}: {s['reason']}" for s in skipped))
 
     with io.run_output(args.out, "compare", args.overwrite) as out:  # locked; removed again if this run made it and fails
-        rows = [_run_one(args, name, data, initial, steps, pair if i == 0 else None) for i, name in enumerate(runnable)]
+        if args.runs > 1:
+            steps = [0, args.num_steps]  # the variance at the shared start and at every run's final params
+            rows = []
+            for i, name in enumerate(runnable):
+                if i == 0:
+                    _reset_store(initial)
+                rows.append(_compare_runs.run_one(args, name, data, pair if i == 0 else None,
+                                                  lambda: user_model.build(args.model, args.guide, data, seed=args.seed)))
+            _compare_runs.add_reach(rows, args.within)
+        else:
+            rows = [_run_one(args, name, data, initial, steps, pair if i == 0 else None) for i, name in enumerate(runnable)]
         report = _report(args, data, device, steps, initial, pair, rows, skipped)
-        figure = _figure(rows, args)
+        figure = _compare_runs.figure(rows, args) if args.runs > 1 else _figure(rows, args)
         io.save_figure(figure, out / "compare.png", dpi=100)
         io.write_json(out / "compare.json", report)
     import matplotlib.pyplot as plt
 
     plt.close(figure)
-    print(_table(rows, steps))
+    print(_compare_runs.table(rows, args.runs) if args.runs > 1 else _table(rows, steps))
     print(_variance_share(rows, args.replicates))
     for line in _interpret(rows):
         print(line)
@@ -159,7 +181,7 @@ def _report(args, data, device, steps, initial, pair, rows, skipped) -> dict:
         "learning_rate": args.learning_rate, "seed": args.seed, "device": str(device), "replicates": args.replicates,
         "elbo_samples": args.elbo_samples, "elbo_estimator": "trace", "variance_steps": steps,
         "initial_params": sorted(initial), "latent_sites": sorted(user_model.latent_sites(pair.model_trace)),
-        "estimators": rows, "skipped": skipped,
+        "runs": args.runs, "within": args.within if args.runs > 1 else None, "estimators": rows, "skipped": skipped,
     }
 
 
@@ -170,14 +192,26 @@ def _unconstrained_params() -> dict:
     return {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
 
 
+def _reset_store(initial: dict) -> None:
+    """The param store at the shared start: params an estimator's check made removed, ``initial`` copied in."""
+    import pyro
+    import torch
+
+    store = pyro.get_param_store()
+    for param in [param for param in store.keys() if param not in initial]:  # made by an estimator's check
+        del store[param]
+    with torch.no_grad():
+        for param, value in initial.items():
+            if param in store and store.get_param(param).unconstrained().shape == value.shape:
+                store.get_param(param).unconstrained().copy_(value)
+
+
 def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) -> dict:
     """Train with estimator ``name`` from ``initial``; the row for compare.json.
 
     ``pair`` is the preflight's (its file imported once, its params at ``initial``): the first run
     trains it instead of importing the file again; later runs build their own, afresh.
     """
-    import pyro
-    import torch
     from pyro.infer import Trace_ELBO
 
     from pyro_vi import engine, estimators
@@ -188,13 +222,7 @@ def _run_one(args, name: str, data, initial: dict, steps: list[int], pair=None) 
 
     if pair is None:
         pair = user_model.build(args.model, args.guide, data, seed=args.seed)  # afresh: modules at their initial values
-    store = pyro.get_param_store()
-    for param in [param for param in store.keys() if param not in initial]:  # made by an estimator's check
-        del store[param]
-    with torch.no_grad():
-        for param, value in initial.items():
-            if param in store and store.get_param(param).unconstrained().shape == value.shape:
-                store.get_param(param).unconstrained().copy_(value)
+    _reset_store(initial)
     estimator = estimators.get_estimator(name, num_particles=args.particles)  # it applies: _refusal said so
 
     measured, measure_seconds = [], [0.0]  # seconds spent measuring, taken off the training clock
@@ -258,7 +286,8 @@ def _interpret(rows: list[dict]) -> list[str]:
     from pyro_vi.commands import variance
 
     last = [{"estimator": row["estimator"], "num_particles": row["num_particles"],
-             "total_variance": row["variance"][-1]["total_variance"]} for row in rows if row["variance"]]
+             "total_variance": row["variance"][-1]["total_variance"]} for row in rows
+            if row["variance"] and row["variance"][-1]["total_variance"] is not None]
     return [line.replace(" at k=", f" at step {rows[0]['variance'][-1]['step']}, k=", 1) for line in variance.interpret(last)]
 
 
