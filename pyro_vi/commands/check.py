@@ -13,6 +13,7 @@ reference draws (DIR: a clone of stan-dev/posteriordb, or ``$PYRO_VI_POSTERIORDB
                     per element (name, q_mean, q_sd, psis_mean/psis_sd where k-hat < 0.7, and with a
                     reference ref_mean, ref_sd, mean_error_sd, sd_ratio)
     marginals.png   each element's marginal: q, q reweighted by PSIS, the reference
+    draws.nc        the guide's draws and their log weights as ArviZ InferenceData (``arviz.from_netcdf``)
     checkpoint.pt   the fit's checkpoint, when the command fitted first (reusable with --checkpoint)
 """
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         report = {"model": pair.model_spec, "guide": pair.guide_spec, "data": args.data, "posterior": args.posterior,
                   "reference": args.reference, "checkpoint": args.checkpoint, "seed": args.seed,
                   "steps": fitted.steps if fitted is not None else None, **result.to_dict()}
+        _write_inference_data(result, out / "draws.nc")
         figure = marginals(result)
         io.save_figure(figure, out / "marginals.png", dpi=100)
         import matplotlib.pyplot as plt
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{pair.model_spec} with {pair.guide_spec}: {result.summary()}")
     if result.khat >= 0.7:
         print("pyro-vi check: k-hat >= 0.7: q's summaries and PSIS corrections are unreliable", file=sys.stderr)
-    print(f"wrote {out}/check.json, marginals.png" + ("" if args.checkpoint else ", checkpoint.pt"))
+    print(f"wrote {out}/check.json, marginals.png, draws.nc" + ("" if args.checkpoint else ", checkpoint.pt"))
     return 0
 
 
@@ -189,3 +191,17 @@ def _fit(args: argparse.Namespace, pair, loss, loss_name: str, optim, checkpoint
             raise
         raise user_model.ModelError(f"training failed: {pair.model_spec} or {pair.guide_spec} raised "
                                     f"{user_model.describe_failure(error, pair.files)}") from None
+
+
+def _write_inference_data(result, path) -> None:
+    """``result.to_inference_data()`` to ``path`` (netCDF), written beside it and renamed into place."""
+    import warnings
+
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with warnings.catch_warnings():  # xarray's notes on encodings are not the user's concern
+            warnings.simplefilter("ignore")
+            result.to_inference_data().to_netcdf(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

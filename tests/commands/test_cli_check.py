@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pyro_vi import cli
+from pyro_vi.diagnostics.psis import arviz
 from pyro_vi.posteriordb.files import ENVIRONMENT_VARIABLE
 
 # A normal mean with known sd: its posterior is N(post_mean, post_sd) (conjugate), any guide can match it.
@@ -60,6 +61,8 @@ def test_fit_then_check_against_the_exact_posterior(tmp_path):
     assert row["ref_mean"] == pytest.approx(POST_MEAN, abs=4 * POST_SD / math.sqrt(4000))
     assert {"q_mean", "q_sd", "psis_mean", "psis_sd", "ref_sd"} <= set(row)
     assert (out / "marginals.png").stat().st_size > 0 and (out / "checkpoint.pt").is_file()
+    draws = arviz().from_netcdf(out / "draws.nc")  # the guide's draws as InferenceData
+    assert draws.posterior["mu"].shape == (1, 2000) and draws.sample_stats["log_weight"].shape == (1, 2000)
 
 
 def test_check_a_pyro_vi_fit_checkpoint(tmp_path):
