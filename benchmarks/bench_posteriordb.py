@@ -3,7 +3,7 @@
 For each posterior with a Pyro port (``pyro_vi.posteriordb.PORTS``), each guide (AutoNormal,
 AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoIAFNormal: a flow) and each estimator
 (Pyro's ``Trace_ELBO``, pyro_vi's ``stl``): a fixed step budget of ``pyro_vi.fit`` (ClippedAdam, the
-learning rate decayed 10x over the run, Stan's initialization: uniform(-2, 2) unconstrained), then
+learning rate decayed 10x over the run (``--decay``), Stan's initialization: uniform(-2, 2) unconstrained), then
 ``pyro_vi.check`` against the reference draws: max |mean error| (reference sds), min and max sd ratio
 q / reference, k-hat, the final ELBO and the wall time. With ``--numpyro``, NumPyro's SVI on its own
 ports of four posteriors with the same guides, optimizer schedule and budget (Trace_ELBO), side by
@@ -70,7 +70,7 @@ def run_pyro(problem, guide_kind: str, estimator: str, args) -> dict:
     pyro.set_rng_seed(args.seed)
     guide = make_guide(guide_kind, problem.model)
     loss = Trace_ELBO() if estimator == "trace" else get_estimator(estimator)
-    optim = pyro.optim.ClippedAdam({"lr": args.learning_rate, "lrd": 0.1 ** (1 / args.steps)})
+    optim = pyro.optim.ClippedAdam({"lr": args.learning_rate, "lrd": args.decay ** (1 / args.steps)})
     start = time.perf_counter()
     fitted = pyro_vi.fit(problem.model, guide, num_steps=args.steps, loss=loss, optim=optim, seed=args.seed, progress=False,
                          on_nan="skip", **problem.data)
@@ -142,7 +142,7 @@ def run_numpyro(name: str, problem, guide_kind: str, args) -> dict:
     cls = getattr(numpyro_autoguide, {"normal": "AutoNormal", "lowrank": "AutoLowRankMultivariateNormal",
                                       "mvn": "AutoMultivariateNormal", "iaf": "AutoIAFNormal"}[guide_kind])
     guide = cls(model, init_loc_fn=init, **({"num_flows": 2} if guide_kind == "iaf" else {}))
-    schedule = lambda step: args.learning_rate * 0.1 ** (step / args.steps)
+    schedule = lambda step: args.learning_rate * args.decay ** (step / args.steps)
     svi = SVI(model, guide, numpyro.optim.ClippedAdam(step_size=schedule), NumPyroTraceELBO())
     start = time.perf_counter()
     result = svi.run(jax.random.PRNGKey(args.seed), args.steps, progress_bar=False, **data)
@@ -241,6 +241,7 @@ def main() -> int:
     parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--decay", type=float, default=0.1, help="the learning rate's factor over the run (default 0.1)")
     parser.add_argument("--num-samples", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -277,7 +278,7 @@ def main() -> int:
                 jobs += [("numpyro", guide, "trace") for guide in args.guides]
             for library, guide, estimator in jobs:
                 record = {"posterior": name, "guide": guide, "estimator": estimator, "library": library, "steps": args.steps,
-                          "learning_rate": args.learning_rate, "seed": args.seed}
+                          "learning_rate": args.learning_rate, "decay": args.decay, "seed": args.seed}
                 try:
                     if library == "pyro":
                         record.update(run_pyro(problem, guide, estimator, args))
