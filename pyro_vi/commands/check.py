@@ -141,7 +141,15 @@ def _port(args: argparse.Namespace, device, reference):
     if args.seed is not None:
         pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
-    guide, guide_path = user_model.make_guide(args.specs[0], problem.model)
+    if args.specs[0] in user_model.AUTO_GUIDES:
+        # Started as Stan starts, uniform(-2, 2) unconstrained: with the ports' wide priors the
+        # AutoGuides' default start (the prior's median) is far from the posterior.
+        from pyro.infer import autoguide
+
+        guide_class = getattr(autoguide, user_model.AUTO_GUIDES[args.specs[0]])
+        guide, guide_path = guide_class(problem.model, init_loc_fn=autoguide.init_to_uniform(radius=2.0)), None
+    else:
+        guide, guide_path = user_model.make_guide(args.specs[0], problem.model)
     model, guide = functools.partial(problem.model, **problem.data), functools.partial(guide, **problem.data)
     pair = user_model.Pair(model, guide, (), f"posteriordb:{args.posterior}", args.specs[0],
                            tuple(path for path in (guide_path,) if path is not None))
