@@ -3,7 +3,10 @@
 For the coin (its Beta guide) and eight schools (``AutoNormal``), in one process, alternating rounds
 (a loaded machine slows every contender alike): ``fit`` (one run, ``pyro_vi.fit``'s default step) and
 ``fit_many`` with R = 1, 4, 16, 32, 64 runs (``--runs``), every contender the same Adam (lr 0.01)
-and ``--steps`` steps, each call timed whole (params created, the step checked, the steps). Reported
+and ``--steps`` steps, each call timed whole (params created, the step checked, the steps); and, when
+NumPyro is installed, NumPyro running the same R runs vectorized (``jax.vmap`` over its SVI update
+in one ``jit(fori_loop)``; its init and compilation untimed, so NumPyro's steady state against
+pyro_vi's whole call). Reported
 per model: the median wall time of each contender, its ratio to one ``fit`` run (target: 32 runs
 within 3x one run) and the aggregate steps per second (runs x steps / wall time). Writes the JSON
 and a figure of wall time against R (``bench_many.png``) to ``--out-dir``.
@@ -65,6 +68,66 @@ def _contenders(name: str, steps: int, run_counts: list[int]) -> dict:
     return {"fit": single, **{f"R={runs}": many(runs) for runs in run_counts}}
 
 
+def _numpyro_program(name: str):
+    """The same model and guide in NumPyro (the coin's Beta guide; eight schools with AutoNormal)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.infer.autoguide import AutoNormal as NumPyroAutoNormal
+
+    data = jnp.asarray(load(name).make_data()["data"])
+    if name == "coin":
+        def model(data):
+            f = numpyro.sample("latent_fairness", ndist.Beta(10.0, 10.0))
+            with numpyro.plate("data", data.shape[0]):
+                numpyro.sample("obs", ndist.Bernoulli(f), obs=data)
+
+        def guide(data):
+            alpha = numpyro.param("alpha_q", 15.0, constraint=ndist.constraints.positive)
+            beta = numpyro.param("beta_q", 15.0, constraint=ndist.constraints.positive)
+            numpyro.sample("latent_fairness", ndist.Beta(alpha, beta))
+        return model, guide, data
+
+    def model(data):
+        y, sigma = data[:, 0], data[:, 1]
+        with numpyro.plate("data", 8):
+            eta = numpyro.sample("eta", ndist.Normal(0.0, 1.0))
+            mu = numpyro.sample("mu", ndist.Normal(0.0, 10.0))
+            tau = numpyro.sample("tau", ndist.HalfCauchy(25.0))
+            numpyro.sample("obs", ndist.Normal(mu + tau * eta, sigma), obs=y)
+    return model, NumPyroAutoNormal(model), data
+
+
+def _numpyro_contenders(name: str, steps: int, run_counts: list[int]) -> dict:
+    """NumPyro running R runs vectorized: each run's state from ``svi.init`` with its own key
+    (stacked, untimed), then ``steps`` updates of ``jax.vmap(svi.update)`` in one
+    ``jax.jit(lax.fori_loop)`` (compiled in the untimed warm-up call): NumPyro's steady state."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO
+
+    model, guide, data = _numpyro_program(name)
+    svi = SVI(model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+
+    def chunk_for(runs: int):
+        initial = [svi.init(key, data) for key in jax.random.split(jax.random.PRNGKey(0), runs)]
+        states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *initial)
+        update = jax.vmap(lambda state: svi.update(state, data)[0])
+
+        @jax.jit
+        def train(states):
+            return jax.lax.fori_loop(0, steps, lambda i, s: update(s), states)
+
+        def chunk() -> float:
+            start = time.perf_counter()
+            jax.block_until_ready(train(states))
+            return time.perf_counter() - start
+        return chunk
+
+    return {f"numpyro R={runs}": chunk_for(runs) for runs in run_counts}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _common.add_common_arguments(parser)
@@ -80,17 +143,30 @@ def main(argv=None) -> int:
     run_counts = [int(r) for r in args.runs.split(",")]
     report = {"machine": _common.machine(), "command": _common.command_line(), "steps": args.steps, "models": {}}
     lines, ratios = [], []
+    try:
+        import numpyro  # noqa: F401
+
+        numpyro_note = None
+    except ImportError:
+        numpyro_note = "NumPyro not installed (pip install 'pyro-vi[bench]'): its contenders skipped"
+        print(numpyro_note)
+    report["numpyro"] = numpyro_note or "jax.vmap over svi.update in one jit(fori_loop); init and compilation untimed"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There is a performance drop")
         for name in args.models.split(","):
             contenders = _contenders(name, args.steps, run_counts)
-            for chunk in _contenders(name, 5, run_counts).values():  # imports, first vmap passes: not timed
+            warm = _contenders(name, 5, run_counts)
+            if numpyro_note is None:
+                numpyro_contenders = _numpyro_contenders(name, args.steps, run_counts)
+                contenders.update(numpyro_contenders)
+                warm.update(numpyro_contenders)  # jax compiles on the first call
+            for chunk in warm.values():  # imports, first vmap passes, compilation: not timed
                 chunk()
             times = _common.interleaved(contenders, rounds=args.rounds, warmup_rounds=0)
             medians = {key: _common.median(values) for key, values in times.items()}
             one = medians["fit"]
             rows = {key: {"seconds": seconds, "ratio_to_one_fit": seconds / one,
-                          "runs_x_steps_per_second": (1 if key == "fit" else int(key[2:])) * args.steps / seconds,
+                          "runs_x_steps_per_second": (1 if key == "fit" else int(key.split("R=")[1])) * args.steps / seconds,
                           "rounds": times[key]} for key, seconds in medians.items()}
             report["models"][name] = rows
             lines.append(f"{name}: " + ", ".join(f"{key} {row['seconds']:.2f} s ({row['ratio_to_one_fit']:.2f}x, "
