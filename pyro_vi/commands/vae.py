@@ -266,7 +266,7 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
     from pyro_vi.plots import vae as plots
     from pyro_vi.vae.data import binarize
     from pyro_vi.errors import PyroVIError, TrainingInterrupted
-    from pyro_vi.vae.train import fit
+    from pyro_vi.vae.train import Preflight, fit
 
     device, config, dataset, loss, vae, model_config, _, checkpoint_path, saved_checkpoint = setup
 
@@ -286,15 +286,13 @@ def _train_in(args, data_parallel, setup, out, is_main) -> int:
             config,
             loss=loss,
             evaluate=evaluate_epoch,
-            modules={"encoder": vae.encoder, "decoder": vae.decoder},
             checkpoint_path=checkpoint_path,
             resume=args.resume,
             overwrite=args.overwrite,
             checkpoint_config=model_config,
             progress=not args.no_progress and is_main,
             data_parallel=data_parallel,
-            loaded_checkpoint=saved_checkpoint,  # read once, in _check
-            data_checked=True,  # scanned once, by vae.validate in _check
+            preflight=Preflight(data_checked=True, checkpoint=saved_checkpoint),  # both done once, in _check
         )
     except TrainingInterrupted as interrupted:
         if is_main:

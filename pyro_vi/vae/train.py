@@ -33,7 +33,7 @@ from pyro_vi.vae.data import BINARIZATIONS, binarize, validate_images
 from pyro_vi.vae.model import VAE
 from pyro_vi.errors import ConfigError, DataError, TrainingDivergedError
 
-__all__ = ["TrainConfig", "LR_SCHEDULES", "ImageFitResult", "fit"]
+__all__ = ["TrainConfig", "LR_SCHEDULES", "ImageFitResult", "Preflight", "fit"]
 
 
 @dataclasses.dataclass
@@ -176,6 +176,20 @@ class ImageFitResult(NamedTuple):
     compiled_steps: int = 0  # steps of this call taken by the recorded program (TrainConfig.compile)
 
 
+class Preflight(NamedTuple):
+    """What a caller checked before training, so ``fit`` does not do it twice.
+
+    Attributes:
+        data_checked: ``validate_data`` (e.g. ``VAE.validate``) already ran on the training images:
+            ``fit`` skips its full-data scans (the dtype and grad checks still run).
+        checkpoint: with ``resume``, the checkpoint as ``engine.checkpoint.load`` returned it (the
+            file is not read again); ``None``: ``fit`` reads it.
+    """
+
+    data_checked: bool = False
+    checkpoint: dict | None = None
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -185,7 +199,6 @@ def fit(
     loss=None,
     optimizer: pyro.optim.PyroOptim | None = None,
     evaluate: Callable[[int], dict] | None = None,
-    modules: dict[str, torch.nn.Module] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -193,8 +206,7 @@ def fit(
     validate_data: Callable[[Tensor], None] | None = None,
     progress: bool = True,
     data_parallel: distributed.DataParallel | None = None,
-    loaded_checkpoint: dict | None = None,
-    data_checked: bool = False,
+    preflight: Preflight | None = None,
 ) -> ImageFitResult:
     """Maximize the ELBO of ``model``/``guide`` on ``train_images``, epoch by epoch of minibatches.
 
@@ -207,7 +219,6 @@ def fit(
             with ``config.lr_schedule``, a ``pyro.optim.PyroLRScheduler`` around ``torch.optim.Adam``,
             stepped every step). Pass no optimizer with a schedule.
         evaluate: called after each epoch with the epoch number; its dict joins the history.
-        modules: unused (kept for callers): the engine restores ``pyro.module`` parameters in place.
         checkpoint_path: where to write checkpoints (atomically); ``None`` writes none.
         resume: continue from ``checkpoint_path``.
         overwrite: without ``resume``, replace a checkpoint already at ``checkpoint_path``.
@@ -217,10 +228,8 @@ def fit(
             ``validate`` method of the object ``model`` is a method of, e.g. ``VAE.validate``).
         progress: show a tqdm progress bar.
         data_parallel: this process's rank of a data-parallel run (``pyro_vi.engine.distributed``).
-        loaded_checkpoint: with ``resume``, the checkpoint as ``engine.checkpoint.load`` already
-            returned it (``pyro-vi vae``'s preflight): the file is not read again.
-        data_checked: the caller already ran ``validate_data`` (e.g. ``VAE.validate``) on
-            ``train_images``: skip its full-data scans (the dtype and grad checks still run).
+        preflight: what a caller's preflight already did (``pyro-vi vae``'s): the data scanned, the
+            checkpoint read (see :class:`Preflight`); ``None``: ``fit`` does both itself.
 
     Returns:
         ImageFitResult. History entries hold ``epoch``, ``train_elbo`` (per datapoint, mean over the
@@ -237,7 +246,8 @@ def fit(
     owner = getattr(model, "__self__", None)
     if validate_data is None:
         validate_data = getattr(owner, "validate", None)  # e.g. VAE.validate
-    if not data_checked:  # once, before training: the steps stay free of full-data scans
+    preflight = Preflight() if preflight is None else preflight
+    if not preflight.data_checked:  # once, before training: the steps stay free of full-data scans
         if getattr(validate_data, "__func__", None) is not VAE.validate:  # VAE.validate runs validate_images itself
             validate_images(train_images, name="train_images")  # shape, emptiness, NaN/inf: a DataError up front
         if validate_data is not None:
@@ -269,8 +279,8 @@ def fit(
 
     # The run's own state, saved in every checkpoint: the history and the current epoch's sums.
     state: dict = {"history": [], "epoch_loss": 0.0, "epoch_good_steps": 0, "epoch_skipped": 0, "evaluate_seconds": 0.0}
-    if resume and loaded_checkpoint is not None:  # the engine checks the entries' types; here their content
-        _check_saved_state(loaded_checkpoint["run"].get("state", {}), checkpoint_path)
+    if resume and preflight.checkpoint is not None:  # the engine checks the entries' types; here their content
+        _check_saved_state(preflight.checkpoint["run"].get("state", {}), checkpoint_path)
     start = time.perf_counter()
 
     def end_of_step(step: int, loss_value: float | None) -> None:
@@ -320,7 +330,7 @@ def fit(
             checkpoint_config={"train": config.checkpoint_config(), "model": checkpoint_config or {}},
             resume=resume,
             overwrite=overwrite,
-            loaded_checkpoint=loaded_checkpoint,
+            loaded_checkpoint=preflight.checkpoint,
             state=state,
             on_nan=config.on_nan,
             progress=progress,

@@ -259,7 +259,6 @@ def _interrupt_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
 
         config = TrainConfig(epochs=2, batch_size=4, binarization="none")
         path = Path(out_dir) / "checkpoint.pt"
-        modules = {"encoder": vae.encoder, "decoder": vae.decoder}
         try:
             fit(model, guide, images, config, checkpoint_path=path, progress=False, data_parallel=data_parallel)
             interrupted = None
@@ -267,7 +266,7 @@ def _interrupt_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
             interrupted = stopped.step
         data_parallel.barrier()  # rank 0 has written the checkpoint
         at_stop = checkpoints.load(path)["run"]
-        fit(vae.model, guide, images, config, modules=modules, checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
+        fit(vae.model, guide, images, config, checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
         resumed = _params()
         images, vae, guide = _problem()
         fit(vae.model, guide, images, config, progress=False, data_parallel=data_parallel)
@@ -341,7 +340,6 @@ def _own_disk_worker(rank: int, world_size: int, port: int, out_dir: str) -> Non
         path = Path(out_dir) / f"disk{rank}" / "checkpoint.pt"  # each rank's own OUT; only rank 0 writes
         if rank == 0:
             path.parent.mkdir()
-        modules = {"encoder": vae.encoder, "decoder": vae.decoder}
         config = TrainConfig(epochs=1, batch_size=4, binarization="none")
         fit(vae.model, guide, images, config, checkpoint_path=path, progress=False, data_parallel=data_parallel)
         has_file = path.exists()
@@ -352,8 +350,7 @@ def _own_disk_worker(rank: int, world_size: int, port: int, out_dir: str) -> Non
             refused = str(error)
         images, vae, guide = _problem()  # a fresh network: the resumed state must come from rank 0's file
         config = TrainConfig(epochs=2, batch_size=4, binarization="none")
-        fit(vae.model, guide, images, config, modules={"encoder": vae.encoder, "decoder": vae.decoder},
-            checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
+        fit(vae.model, guide, images, config, checkpoint_path=path, resume=True, progress=False, data_parallel=data_parallel)
         resumed = _params()
         images, vae, guide = _problem()
         fit(vae.model, guide, images, config, progress=False, data_parallel=data_parallel)

@@ -157,21 +157,18 @@ def test_resume_is_exact_with_the_default_optimizer(tmp_path):
     images = _images()
     config = pyro_vi.TrainConfig(epochs=2, batch_size=BATCH, binarization="dynamic", seed=3)
     vae = _vae()
-    modules = {"encoder": vae.encoder, "decoder": vae.decoder}
     straight = pyro_vi.fit_images(vae.model, vae.guide, images, config, progress=False)
     expected = _params()
 
     pyro.clear_param_store()
     vae = _vae()
-    modules = {"encoder": vae.encoder, "decoder": vae.decoder}
     path = tmp_path / "checkpoint.pt"
     first = pyro_vi.TrainConfig(epochs=1, batch_size=BATCH, binarization="dynamic", seed=3)
-    pyro_vi.fit_images(vae.model, vae.guide, images, first, checkpoint_path=path, modules=modules, progress=False)
+    pyro_vi.fit_images(vae.model, vae.guide, images, first, checkpoint_path=path, progress=False)
     pyro.clear_param_store()
     vae = _vae()
-    modules = {"encoder": vae.encoder, "decoder": vae.decoder}
     resumed = pyro_vi.fit_images(
-        vae.model, vae.guide, images, config, checkpoint_path=path, resume=True, modules=modules, progress=False
+        vae.model, vae.guide, images, config, checkpoint_path=path, resume=True, progress=False
     )
     assert [h["train_elbo"] for h in resumed.history] == [h["train_elbo"] for h in straight.history]
     for name, value in _params().items():
