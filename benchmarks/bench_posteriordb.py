@@ -5,7 +5,7 @@ AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoIAFNormal: a flow) an
 (Pyro's ``Trace_ELBO``, pyro_vi's ``stl``): a fixed step budget of ``pyro_vi.fit`` (ClippedAdam, the
 learning rate decayed 10x over the run (``--decay``), Stan's initialization: uniform(-2, 2) unconstrained), then
 ``pyro_vi.check`` against the reference draws: max |mean error| (reference sds), min and max sd ratio
-q / reference, k-hat, the final ELBO and the wall time. With ``--numpyro``, NumPyro's SVI on its own
+q / reference (and of the PSIS-corrected moments where k-hat < 0.7), k-hat, the final ELBO and the wall time. With ``--numpyro``, NumPyro's SVI on its own
 ports of four posteriors with the same guides, optimizer schedule and budget (Trace_ELBO), side by
 side: the same accuracy columns (k-hat from NumPyro's own log densities) and time.
 
@@ -80,8 +80,12 @@ def run_pyro(problem, guide_kind: str, estimator: str, args) -> dict:
                            **problem.data)
     check_seconds = time.perf_counter() - start
     rows = [(row.name, row.q_mean, row.q_sd) for row in result.parameters]
-    return {"khat": result.khat, "elbo": result.elbo, "seconds": seconds, "check_seconds": check_seconds,
-            "skipped_steps": fitted.skipped_steps, **summarize(rows, problem.reference)}
+    record = {"khat": result.khat, "elbo": result.elbo, "seconds": seconds, "check_seconds": check_seconds,
+              "skipped_steps": fitted.skipped_steps, **summarize(rows, problem.reference)}
+    if all(row.psis_mean is not None for row in result.parameters):  # k-hat < 0.7: the PSIS-corrected moments too
+        corrected = summarize([(row.name, row.psis_mean, row.psis_sd) for row in result.parameters], problem.reference)
+        record.update({f"psis_{key}": value for key, value in corrected.items() if key != "compared"})
+    return record
 
 
 # -- NumPyro: its own ports of a few posteriors (the same Stan models) ---------------------------------
