@@ -156,7 +156,11 @@ class RecordedStep:
         if not audit and update.reduce is None and program.backend is not None:
             if self._fused is None or self._fused.optim is not update.optim:
                 self._fused = whole_step.FusedSteps(update.optim)
+            start = time.perf_counter()
             run = self._fused.get(program, args)
+            if self._fused.built:  # this call compiled the whole step (inductor: seconds, once)
+                self.compile_seconds += time.perf_counter() - start
+                self._fused.built = False
             if run is not None:
                 value, updated = program.loss_and_update(run, *args)
                 if not updated:  # a guard differed: the plain run filled the gradients

@@ -120,6 +120,7 @@ class FusedSteps:
     def __init__(self, optim):
         self.optim = optim
         self._found: dict[int, tuple | None] = {}
+        self.built = False  # the last get() built a program (its time is compile time)
 
     def get(self, program, args: Sequence) -> Callable | None:
         """The whole-step program of ``program`` (a ``CompiledLoss`` compiled by inductor, ``args``
@@ -127,6 +128,7 @@ class FusedSteps:
         key = id(program)
         if key not in self._found:
             self._found[key] = self._build(program, args)
+            self.built = True
         found = self._found[key]
         if found is None:
             return None
