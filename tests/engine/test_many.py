@@ -272,3 +272,30 @@ def test_pyro_vi_estimators_are_batched(name):
     result = fit_many(COIN.model, coin_guide, COIN_DATA, runs=3, num_steps=5, loss=get_estimator(name, num_particles=2), progress=False)
     assert result.batched and bool(torch.isfinite(result.losses).all())
 
+
+
+def test_ctrl_c_checkpoints_the_batch_and_resume_finishes_it_bit_exact(tmp_path):
+    import os
+    import signal
+
+    from pyro_vi.errors import TrainingInterrupted
+
+    calls = [0]
+
+    def interrupted_model(data):
+        calls[0] += 1
+        if calls[0] == 12:  # a few steps in (the first calls create and check the params)
+            os.kill(os.getpid(), signal.SIGINT)
+        normal_model(data)
+
+    options = {"runs": 3, "num_steps": 20, "optim": pyro.optim.Adam({"lr": 0.05}), "progress": False}
+    straight = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, **options)
+    path = tmp_path / "batch.pt"
+    with pytest.raises(TrainingInterrupted, match="checkpoint saved") as caught:
+        fit_many(interrupted_model, NORMAL.mean_field_guide, NORMAL_DATA, checkpoint=path, **options)
+    assert 0 < caught.value.step < 20 and path.is_file()
+    resumed = fit_many(normal_model, NORMAL.mean_field_guide, NORMAL_DATA, checkpoint=path, resume=True, **options)
+    assert resumed.steps_this_call == 20 - caught.value.step
+    assert torch.equal(resumed.losses, straight.losses)
+    for name, value in straight.params.items():
+        assert torch.equal(resumed.params[name], value)
