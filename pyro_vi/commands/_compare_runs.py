@@ -5,7 +5,8 @@ Run ``r`` of every estimator starts from the same params (``fit_many`` seeds run
 estimator and optimizer allow (a stateful baseline, an optimizer other than Adam, a model ``vmap``
 cannot follow: one after another, said in one line). Each run's final ELBO is estimated at its own
 params with ``Trace_ELBO`` (``--elbo-samples`` evaluations); the gradient variance is measured at
-step 0 (the preflight's start) and at every run's final params (mean and standard error over runs).
+step 0 (the preflight's start) and at the other ``--variance-points`` at every run's params (mean and
+standard error over runs): the batch pauses there (checkpoint, measure, resume bit-exact).
 
 What compare.json gains per estimator: ``runs`` (every run's losses, final ELBO, divergence), the
 final ELBO's mean and standard error over runs, and ``steps_to_within``: the first step at which each
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 __all__ = ["run_one", "add_reach", "figure", "table"]
 
@@ -40,10 +43,12 @@ def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / len(finite))
 
 
-def run_one(args, name: str, data, pair, build) -> dict:
+def run_one(args, name: str, data, pair, build, steps: list[int]) -> dict:
     """Train ``args.runs`` runs of estimator ``name``; the row for compare.json.
 
     Args:
+        steps: where to measure the gradient variance (``compare.variance_steps``); training pauses
+            there (a checkpoint in a scratch directory, resumed bit-exact).
         pair: the model and guide to train (the preflight's for the first estimator).
         build: makes a fresh pair (the file imported afresh) when ``pair`` is None.
     """
@@ -67,31 +72,52 @@ def run_one(args, name: str, data, pair, build) -> dict:
                                                 num_replicates=args.replicates, seed=(args.seed + step) % 2**32)
         return {"total_variance": result.total_variance, "seconds": result.seconds}
 
+    def measure_runs(result, step: int) -> dict:
+        """The variance at every run's params that has not diverged: mean and standard error over runs."""
+        found = []
+        for r in range(args.runs):
+            if not bool(result.diverged[r]):
+                with posterior.params_set_to({key: value[r] for key, value in result.params.items()}):
+                    found.append(measure(step)["total_variance"])
+        mean, se = _mean_se(found)
+        return {"step": step, "total_variance": mean, "standard_error": se, "runs": len(found)}
+
+    optim_name, stops = args.optimizer, [step for step in steps if step > 0] or [args.num_steps]
     try:
         measure_start = time.perf_counter()
-        at_start = measure(0)
+        points = [{"step": 0, "total_variance": measure(0)["total_variance"], "runs": 1}] if 0 in steps else []
         measure_seconds = time.perf_counter() - measure_start
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BatchingFallback)
-            result = fit_many(pair.model, pair.guide, *pair.args, runs=args.runs, num_steps=args.num_steps, loss=estimator,
-                              optim=fit.make_optimizer(args.optimizer, args.learning_rate), seed=args.seed,
-                              progress=not args.no_progress)
-        for warning in caught:
-            if issubclass(warning.category, BatchingFallback):
-                print(f"compare: {name}: {warning.message}", file=sys.stderr)
-            else:
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        times, batched, said = [], None, set()
+        with tempfile.TemporaryDirectory() as scratch:  # training pauses at each variance step: checkpoint, resume
+            checkpoint = Path(scratch) / "batch.pt"
+            for i, stop in enumerate(stops):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", BatchingFallback)
+                    result = fit_many(pair.model, pair.guide, *pair.args, runs=args.runs, num_steps=stop, loss=estimator,
+                                      optim=fit.make_optimizer(optim_name, args.learning_rate), seed=args.seed,
+                                      progress=not args.no_progress, checkpoint=checkpoint, resume=i > 0,
+                                      batched=batched)
+                batched = result.batched if batched is None else batched
+                for warning in caught:
+                    if issubclass(warning.category, BatchingFallback):
+                        if str(warning.message) not in said:
+                            print(f"compare: {name}: {warning.message}", file=sys.stderr)
+                            said.add(str(warning.message))
+                    else:
+                        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+                offset = times[-1] if times else 0.0
+                times += [t + offset for t in result.times.tolist()[len(times):]]
+                measure_start = time.perf_counter()
+                points.append(measure_runs(result, stop))
+                measure_seconds += time.perf_counter() - measure_start
         runs = []
-        final_variances = []
         measure_start = time.perf_counter()
         for r in range(args.runs):
-            values = {key: value[r] for key, value in result.params.items()}
             diverged = bool(result.diverged[r])
             elbo = error = None
             if not diverged:
-                with posterior.params_set_to(values):
+                with posterior.params_set_to({key: value[r] for key, value in result.params.items()}):
                     elbo, error = user_model.estimate_elbo(Trace_ELBO(), pair, args.elbo_samples)
-                    final_variances.append(measure(args.num_steps)["total_variance"])
             runs.append({"run": r, "seeds": list(result.seeds[r]), "diverged": diverged, "final_elbo": elbo,
                          "final_elbo_standard_error": error, "losses": [None if math.isnan(v) else v for v in result.losses[r].tolist()]})
         measure_seconds += time.perf_counter() - measure_start
@@ -100,8 +126,6 @@ def run_one(args, name: str, data, pair, build) -> dict:
     except user_model.USER_FAILURES as error:  # the user's model raised (or exited) during training
         raise user_model.ModelError(f"training with {name} failed: {user_model.describe_failure(error, pair.files)}") from None
     mean, se = _mean_se([run["final_elbo"] for run in runs])
-    variance_mean, variance_se = _mean_se(final_variances)
-    times = result.times.tolist()
     seconds = times[-1] if times else 0.0
     return {
         "estimator": name, "num_particles": args.particles, "runs": runs, "batched": result.batched,
@@ -109,10 +133,7 @@ def run_one(args, name: str, data, pair, build) -> dict:
         "final_elbo_mean": mean, "final_elbo_standard_error": se,
         "seconds": seconds, "times": times,
         "run_steps_per_second": args.runs * args.num_steps / seconds if seconds > 0 else None,
-        "measure_seconds": measure_seconds,
-        "variance": [{"step": 0, "total_variance": at_start["total_variance"], "runs": 1},
-                     {"step": args.num_steps, "total_variance": variance_mean, "standard_error": variance_se,
-                      "runs": len(final_variances)}],
+        "measure_seconds": measure_seconds, "variance": points,
     }
 
 

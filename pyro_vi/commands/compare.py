@@ -119,13 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
     with io.run_output(args.out, "compare", args.overwrite) as out:  # locked; removed again if this run made it and fails
         if args.runs > 1:
-            steps = [0, args.num_steps]  # the variance at the shared start and at every run's final params
             rows = []
             for i, name in enumerate(runnable):
                 if i == 0:
                     _reset_store(initial)
                 rows.append(_compare_runs.run_one(args, name, data, pair if i == 0 else None,
-                                                  lambda: user_model.build(args.model, args.guide, data, seed=args.seed)))
+                                                  lambda: user_model.build(args.model, args.guide, data, seed=args.seed), steps))
             _compare_runs.add_reach(rows, args.within)
         else:
             rows = [_run_one(args, name, data, initial, steps, pair if i == 0 else None) for i, name in enumerate(runnable)]

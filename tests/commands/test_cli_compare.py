@@ -113,14 +113,14 @@ def test_runs_per_estimator_with_mean_and_standard_error(tmp_path, capsys):
 
     out = tmp_path / "compare"
     assert cli.main(["compare", *COIN, "--estimators", "reparam,score-baseline", "--runs", "3", "--num-steps", "15",
-                     "--elbo-samples", "5", "--replicates", "4", "--learning-rate", "0.05", "--within", "0.5",
+                     "--variance-points", "3", "--elbo-samples", "5", "--replicates", "4", "--learning-rate", "0.05", "--within", "0.5",
                      "--no-progress", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert [line for line in captured.err.splitlines() if "one after another" in line] == [
         "compare: score-baseline: fit_many runs the 3 runs one after another: estimator 'score-baseline' keeps state "
         "between steps (a baseline)"]
     report = json.loads((out / "compare.json").read_text())
-    assert report["runs"] == 3 and report["within"] == 0.5 and report["variance_steps"] == [0, 15]
+    assert report["runs"] == 3 and report["within"] == 0.5 and report["variance_steps"] == [0, 8, 15]
     rows = {row["estimator"]: row for row in report["estimators"]}
     assert rows["reparam"]["batched"] and not rows["score-baseline"]["batched"]
     best = max(row["final_elbo_mean"] for row in rows.values())
@@ -137,7 +137,8 @@ def test_runs_per_estimator_with_mean_and_standard_error(tmp_path, capsys):
         assert reach["target_elbo"] == best - 0.5 and len(reach["per_run"]) == 3
         assert reach["reached"] == sum(step is not None for step in reach["per_run"])
         assert all(1 <= step <= 15 for step in reach["per_run"] if step is not None)
-        assert [point["step"] for point in row["variance"]] == [0, 15] and row["variance"][1]["runs"] == 3
+        assert [point["step"] for point in row["variance"]] == [0, 8, 15] and [p["runs"] for p in row["variance"]] == [1, 3, 3]
+        assert all(point["total_variance"] > 0 for point in row["variance"])
     assert (out / "compare.png").stat().st_size > 0
     assert "final ELBO (3 runs)" in captured.out and "steps to within" in captured.out
     # --runs 0 refused in one line before any work
