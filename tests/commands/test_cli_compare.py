@@ -112,7 +112,7 @@ def test_runs_per_estimator_with_mean_and_standard_error(tmp_path, capsys):
     import math
 
     out = tmp_path / "compare"
-    assert cli.main(["compare", *COIN, "--estimators", "reparam,score-baseline", "--runs", "3", "--num-steps", "15",
+    assert cli.main(["compare", *COIN, "--estimators", "reparam,score-baseline", "--runs", "3", "--num-steps", "10",
                      "--variance-points", "3", "--elbo-samples", "5", "--replicates", "4", "--learning-rate", "0.05", "--within", "0.5",
                      "--no-progress", "--out", str(out)]) == 0
     captured = capsys.readouterr()
@@ -120,24 +120,24 @@ def test_runs_per_estimator_with_mean_and_standard_error(tmp_path, capsys):
         "compare: score-baseline: fit_many runs the 3 runs one after another: estimator 'score-baseline' keeps state "
         "between steps (a baseline)"]
     report = json.loads((out / "compare.json").read_text())
-    assert report["runs"] == 3 and report["within"] == 0.5 and report["variance_steps"] == [0, 8, 15]
+    assert report["runs"] == 3 and report["within"] == 0.5 and report["variance_steps"] == [0, 5, 10]
     rows = {row["estimator"]: row for row in report["estimators"]}
     assert rows["reparam"]["batched"] and not rows["score-baseline"]["batched"]
     best = max(row["final_elbo_mean"] for row in rows.values())
     for row in rows.values():
         runs = row["runs"]
-        assert [run["run"] for run in runs] == [0, 1, 2] and all(len(run["losses"]) == 15 for run in runs)
+        assert [run["run"] for run in runs] == [0, 1, 2] and all(len(run["losses"]) == 10 for run in runs)
         assert runs[0]["losses"] != runs[1]["losses"] != runs[2]["losses"]  # independent runs, not copies
         finals = [run["final_elbo"] for run in runs]
         mean = sum(finals) / 3
         se = math.sqrt(sum((f - mean) ** 2 for f in finals) / 2 / 3)
         assert math.isclose(row["final_elbo_mean"], mean) and math.isclose(row["final_elbo_standard_error"], se)
-        assert len(row["times"]) == 15 and row["times"] == sorted(row["times"]) and row["seconds"] == row["times"][-1]
+        assert len(row["times"]) == 10 and row["times"] == sorted(row["times"]) and row["seconds"] == row["times"][-1]
         reach = row["steps_to_within"]
         assert reach["target_elbo"] == best - 0.5 and len(reach["per_run"]) == 3
         assert reach["reached"] == sum(step is not None for step in reach["per_run"])
-        assert all(1 <= step <= 15 for step in reach["per_run"] if step is not None)
-        assert [point["step"] for point in row["variance"]] == [0, 8, 15] and [p["runs"] for p in row["variance"]] == [1, 3, 3]
+        assert all(1 <= step <= 10 for step in reach["per_run"] if step is not None)
+        assert [point["step"] for point in row["variance"]] == [0, 5, 10] and [p["runs"] for p in row["variance"]] == [1, 3, 3]
         assert all(point["total_variance"] > 0 for point in row["variance"])
     assert (out / "compare.png").stat().st_size > 0
     assert "final ELBO (3 runs)" in captured.out and "steps to within" in captured.out
