@@ -8,6 +8,9 @@ KeyboardInterrupt traceback (or a silent 143); ``cli.main`` puts Python's own SI
 to a step boundary and checkpoints, and the CLI reports either in one line, exit 130. A library
 user's ``import pyro_vi`` is untouched: the handlers are installed only when the process is the
 ``pyro-vi`` command or ``python -m pyro_vi`` (and ``cli.main`` only while it runs).
+
+``DeferredInterrupt`` is the training loops' side (``engine.fit``, ``fit_many``): a signal becomes a
+flag read between steps, so a step is never cut in half.
 """
 
 from __future__ import annotations
@@ -83,3 +86,29 @@ def _exit_130(signum, frame) -> None:
         os.write(2, b"pyro-vi: interrupted\n")
     finally:
         os._exit(130)
+
+
+class DeferredInterrupt:
+    """Inside a training loop (``engine.fit``, ``fit_many``): turn Ctrl-C (and SIGTERM: schedulers' preemption, torchrun) into a flag read between steps,
+    so a step is never cut in half. A second signal stops at once."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        return False

@@ -41,8 +41,6 @@ in ``FitResult.compile``). Around the step the engine keeps the guarantees of a 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -52,6 +50,7 @@ import pyro.optim
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyro_vi._interrupt import DeferredInterrupt
 from pyro_vi.engine import arguments
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine import optim as pyro_vi_optim
@@ -220,7 +219,7 @@ def fit(
     schedule = _Schedule(optim, scheduler_every)
     if resumed is not None and run.step >= num_steps and num_steps > 0:
         resumed.restore_only(model, guide, loss, args, kwargs)  # nothing left to train: the trained values still go in
-    interrupt, first_step, stopped_early = _DeferredInterrupt(), run.step, False
+    interrupt, first_step, stopped_early = DeferredInterrupt(), run.step, False
     bar = _progress_bar(progress and saving.is_main, num_steps, run.step)
     start = time.perf_counter()
     try:
@@ -368,27 +367,3 @@ def _interrupted(step: int, num_steps: int, checkpoint) -> TrainingInterrupted:
     return error
 
 
-class _DeferredInterrupt:
-    """Turn Ctrl-C (and SIGTERM: schedulers' preemption, torchrun) into a flag read between steps,
-    so a step is never cut in half. A second signal stops at once."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-        return False

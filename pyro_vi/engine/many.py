@@ -29,8 +29,6 @@ Modules registered with ``pyro.module`` start every run from the weights the mod
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.distributions import transform_to
 
+from pyro_vi._interrupt import DeferredInterrupt
 from pyro_vi.engine import arguments, many_adam, many_step, params, rng
 from pyro_vi.engine import checkpoint as checkpoints
 from pyro_vi.engine.many_sequential import sequential
@@ -280,7 +279,7 @@ class _Batch:
             skipped = torch.zeros(runs, dtype=torch.int64)
             pyro.set_rng_seed(int(seed))  # the global stream, for samplers the tape does not cover
         first = done
-        interrupt = _DeferredInterrupt()
+        interrupt = DeferredInterrupt()
         bar = tqdm(total=num_steps, initial=done, desc=f"svi x{runs}", leave=False) if progress else None
         start, times = time.perf_counter(), []
         try:
@@ -361,28 +360,3 @@ class _StateOf:
 
     def get_state(self) -> dict:
         return self._state
-
-
-class _DeferredInterrupt:
-    """Ctrl-C and SIGTERM become a flag read between steps (as ``fit``'s loop does); a second signal stops at once."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)
-        return False
