@@ -84,15 +84,16 @@ def test_a_param_read_in_one_branch_of_a_sampled_value_is_trained_as_svi_trains_
     plain run read: also SVI's run."""
     monkeypatch.setattr(policy, "AUTO_MIN_STEPS", 10)
     x = torch.tensor(0.5)
-    expected = run_svi(branch_model, branch_guide, 400, x, lr=0.03)
-    got = run_fit(branch_model, branch_guide, 400, x, lr=0.03, compile=compile)
+    steps = 1100 if compile is None else 400  # the default: past the old default's 1000-step recording threshold
+    expected = run_svi(branch_model, branch_guide, steps, x, lr=0.03)
+    got = run_fit(branch_model, branch_guide, steps, x, lr=0.03, compile=compile)
     assert_same(expected, got)
     assert abs(float(expected[1]["s_neg"]) - 1.0) > 0.05  # both params really move under SVI
     report = got[2].compile
     if compile is None:
-        assert report.mode is False and report.compiled_steps == 0 and report.plain_steps == 400
+        assert report.mode is False and report.compiled_steps == 0 and report.plain_steps == steps
     else:
-        assert report.compiled_steps > 0 and report.compiled_steps + report.plain_steps == 400
+        assert report.compiled_steps > 0 and report.compiled_steps + report.plain_steps == steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,8 +121,9 @@ def test_a_model_that_tempers_itself_after_300_calls_is_fit_as_svi_fits_it():
         return model, guide
 
     x = torch.full((20,), 2.0)
-    expected = run_svi(*make(), 700, x, lr=0.05)
-    assert_same(expected, run_fit(*make(), 700, x, lr=0.05))
+    # 1100 steps: past the old default's 1000-step recording threshold, where it went wrong
+    expected = run_svi(*make(), 1100, x, lr=0.05)
+    assert_same(expected, run_fit(*make(), 1100, x, lr=0.05))
     # the tempered posterior: Normal-Normal conjugacy, precision 1 + 20 / 16
     assert abs(float(expected[1]["loc"]) - 40 / 16 / (1 + 20 / 16)) < 0.1
 
